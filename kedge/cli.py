@@ -1,0 +1,195 @@
+"""The `kedge` command. Each command is a thin layer over the modules that do the work.
+
+Heavy imports (TensorFlow above all) happen inside the commands that need them, so
+`kedge --help` is instant and the lean runtime never loads TensorFlow. A KedgeError
+becomes one line on stderr and exit status 1, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import kedge
+from kedge.runtime.errors import KedgeError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KedgeError as err:
+            click.echo(f"kedge: error: {' '.join(str(err).split())}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("kedge: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(kedge.__version__, prog_name="kedge")
+def main() -> None:
+    """kedge: knee X-ray osteoporosis classifiers, from training to the edge.
+
+    \b
+    Typical flow:
+      kedge synth --out data/synthetic              # or use your own class-per-folder images
+      kedge train knee-cnn --data DIR --out runs/cnn
+      kedge evaluate runs/cnn --data DIR --split test
+
+    Research use only, not a diagnostic device.
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(as_json: bool) -> None:
+    """List the architectures with classes, input shape and parameter counts.
+
+    Builds each full-size model with random weights to count its parameters
+    (needs the [train] extra; takes a few seconds).
+    """
+    from kedge.runtime.preprocess import INPUT_SHAPE
+    from kedge.train.models import ARCHITECTURES, build_model, parameter_counts
+
+    rows = []
+    for arch in ARCHITECTURES.values():
+        counts = parameter_counts(build_model(arch.name))
+        rows.append({"name": arch.name, "classes": list(arch.classes), "input_shape": list(INPUT_SHAPE),
+                     "parameters": counts, "default_epochs": arch.epochs, "options": arch.options,
+                     "paper": arch.paper})
+    if as_json:
+        _emit_json(rows)
+        return
+    click.echo(f"{'model':<14}{'classes':<36}{'input':<13}{'total':>12}{'trainable':>12}{'non-trainable':>15}")
+    for row in rows:
+        p = row["parameters"]
+        click.echo(f"{row['name']:<14}{', '.join(row['classes']):<36}{'x'.join(map(str, row['input_shape'])):<13}"
+                   f"{p['total']:>12,}{p['trainable']:>12,}{p['non_trainable']:>15,}")
+
+
+@main.command()
+@click.argument("model", type=click.Choice(["resnet50-gru", "knee-cnn"]))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Class-per-folder image tree (e.g. DIR/Normal, DIR/Osteoporosis).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to create.")
+@click.option("--classes", help="Comma-separated classes (default: the model's). Folder names match case-insensitively.")
+@click.option("--epochs", type=int, help="Default: the paper's (100 for resnet50-gru, 30 for knee-cnn).")
+@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the split, augmentation and weights.")
+@click.option("--patience", default=10, show_default=True, type=int,
+              help="Stop after this many epochs without a lower validation loss (0: never).")
+@click.option("--split", "fractions", default="0.7,0.15,0.15", show_default=True,
+              help="Train,val,test fractions; whole duplicate groups stay in one split.")
+@click.option("--weights", help="resnet50-gru backbone: imagenet, none (default) or a ResNet50 no-top .h5 path.")
+@click.option("--freeze-backbone/--fine-tune", default=None, help="resnet50-gru: freeze ResNet50 (default: fine-tune).")
+@click.option("--gru-units", type=int, help="resnet50-gru: GRU width (default 128).")
+@click.option("--width", type=float, help="Channel multiplier (default 1.0; below 1 for quick experiments).")
+@click.option("--dropout", type=float, help="knee-cnn: dropout after each dense layer (default 0.5).")
+@click.option("--bn-momentum", type=float, help="knee-cnn: BatchNorm momentum (default 0.9).")
+@click.option("--mixed-precision", is_flag=True, help="float16 compute on GPUs with tensor cores.")
+@click.option("--no-augment", is_flag=True, help="Turn off flips, shifts and rotations of the training images.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only once the new bundle is complete).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the bundle manifest as JSON at the end.")
+def train(model: str, data: Path, out: Path, classes: str | None, fractions: str, weights: str | None,
+          freeze_backbone: bool | None, gru_units: int | None, width: float | None, dropout: float | None,
+          bn_momentum: float | None, no_augment: bool, quiet: bool, as_json: bool, **settings: Any) -> None:
+    """Train MODEL on a labelled folder and write a bundle (model, kedge.json, plots, split).
+
+    \b
+    Examples:
+      kedge train knee-cnn --data ../shared/data/knee-3class --out runs/cnn
+      kedge train resnet50-gru --data ../shared/data/knee-3class --out runs/gru --epochs 20
+    The binary resnet50-gru reads only the Normal and Osteoporosis folders.
+    Trains on a CUDA GPU when TensorFlow sees one, else on the CPU (and says which).
+    """
+    from kedge.runtime.folders import parse_classes
+    from kedge.train.fit import TrainSettings, train as run_training
+    from kedge.train.models import get_architecture
+
+    given = {"weights": weights, "freeze_backbone": freeze_backbone, "gru_units": gru_units, "width": width,
+             "dropout": dropout, "bn_momentum": bn_momentum}
+    options = {key: value for key, value in given.items() if value is not None}
+    wrong = sorted(set(options) - set(get_architecture(model).options))
+    if wrong:
+        raise KedgeError(f"{model} has no option {', '.join('--' + w.replace('_', '-') for w in wrong)}")
+    manifest = run_training(TrainSettings(
+        model=model, data=data, out=out, classes=parse_classes(classes) if classes else None,
+        fractions=_fractions(fractions), augment=not no_augment, model_options=options,
+        progress=not quiet, **settings), log=_log)
+    if as_json:
+        _emit_json(manifest)
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
+        raise KedgeError(f"--split {text!r}: give three positive fractions that sum to 1, e.g. 0.7,0.15,0.15")
+    return parts  # type: ignore[return-value]
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled class-per-folder tree.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]),
+              help="Only the files the bundle's split manifest put in this split.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate(bundle: Path, data: Path, split: str | None, batch_size: int, quiet: bool, as_json: bool) -> None:
+    """Score BUNDLE's Keras model on a labelled folder.
+
+    Reports accuracy with its 95 % Wilson interval, per-class and macro
+    precision/recall/F1, the confusion matrix, and accuracy per file format.
+    Unreadable images are listed and skipped; the exit status is then 1.
+    """
+    from kedge.runtime.evaluate import format_report
+    from kedge.train.evaluate import evaluate_bundle
+
+    report = evaluate_bundle(bundle, data, split, batch_size, progress=not quiet)
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(format_report(report, f"{report['model']} on {data} ({report['split']}), backend keras"))
+    if report["failures"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--per-class", default=60, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--classes", default="Normal,Osteopenia,Osteoporosis", show_default=True)
+@click.option("--size", default=224, show_default=True, type=click.IntRange(32, 4096), help="Image side, pixels.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwrite: bool) -> None:
+    """Write synthetic knee radiographs (PNG, class-per-folder) for trials and tests.
+
+    Bone texture density follows the class, so a small model learns it quickly.
+    No real patient data is involved.
+    """
+    from kedge.runtime.folders import parse_classes
+    from kedge.train.synthetic import write_dataset
+
+    paths = write_dataset(out, parse_classes(classes), per_class, seed, size, overwrite)
+    _log(f"wrote {len(paths)} synthetic images to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Model bundles: one folder per trained model, described by its kedge.json manifest.
+
+Every command takes a bundle. The manifest records what a later step must know to
+use the model the same way (classes, input spec, preprocessing version) and the
+sha256 of every file, so a swapped or corrupted file is caught before it is used.
+Everything here writes atomically (temporary file, then rename): an interrupted run
+never leaves a partial file under its final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kedge.runtime.errors import KedgeError
+
+MANIFEST_NAME = "kedge.json"
+SCHEMA_VERSION = 1
+INTENDED_USE = "Research use only, not a diagnostic device."
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only on success."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def staged_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder beside `final`; it becomes `final` only on success.
+
+    A folder that is already there is refused unless `overwrite`, in which case it is
+    replaced only once the new one is complete.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise KedgeError(f"{final}: already exists (choose another --out, or pass --overwrite)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~_UMASK)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(stage, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@dataclass
+class Bundle:
+    """A bundle folder and its parsed manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["model"]["classes"])
+
+    def file(self, key: str) -> Path:
+        """Path of a file named in manifest["artifacts"][key], checked against its sha256."""
+        relative = self.manifest.get("artifacts", {}).get(key)
+        if relative is None:
+            raise KedgeError(f"{self.path}: the bundle has no {key} (kedge.json artifacts)")
+        path = self.path / relative
+        if not path.is_file():
+            raise KedgeError(f"{path}: missing from the bundle")
+        expected = self.manifest.get("files", {}).get(relative)
+        if expected and sha256_file(path) != expected:
+            raise KedgeError(f"{path}: sha256 differs from kedge.json (file changed or corrupted)")
+        return path
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    folder = Path(path)
+    manifest_path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise KedgeError(f"{folder}: no such bundle folder")
+    if not manifest_path.is_file():
+        raise KedgeError(f"{folder}: not a kedge bundle (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise KedgeError(f"{manifest_path}: not valid JSON ({err})") from None
+    schema = manifest.get("schema") if isinstance(manifest, dict) else None
+    if schema != SCHEMA_VERSION:
+        raise KedgeError(f"{manifest_path}: unsupported manifest schema {schema!r} (expected {SCHEMA_VERSION})")
+    return Bundle(folder, manifest)
+
+
+def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the sha256 of every file in the bundle, then write kedge.json atomically."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
+    }
+    manifest = {"schema": SCHEMA_VERSION, **manifest, "files": files}
+    manifest.setdefault("intended_use", INTENDED_USE)
+    atomic_write_json(folder / MANIFEST_NAME, manifest)
+    return manifest

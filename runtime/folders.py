@@ -1,0 +1,66 @@
+"""Find images on disk: labelled class-per-folder trees (the Kaggle layout) and loose files.
+
+Class folders match class names case-insensitively ("normal", "NORMAL" and "Normal"
+are one class), and results are sorted, so every run sees the same order.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kedge.runtime.errors import KedgeError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    label: int  # index into the class list
+    class_name: str
+
+    @property
+    def format(self) -> str:
+        """File format by extension, for per-format metrics ("jpeg", "png", ...)."""
+        suffix = self.path.suffix.lower().lstrip(".")
+        return {"jpg": "jpeg", "tif": "tiff"}.get(suffix, suffix)
+
+
+def parse_classes(text: str) -> list[str]:
+    """'Normal, Osteoporosis' -> ['Normal', 'Osteoporosis'], refusing empties and repeats."""
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise KedgeError(f"--classes {text!r}: empty class name")
+    if len({n.lower() for n in names}) != len(names):
+        raise KedgeError(f"--classes {text!r}: a class is named twice")
+    if len(names) < 2:
+        raise KedgeError(f"--classes {text!r}: need at least two classes")
+    return names
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def scan_labelled(root: str | os.PathLike[str], classes: Sequence[str]) -> list[LabelledImage]:
+    """List the images of `classes` under root/<class>/ (recursively), label = class index.
+
+    Folders for other classes are ignored; a class with no folder or no image is an error.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise KedgeError(f"{root}: no such data folder")
+    folders = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
+    images: list[LabelledImage] = []
+    for label, name in enumerate(classes):
+        folder = folders.get(name.lower())
+        if folder is None:
+            found = ", ".join(p.name for p in folders.values()) or "none"
+            raise KedgeError(f"{root}: no folder for class {name!r} (class folders found: {found})")
+        files = sorted((p for p in folder.rglob("*") if is_image_file(p)), key=lambda p: p.as_posix())
+        if not files:
+            raise KedgeError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        images.extend(LabelledImage(p, label, name) for p in files)
+    return images

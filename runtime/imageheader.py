@@ -1,0 +1,103 @@
+"""Read an image's format and pixel size from its header, before decoding it.
+
+Why: OpenCV decodes whatever it is given, so a 100000x100000 PNG of a few kilobytes
+would allocate tens of gigabytes before anything could object. Reading the header
+first lets kedge refuse such files with a clear message, and tells "not an image"
+apart from "a broken PNG". The runtime's JPEG fast path also needs the size up front.
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+
+class Header(NamedTuple):
+    format: str  # "png", "jpeg", "bmp", "tiff", "dicom"
+    width: int | None  # None where the header does not say (DICOM, BigTIFF)
+    height: int | None
+    significant_bits: int | None = None  # PNG sBIT, where present
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def read_header(data: bytes) -> Header | None:
+    """Return the header of a PNG, JPEG, BMP, TIFF or DICOM file, or None if unknown.
+
+    Raises ValueError when the signature matches but the header is cut short.
+    """
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _png(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg(data)
+        if data.startswith(b"BM") and len(data) >= 26:
+            return _bmp(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            return _tiff(data)
+        if data[128:132] == b"DICM":
+            return Header("dicom", None, None)
+    except (struct.error, IndexError) as err:
+        raise ValueError("the header is cut short") from err
+    return None
+
+
+def _png(data: bytes) -> Header:
+    width, height = struct.unpack(">II", data[16:24])
+    sbit = None
+    pos = 8
+    while pos + 8 <= len(data):  # walk chunks up to the first IDAT, looking for sBIT
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"sBIT" and length >= 1:
+            sbit = max(data[pos + 8 : pos + 8 + length])
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + length
+    return Header("png", width, height, sbit)
+
+
+def _jpeg(data: bytes) -> Header:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError("bad JPEG marker")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD9:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return Header("jpeg", width, height)
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        pos += 2 + length
+    raise ValueError("no JPEG frame header")
+
+
+def _bmp(data: bytes) -> Header:
+    (dib_size,) = struct.unpack("<I", data[14:18])
+    if dib_size == 12:  # OS/2 BITMAPCOREHEADER
+        width, height = struct.unpack("<HH", data[18:22])
+    else:
+        width, height = struct.unpack("<ii", data[18:26])
+    return Header("bmp", abs(width), abs(height))
+
+
+def _tiff(data: bytes) -> Header:
+    endian = "<" if data[:2] == b"II" else ">"
+    if data[2:4] in (b"+\x00", b"\x00+"):
+        return Header("tiff", None, None)  # BigTIFF: let the decoder judge
+    (ifd,) = struct.unpack(endian + "I", data[4:8])
+    (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
+    size: dict[int, int] = {}
+    for i in range(count):
+        entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+        tag, kind = struct.unpack(endian + "HH", entry[:4])
+        if tag in (256, 257):
+            fmt = endian + ("H" if kind == 3 else "I")
+            size[tag] = struct.unpack(fmt, entry[8 : 8 + struct.calcsize(fmt)])[0]
+    return Header("tiff", size.get(256), size.get(257))

@@ -1,0 +1,138 @@
+"""The one preprocessing function: an image file in, the model's input tensor out.
+
+Training, evaluation, calibration, parity and inference all call `preprocess`, so a
+model never sees different pixels in different places. Only numpy and OpenCV are used.
+
+The contract (PREPROCESS_VERSION "1"):
+
+1. Decode PNG, JPEG, BMP or TIFF with OpenCV, keeping the stored bit depth.
+2. Convert to one grey channel: colour with OpenCV's BT.601 weights
+   (0.299 R + 0.587 G + 0.114 B); an alpha channel is ignored.
+3. Resize to 224x224, ignoring aspect ratio (as both papers do). Shrinking uses
+   cv2.INTER_AREA (pixel-area averaging, which anti-aliases, so a full-resolution
+   radiograph and its 224-pixel copy give nearly the same tensor); enlarging uses
+   cv2.INTER_LINEAR. Resizing happens on the stored integers, which keeps it
+   deterministic.
+4. Scale to float32 in [0, 1] by the image's real full-scale value: 255 for 8-bit;
+   for 16-bit, 2**bits - 1 where bits is the PNG sBIT depth when the file declares
+   one, else the smallest of 8, 10, 12, 14, 16 bits that holds the image's maximum
+   (a 12-bit detector image saved as 16-bit PNG is not darkened 16-fold).
+5. Replicate the grey channel three times: shape (224, 224, 3), NHWC.
+
+Normalisation that a backbone needs (ImageNet mean subtraction) is not done here: it
+lives inside the model graph, so every exported form carries it.
+Any change to the steps above must bump PREPROCESS_VERSION (the golden test fails).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kedge.runtime.errors import ImageError
+from kedge.runtime.imageheader import read_header
+
+import cv2  # noqa: E402  (after the kedge imports on purpose: nothing to configure first)
+
+PREPROCESS_VERSION = "1"
+INPUT_SIZE = 224
+INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
+INTERPOLATION = "INTER_AREA when shrinking, INTER_LINEAR when enlarging"
+MAX_SIDE = 30_000
+MAX_PIXELS = 200_000_000
+DECODABLE = ("png", "jpeg", "bmp", "tiff")
+
+# OpenCV prints decoder warnings ("PNG input buffer is incomplete") on stderr; kedge
+# reports the problem itself, in one line, so keep OpenCV quiet.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a whole file, turning OS errors into a one-line ImageError."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as err:
+        raise ImageError(path, f"cannot be read ({err.strerror or err})") from None
+
+
+def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>") -> tuple[np.ndarray, int]:
+    """Decode image bytes to one grey channel at full resolution.
+
+    Returns the grey image (uint8 or uint16, as stored) and its full-scale value.
+    """
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    try:
+        header = read_header(data)
+    except ValueError as err:
+        raise ImageError(name, f"truncated or corrupt image header ({err})") from None
+    if header is None:
+        raise ImageError(name, "not an image kedge can read (expected PNG, JPEG, BMP or TIFF)")
+    if header.format not in DECODABLE:
+        raise ImageError(name, f"{header.format.upper()} files are not supported yet")
+    if header.width is not None and header.height is not None:
+        if header.width == 0 or header.height == 0:
+            raise ImageError(name, f"image has zero size ({header.width}x{header.height})")
+        if max(header.width, header.height) > MAX_SIDE or header.width * header.height > MAX_PIXELS:
+            raise ImageError(
+                name,
+                f"image is {header.width}x{header.height} pixels, over kedge's limit "
+                f"({MAX_SIDE} a side, {MAX_PIXELS // 1_000_000} megapixels)",
+            )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageError(name, f"{header.format.upper()} cannot be decoded (truncated or corrupt)")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageError(name, f"{image.dtype} pixels are not supported (8- or 16-bit integers only)")
+    grey = _to_grey(image)
+    return grey, _full_scale(grey, header.significant_bits)
+
+
+def _to_grey(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if channels == 1 or channels == 2:  # grey, or grey + alpha
+        return np.ascontiguousarray(image[:, :, 0])
+    code = cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY
+    return cv2.cvtColor(image, code)
+
+
+def _full_scale(grey: np.ndarray, significant_bits: int | None) -> int:
+    if grey.dtype == np.uint8:
+        return 255
+    if significant_bits and 8 <= significant_bits <= 16:
+        return 2**significant_bits - 1
+    peak = int(grey.max())
+    bits = next(b for b in (8, 10, 12, 14, 16) if peak < 2**b)
+    return 2**bits - 1
+
+
+def to_model_input(grey: np.ndarray, full_scale: int) -> np.ndarray:
+    """Resize a grey image to 224x224 and scale it to a (224, 224, 3) float32 tensor."""
+    height, width = grey.shape
+    shrinking = width >= INPUT_SIZE and height >= INPUT_SIZE
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    small = cv2.resize(grey, (INPUT_SIZE, INPUT_SIZE), interpolation=interpolation)
+    scaled = np.clip(small.astype(np.float32) / np.float32(full_scale), 0.0, 1.0)
+    return np.ascontiguousarray(np.repeat(scaled[:, :, None], 3, axis=2))
+
+
+def preprocess(source: str | os.PathLike[str] | bytes, name: str | None = None) -> np.ndarray:
+    """Turn an image file (a path, or its bytes) into the model input: (224, 224, 3) float32 in [0, 1].
+
+    Raises ImageError naming the file and the problem for anything unusable.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, label = bytes(source), name or "<bytes>"
+    else:
+        data, label = read_bytes(source), name or str(source)
+    grey, full_scale = decode_grey(data, label)
+    return to_model_input(grey, full_scale)

@@ -1,0 +1,46 @@
+"""Shared fixtures: synthetic data made here, the real radiographs when present, and
+skips for optional stacks (TensorFlow)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/imagegen.py
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path | None:
+    """The one setting for the real radiographs: KEDGE_REAL_DATA, else ../shared/data."""
+    configured = os.environ.get("KEDGE_REAL_DATA")
+    root = Path(configured) if configured else REPO.parent / "shared" / "data"
+    return root if (root / "knee-3class").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real radiographs not found (set KEDGE_REAL_DATA or place ../shared/data)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tf_keras():
+    pytest.importorskip("tf_keras", reason="needs the [train] extra (TensorFlow, tf_keras)")
+    from kedge.train.tfkeras import keras
+
+    return keras()
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three classes x 60 synthetic knees, 224 px (generated once per session)."""
+    from kedge.train.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "knees"
+    write_dataset(root, per_class=60, seed=0)
+    return root

@@ -1,0 +1,73 @@
+"""The two architectures: published parameter counts, in-graph normalisation, native ONNX GRU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kedge.runtime.errors import KedgeError
+
+pytestmark = pytest.mark.tensorflow
+
+
+def test_knee_cnn_matches_published_count(tf_keras) -> None:
+    from kedge.train.models import build_model, parameter_counts
+
+    model = build_model("knee-cnn")
+    assert parameter_counts(model) == {"total": 15_610_499, "trainable": 15_604_099, "non_trainable": 6_400}
+    assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 3)
+    assert model.get_layer("conv1").output_shape == (None, 73, 73, 128)
+    assert model.get_layer("pool4").output_shape == (None, 3, 3, 512)
+
+
+def test_resnet50_gru_counts(tf_keras) -> None:
+    from kedge.train.models import build_model, parameter_counts
+
+    # ResNet50 no-top: 23,587,712 (53,120 BatchNorm statistics, as published);
+    # GRU(128) on 2048 features, reset_after: 3*(2048*128 + 128*128 + 2*128) = 836,352; Dense: 258.
+    model = build_model("resnet50-gru")
+    assert parameter_counts(model) == {"total": 24_424_322, "trainable": 24_371_202, "non_trainable": 53_120}
+    frozen = build_model("resnet50-gru", freeze_backbone=True, gru_units=64)
+    head = 3 * (2048 * 64 + 64 * 64 + 2 * 64) + 64 * 2 + 2
+    assert parameter_counts(frozen)["trainable"] == head
+
+
+def test_imagenet_normalisation_is_in_the_graph(tf_keras) -> None:
+    from kedge.train.models import imagenet_preprocess_layer
+
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    expected = tf_keras.applications.resnet50.preprocess_input(x * 255.0)
+    assert np.allclose(imagenet_preprocess_layer()()(x).numpy(), expected, atol=1e-4)
+
+
+def test_weights_options_fail_clearly(tf_keras, tmp_path) -> None:
+    from kedge.train.models import build_model
+
+    with pytest.raises(KedgeError, match="--weights file not found"):
+        build_model("resnet50-gru", weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(KedgeError, match="needs the full-width ResNet50"):
+        build_model("resnet50-gru", weights="imagenet", width=0.25)
+    with pytest.raises(KedgeError, match="unknown option"):
+        build_model("knee-cnn", gru_units=8)
+
+
+def test_resnet50_gru_exports_a_native_onnx_gru(tf_keras, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from kedge.export.onnx import keras_to_onnx
+    from kedge.train.models import build_model, load_keras_model
+
+    model = build_model("resnet50-gru", width=0.125, gru_units=16)
+    model.save(tmp_path / "model.keras")
+    reloaded = load_keras_model(tmp_path / "model.keras")  # the custom normalisation layer round-trips
+    keras_to_onnx(reloaded, tmp_path / "model.onnx")
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("GRU") == 1 and "Loop" not in ops and "Scan" not in ops
+    gru = next(n for n in proto.graph.node if n.op_type == "GRU")
+    assert {a.name: a.i for a in gru.attribute}["linear_before_reset"] == 1
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 0  # dynamic batch
+    x = np.random.default_rng(1).random((3, 224, 224, 3)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"image": x})[0]
+    assert np.abs(onnx_out - model(x, training=False).numpy()).max() < 1e-4

@@ -1,0 +1,66 @@
+"""Checks on the real radiographs (../shared/data or KEDGE_REAL_DATA); skipped without them.
+
+The images are read in place and never copied into the project.
+"""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from kedge.runtime.folders import scan_labelled
+from kedge.runtime.preprocess import preprocess
+
+pytestmark = pytest.mark.realdata
+CLASSES = ["Normal", "Osteopenia", "Osteoporosis"]
+
+
+def twins(root):
+    with open(root / "manifest.csv", newline="") as handle:
+        return [(row["path"], row["same_radiograph_as"]) for row in csv.DictReader(handle) if row["same_radiograph_as"]]
+
+
+def test_every_real_image_preprocesses(real_data) -> None:
+    items = scan_labelled(real_data / "knee-3class", CLASSES) + scan_labelled(real_data / "knee-fullres", CLASSES)
+    counts = {c: sum(1 for i in items if i.class_name == c and "knee-3class" in i.path.as_posix()) for c in CLASSES}
+    assert counts == {"Normal": 135, "Osteopenia": 133, "Osteoporosis": 104}
+    for item in items:
+        x = preprocess(item.path)
+        assert x.shape == (224, 224, 3) and 0 <= x.min() <= x.max() <= 1
+
+
+def test_full_resolution_and_224_twins_give_nearly_the_same_tensor(real_data) -> None:
+    pairs = twins(real_data)
+    assert len(pairs) == 30
+    for full, small in pairs:
+        difference = np.abs(preprocess(real_data / full) - preprocess(real_data / small))
+        assert difference.mean() < 0.015, (full, small)  # measured: at most 0.0072
+
+
+def test_dedup_finds_the_twins_and_nothing_else(real_data) -> None:
+    from kedge.train.dedup import duplicate_groups, fingerprint
+
+    paths = sorted(p.relative_to(real_data).as_posix() for p in real_data.rglob("*")
+                   if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    groups = duplicate_groups([fingerprint(str(real_data / p)) for p in paths])
+    group_of = dict(zip(paths, groups))
+    for full, small in twins(real_data):
+        assert group_of[full] == group_of[small], (full, small)
+    sizes = np.bincount(groups)
+    assert (sizes > 1).sum() == 30 and sizes.max() == 2  # the curated set holds no other duplicate
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_real_data(real_data, tf_keras, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from kedge.cli import main
+    from kedge.runtime.bundle import load_bundle
+
+    out = tmp_path / "cnn"
+    result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(real_data / "knee-3class"), "--out",
+                                       str(out), "--width", "0.25", "--epochs", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    test = load_bundle(out).manifest["metrics"]["test"]
+    assert test["n"] == 56 and set(test["by_format"]) == {"jpeg", "png"}

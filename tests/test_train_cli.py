@@ -1,0 +1,100 @@
+"""`kedge train` and `kedge evaluate` end to end on synthetic data, through the CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from kedge.cli import main
+from kedge.runtime.bundle import load_bundle, sha256_file
+
+pytestmark = pytest.mark.tensorflow
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(tf_keras, synthetic_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "cnn"
+    result = run("train", "knee-cnn", "--data", synthetic_data, "--out", out, "--width", "0.125",
+                 "--epochs", "8", "--patience", "0", "--quiet")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_bundle_contents(cnn_bundle, synthetic_data) -> None:
+    bundle = load_bundle(cnn_bundle)
+    m = bundle.manifest
+    assert sorted(p.name for p in cnn_bundle.iterdir()) == [
+        "confusion_matrix.png", "curves.png", "history.csv", "kedge.json", "model.keras", "split.csv"]
+    assert m["model"]["classes"] == ["Normal", "Osteopenia", "Osteoporosis"]
+    assert m["input"]["shape"] == [None, 224, 224, 3] and m["preprocessing"]["version"] == "1"
+    assert m["intended_use"] == "Research use only, not a diagnostic device."
+    assert m["training"]["device"].startswith(("CPU", "GPU"))
+    assert m["training"]["epochs_run"] == 8 and m["training"]["lr"] == 1e-3 and m["training"]["batch_size"] == 16
+    assert all(sha256_file(cnn_bundle / name) == digest for name, digest in m["files"].items())
+    assert len(m["files"]) == 5
+    history = (cnn_bundle / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy") and len(history) == 9
+    assert (cnn_bundle / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learns_the_synthetic_task(cnn_bundle) -> None:
+    test = load_bundle(cnn_bundle).manifest["metrics"]["test"]
+    assert test["n"] == 27  # 15 % of 60 per class, three classes
+    assert test["accuracy"] > 0.6  # chance is 1/3
+    low, high = test["accuracy_ci95"]
+    assert low < test["accuracy"] < high
+
+
+def test_evaluate_test_split_reproduces_training_metrics(cnn_bundle, synthetic_data) -> None:
+    result = run("evaluate", cnn_bundle, "--data", synthetic_data, "--split", "test", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    stored = load_bundle(cnn_bundle).manifest["metrics"]["test"]
+    assert report["n"] == stored["n"] and report["confusion_matrix"] == stored["confusion_matrix"]
+    assert report["by_format"]["png"]["n"] == 27
+
+
+def test_evaluate_reports_bad_file_and_exits_nonzero(cnn_bundle, synthetic_data, tmp_path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    (data / "Normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    result = run("evaluate", cnn_bundle, "--data", data, "--quiet")
+    assert result.exit_code == 1
+    assert "broken.png: truncated or corrupt image header" in result.output
+    assert "n=180" in result.output  # every other image was still scored
+
+
+def test_binary_resnet50_gru_with_class_subset(tf_keras, synthetic_data, tmp_path) -> None:
+    out = tmp_path / "gru"
+    result = run("train", "resnet50-gru", "--data", synthetic_data, "--out", out, "--classes",
+                 "normal,OSTEOPOROSIS", "--width", "0.125", "--gru-units", "16", "--epochs", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    manifest = load_bundle(out).manifest
+    assert manifest["model"]["classes"] == ["normal", "OSTEOPOROSIS"]
+    assert manifest["model"]["options"]["gru_units"] == 16
+    assert manifest["training"]["dataset"]["counts"]["test"] == {"normal": 9, "OSTEOPOROSIS": 9}
+
+
+def test_interrupted_training_leaves_no_bundle(tf_keras, synthetic_data, tmp_path, monkeypatch) -> None:
+    from kedge.train import plots
+
+    def fail(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_history", fail)
+    result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(synthetic_data), "--out",
+                                       str(tmp_path / "cnn"), "--width", "0.0625", "--epochs", "1", "--quiet"])
+    assert result.exit_code == 130 and "kedge: interrupted" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_option_for_model(tf_keras, synthetic_data, tmp_path) -> None:
+    result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(synthetic_data), "--out",
+                                       str(tmp_path / "x"), "--gru-units", "8"])
+    assert result.exit_code == 1 and "knee-cnn has no option --gru-units" in result.output

@@ -1,0 +1,42 @@
+"""`kedge evaluate`: score a bundle's Keras model on any labelled folder.
+
+With --split, only the files that the bundle's split manifest put in that split are
+scored (for example the held-out test split of the training folder).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kedge.runtime.bundle import load_bundle
+from kedge.runtime.errors import KedgeError
+from kedge.runtime.evaluate import predict_items, score
+from kedge.runtime.folders import scan_labelled
+from kedge.train.data import SPLITS, read_split_manifest
+from kedge.train.models import load_keras_model
+
+
+def evaluate_bundle(
+    bundle_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    split: str | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    bundle = load_bundle(bundle_dir)
+    items = scan_labelled(data_dir, bundle.classes)
+    if split is not None:
+        if split not in SPLITS:
+            raise KedgeError(f"--split {split}: choose from {', '.join(SPLITS)}")
+        assigned = read_split_manifest(bundle.file("split_manifest"))
+        root = os.fspath(data_dir)
+        items = [i for i in items if assigned.get(i.path.relative_to(root).as_posix()) == split]
+        if not items:
+            raise KedgeError(f"{data_dir}: no image of this folder is in the bundle's {split} split "
+                             "(is it the folder the bundle was trained on?)")
+    model = load_keras_model(bundle.file("keras"))
+    predictions = predict_items(lambda x: model(x, training=False).numpy(), items, batch_size, progress)
+    report = score(predictions, bundle.classes)
+    report.update({"bundle": str(bundle.path), "model": bundle.name, "data": str(data_dir),
+                   "split": split or "all", "backend": "keras"})
+    return report

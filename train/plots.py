@@ -1,0 +1,67 @@
+"""Training curves and confusion-matrix PNGs (matplotlib, headless).
+
+People read a curve or a confusion matrix faster than a CSV; these go into the bundle.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from kedge.runtime.bundle import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: dict[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str], title: str) -> None:
+    """Loss and accuracy per epoch, training vs validation, with the kept epoch marked."""
+    plt = _pyplot()
+    epochs = range(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        ax.plot(epochs, history[key], label="train", color="tab:blue")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], label="validation", color="tab:orange")
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str], title: str) -> None:
+    """Counts in each cell, coloured by the row-normalised rate (recall per true class)."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(matrix)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 1.4 + 1.1 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), constrained_layout=True)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(j, i, f"{value}\n{rates[i, j]:.0%}", ha="center", va="center",
+                color="white" if rates[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="fraction of true class")
+    _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,58 @@
+"""The single place that imports TensorFlow, and the choice of Keras for the project.
+
+kedge builds its models with tf_keras (Keras 2), not Keras 3. Why: with Keras 3
+every tf2onnx route turns the GRU into an ONNX Loop, which FP16/INT8 tooling and
+TensorRT handle badly; with tf_keras, tf2onnx emits a native ONNX GRU op
+(linear_before_reset=1) that converts cleanly (SPEC section 2). Call `keras()`
+inside the functions that need it, so importing kedge never imports TensorFlow.
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from kedge.runtime.errors import KedgeError
+
+INSTALL_HINT = "pip install 'kedge[train]'"
+
+
+def keras() -> ModuleType:
+    """Import TensorFlow in legacy-Keras mode and return the tf_keras module."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow  # noqa: F401
+        import tf_keras
+    except ImportError as err:
+        raise KedgeError(f"this command needs TensorFlow and tf_keras ({err.name} is missing): {INSTALL_HINT}") from None
+    return tf_keras
+
+
+def tensorflow() -> ModuleType:
+    keras()
+    import tensorflow as tf
+
+    return tf
+
+
+def training_device() -> str:
+    """A human name for what TensorFlow will train on, e.g. 'GPU: NVIDIA RTX 4090' or 'CPU'."""
+    tf = tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
+    return f"CPU: {_cpu_name()} (no GPU visible to TensorFlow)"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
