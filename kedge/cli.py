@@ -84,7 +84,8 @@ def models(as_json: bool) -> None:
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Class-per-folder image tree (e.g. DIR/Normal, DIR/Osteoporosis).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to create.")
-@click.option("--classes", help="Comma-separated classes (default: the model's). Folder names match case-insensitively.")
+@click.option("--classes",
+              help="Comma-separated classes (default: the model's). Folder names match case-insensitively.")
 @click.option("--epochs", type=int, help="Default: the paper's (100 for resnet50-gru, 30 for knee-cnn).")
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate.")
@@ -117,7 +118,8 @@ def train(model: str, data: Path, out: Path, classes: str | None, fractions: str
     Trains on a CUDA GPU when TensorFlow sees one, else on the CPU (and says which).
     """
     from kedge.runtime.folders import parse_classes
-    from kedge.train.fit import TrainSettings, train as run_training
+    from kedge.train.fit import TrainSettings
+    from kedge.train.fit import train as run_training
     from kedge.train.models import get_architecture
 
     given = {"weights": weights, "freeze_backbone": freeze_backbone, "gru_units": gru_units, "width": width,
@@ -168,6 +170,93 @@ def evaluate(bundle: Path, data: Path, split: str | None, batch_size: int, quiet
     else:
         click.echo(format_report(report, f"{report['model']} on {data} ({report['split']}), backend keras"))
     if report["failures"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out-dir", type=click.Path(path_type=Path),
+              help="Write each model input as an 8-bit 224x224 PNG here, to see what the model sees.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> None:
+    """Run kedge's single preprocessing step on images (files, folders, globs).
+
+    Prints each tensor's statistics; a file that cannot be used gets one line on
+    stderr and the exit status is 1, while the other files are still processed.
+
+    \b
+    Example:
+      kedge preprocess knee.png scans/ --out-dir /tmp/seen
+    """
+    import numpy as np
+
+    from kedge.runtime.bundle import atomic_path
+    from kedge.runtime.errors import ImageError
+    from kedge.runtime.folders import expand_inputs
+    from kedge.runtime.preprocess import PREPROCESS_VERSION
+    from kedge.runtime.preprocess import preprocess as run_preprocess
+
+    rows, failed = [], 0
+    for path in expand_inputs(inputs):
+        try:
+            x = run_preprocess(path)
+        except ImageError as err:
+            click.echo(f"kedge: error: {err}", err=True)
+            failed += 1
+            continue
+        row = {"path": str(path), "shape": list(x.shape), "min": float(x.min()), "mean": float(x.mean()),
+               "max": float(x.max()), "preprocessing": PREPROCESS_VERSION}
+        if out_dir is not None:
+            import cv2
+
+            with atomic_path(out_dir / f"{path.stem}.png") as tmp:
+                tmp.write_bytes(cv2.imencode(".png", np.round(x[:, :, 0] * 255).astype(np.uint8))[1].tobytes())
+            row["view"] = str(out_dir / f"{path.stem}.png")
+        rows.append(row)
+        if not as_json:
+            click.echo(f"{path}: {'x'.join(map(str, x.shape))} float32, min {row['min']:.3f} "
+                       f"mean {row['mean']:.3f} max {row['max']:.3f}")
+    if as_json:
+        _emit_json(rows)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--classes", default="Normal,Osteopenia,Osteoporosis", show_default=True,
+              help="Comma-separated classes; folder names match case-insensitively.")
+@click.option("--split", "fractions", default="0.7,0.15,0.15", show_default=True, help="Train,val,test fractions.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--write-split", type=click.Path(path_type=Path), help="Also write the split manifest (CSV) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dataset(data: Path, classes: str, fractions: str, seed: int, write_split: Path | None, as_json: bool) -> None:
+    """Check a labelled folder the way `kedge train` will use it, without training.
+
+    Decodes every image, finds duplicates (byte-identical, resized or re-encoded
+    copies of one radiograph), drops groups with conflicting labels, and shows the
+    seeded stratified split. Exits 1 if any image is unreadable.
+    """
+    from kedge.runtime.folders import parse_classes
+    from kedge.train.data import SPLITS, prepare, write_split_manifest
+
+    prepared = prepare(data, parse_classes(classes), _fractions(fractions), seed, progress=not as_json)
+    if write_split is not None:
+        write_split_manifest(write_split, prepared)
+    summary = prepared.summary()
+    excluded = [{"path": e.relative, "class": e.item.class_name, "reason": e.note}
+                for e in prepared.entries if e.split == "excluded"]
+    if as_json:
+        _emit_json({**summary, "excluded_files": excluded})
+    else:
+        click.echo(f"{data}: {len(prepared.entries)} images, {summary['groups']} distinct radiographs")
+        click.echo(f"  {'split':<8}" + "".join(f"{c:>14}" for c in prepared.classes))
+        for split in SPLITS:
+            counts = summary["counts"][split]  # type: ignore[index]
+            click.echo(f"  {split:<8}" + "".join(f"{counts.get(c, 0):>14}" for c in prepared.classes))
+        for row in excluded:
+            click.echo(f"  excluded {row['path']}: {row['reason']}")
+    if any(row["reason"].startswith("unreadable") for row in excluded):
         sys.exit(1)
 
 

@@ -36,7 +36,7 @@ def predict_items(
     done: list[LabelledImage] = []
     outputs: list[np.ndarray] = []
     failures: list[tuple[str, str]] = []
-    with tqdm(total=len(items), desc="Predicting", unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(items), desc="Predicting", unit="img", disable=None if progress else True, leave=False) as bar:
         for start in range(0, len(items), batch_size):
             batch, tensors = [], []
             for item in items[start : start + batch_size]:

@@ -64,3 +64,23 @@ def scan_labelled(root: str | os.PathLike[str], classes: Sequence[str]) -> list[
             raise KedgeError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         images.extend(LabelledImage(p, label, name) for p in files)
     return images
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, folders searched recursively for images, and glob patterns expanded.
+
+    A path that does not exist and matches nothing is returned as is, so the caller
+    reports it per file ("file not found") instead of silently dropping it.
+    """
+    import glob
+
+    found: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted((p for p in path.rglob("*") if is_image_file(p)), key=lambda p: p.as_posix()))
+        elif not path.exists() and glob.has_magic(str(raw)):
+            found.extend(Path(m) for m in sorted(glob.glob(str(raw), recursive=True)) if is_image_file(Path(m)))
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))  # drop repeats, keep order

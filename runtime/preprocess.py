@@ -5,7 +5,8 @@ model never sees different pixels in different places. Only numpy and OpenCV are
 
 The contract (PREPROCESS_VERSION "1"):
 
-1. Decode PNG, JPEG, BMP or TIFF with OpenCV, keeping the stored bit depth.
+1. Decode PNG, JPEG, BMP or TIFF with OpenCV, keeping the stored bit depth. EXIF
+   orientation is not applied: the pixels are used as stored, as in training.
 2. Convert to one grey channel: colour with OpenCV's BT.601 weights
    (0.299 R + 0.587 G + 0.114 B); an alpha channel is ignored.
 3. Resize to 224x224, ignoring aspect ratio (as both papers do). Shrinking uses
@@ -28,12 +29,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2  # noqa: E402  (after the kedge imports on purpose: nothing to configure first)
 import numpy as np
 
 from kedge.runtime.errors import ImageError
 from kedge.runtime.imageheader import read_header
-
-import cv2  # noqa: E402  (after the kedge imports on purpose: nothing to configure first)
 
 PREPROCESS_VERSION = "1"
 INPUT_SIZE = 224

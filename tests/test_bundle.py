@@ -6,47 +6,48 @@ import json
 import pytest
 
 from kedge.runtime.bundle import (
-    MANIFEST_NAME, atomic_path, atomic_write_json, load_bundle, sha256_file, staged_folder, write_manifest,
+    MANIFEST_NAME,
+    atomic_path,
+    atomic_write_json,
+    load_bundle,
+    sha256_file,
+    staged_folder,
+    write_manifest,
 )
 from kedge.runtime.errors import KedgeError
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path) -> None:
     target = tmp_path / "model.onnx"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_path_replaces_only_when_complete(tmp_path) -> None:
     target = tmp_path / "a.json"
     atomic_write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("{broken")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("{broken")
+        raise RuntimeError
     assert json.loads(target.read_text()) == {"v": 1}
     assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
 
 
 def test_staged_folder(tmp_path) -> None:
     final = tmp_path / "bundle"
-    with pytest.raises(RuntimeError):
-        with staged_folder(final) as stage:
-            (stage / "x").write_text("partial")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), staged_folder(final) as stage:
+        (stage / "x").write_text("partial")
+        raise RuntimeError
     assert list(tmp_path.iterdir()) == []  # no partial bundle, no staging folder
     with staged_folder(final) as stage:
         (stage / "x").write_text("one")
-    with pytest.raises(KedgeError, match="already exists"):
-        with staged_folder(final):
-            pass
-    with pytest.raises(RuntimeError):
-        with staged_folder(final, overwrite=True) as stage:
-            (stage / "x").write_text("two")
-            raise RuntimeError
+    with pytest.raises(KedgeError, match="already exists"), staged_folder(final):
+        pass
+    with pytest.raises(RuntimeError), staged_folder(final, overwrite=True) as stage:
+        (stage / "x").write_text("two")
+        raise RuntimeError
     assert (final / "x").read_text() == "one"  # the old bundle survives a failed overwrite
     with staged_folder(final, overwrite=True) as stage:
         (stage / "x").write_text("two")

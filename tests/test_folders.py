@@ -35,7 +35,8 @@ def test_missing_class_and_empty_class(tmp_path) -> None:
         scan_labelled(tmp_path / "missing", ["Normal"])
 
 
-@pytest.mark.parametrize("text,problem", [("Normal,", "empty class"), ("a,A", "named twice"), ("Normal", "at least two")])
+@pytest.mark.parametrize("text,problem",
+                         [("Normal,", "empty class"), ("a,A", "named twice"), ("Normal", "at least two")])
 def test_parse_classes_errors(text: str, problem: str) -> None:
     with pytest.raises(KedgeError, match=problem):
         parse_classes(text)

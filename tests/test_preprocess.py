@@ -6,8 +6,8 @@ import hashlib
 import cv2
 import numpy as np
 import pytest
-from imagegen import encode, pattern, png_header_only, with_sbit
 
+from imagegen import encode, pattern, png_header_only, with_sbit
 from kedge.runtime.errors import ImageError
 from kedge.runtime.imageheader import read_header
 from kedge.runtime.preprocess import INPUT_SHAPE, PREPROCESS_VERSION, preprocess
@@ -15,7 +15,7 @@ from kedge.runtime.preprocess import INPUT_SHAPE, PREPROCESS_VERSION, preprocess
 
 def check_tensor(x: np.ndarray) -> None:
     assert x.shape == INPUT_SHAPE and x.dtype == np.float32 and x.flags.c_contiguous
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert np.array_equal(x[:, :, 0], x[:, :, 1]) and np.array_equal(x[:, :, 0], x[:, :, 2])
 
 

@@ -44,7 +44,7 @@ def test_dedup_finds_the_twins_and_nothing_else(real_data) -> None:
     paths = sorted(p.relative_to(real_data).as_posix() for p in real_data.rglob("*")
                    if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     groups = duplicate_groups([fingerprint(str(real_data / p)) for p in paths])
-    group_of = dict(zip(paths, groups))
+    group_of = dict(zip(paths, groups, strict=True))
     for full, small in twins(real_data):
         assert group_of[full] == group_of[small], (full, small)
     sizes = np.bincount(groups)

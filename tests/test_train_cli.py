@@ -98,3 +98,21 @@ def test_wrong_option_for_model(tf_keras, synthetic_data, tmp_path) -> None:
     result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(synthetic_data), "--out",
                                        str(tmp_path / "x"), "--gru-units", "8"])
     assert result.exit_code == 1 and "knee-cnn has no option --gru-units" in result.output
+
+
+def test_mixed_precision_option(tf_keras, synthetic_data, tmp_path) -> None:
+    from kedge.train.models import load_keras_model
+
+    out = tmp_path / "mp"
+    result = run("train", "knee-cnn", "--data", synthetic_data, "--out", out, "--width", "0.0625", "--epochs", "1",
+                 "--mixed-precision")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1: loss " in result.output  # not a terminal: one log line per epoch instead of a bar
+    assert load_bundle(out).manifest["training"]["mixed_precision"] is True
+    assert tf_keras.mixed_precision.global_policy().name == "float32"  # global state restored
+    model = load_keras_model(out / "model.keras")
+    assert model.get_layer("conv1").compute_dtype == "float16"
+    assert model.get_layer("probabilities").compute_dtype == "float32"  # softmax stays float32
+    import numpy as np
+
+    assert model(np.zeros((1, 224, 224, 3), np.float32)).dtype == "float32"

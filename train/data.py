@@ -66,7 +66,7 @@ def prepare(
     entries = [Entry(item, item.path.relative_to(root).as_posix()) for item in scan_labelled(root, classes)]
     usable: list[Entry] = []
     prints = []
-    for entry in tqdm(entries, desc="Checking images", unit="img", disable=not progress, leave=False):
+    for entry in tqdm(entries, desc="Checking images", unit="img", disable=None if progress else True, leave=False):
         try:
             fp = fingerprint(str(entry.item.path))
         except ImageError as err:
@@ -75,7 +75,7 @@ def prepare(
         entry.sha256 = fp.sha256
         usable.append(entry)
         prints.append(fp)
-    for entry, group in zip(usable, duplicate_groups(prints)):
+    for entry, group in zip(usable, duplicate_groups(prints), strict=True):
         entry.group = group
     _exclude_duplicates(usable)
     kept = [e for e in usable if not e.note]

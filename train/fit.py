@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -52,12 +53,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     epochs = settings.epochs or arch.epochs
     if settings.batch_size < 1 or epochs < 1 or settings.lr <= 0:
         raise KedgeError("--batch-size and --epochs must be at least 1, and --lr positive")
-    k, tf = keras(), tensorflow()
-    device = training_device()
-    log(f"kedge train {arch.name}: {len(classes)} classes ({', '.join(classes)}), device {device}")
-    if settings.mixed_precision and device.startswith("CPU"):
-        log("note: mixed precision on a CPU is slower than float32; it pays on a GPU with tensor cores")
-
+    # The data is checked before TensorFlow loads: its errors come fast and without TF's start-up noise.
     prepared = datamod.prepare(settings.data, classes, settings.fractions, settings.seed, settings.progress)
     counts = prepared.summary()["counts"]
     for split in datamod.SPLITS:
@@ -66,6 +62,14 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             raise KedgeError(f"{settings.data}: the {split} split has no {', '.join(missing)} image; "
                              "add images or change the split fractions")
     _log_data(prepared, log)
+    if settings.out.exists() and not settings.overwrite:
+        raise KedgeError(f"{settings.out}: already exists (choose another --out, or pass --overwrite)")
+
+    k, tf = keras(), tensorflow()
+    device = training_device()
+    log(f"kedge train {arch.name}: {len(classes)} classes ({', '.join(classes)}), device {device}")
+    if settings.mixed_precision and device.startswith("CPU"):
+        log("note: mixed precision on a CPU is slower than float32; it pays on a GPU with tensor cores")
 
     with staged_folder(settings.out, overwrite=settings.overwrite) as stage:
         k.utils.set_random_seed(settings.seed)
@@ -74,8 +78,10 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             model = build_model(arch.name, len(classes), **settings.model_options)
         finally:
             k.mixed_precision.set_global_policy("float32")
-        model.compile(optimizer=k.optimizers.Adam(settings.lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        optimizer = k.optimizers.Adam(settings.lr)
+        if settings.mixed_precision:  # float16 gradients need loss scaling against underflow
+            optimizer = k.mixed_precision.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         train_ds = datamod.tf_dataset(prepared.items("train"), settings.batch_size, training=True,
                                       seed=settings.seed, augment=settings.augment)
         val_ds = datamod.tf_dataset(prepared.items("val"), settings.batch_size, training=False, seed=settings.seed)
@@ -85,10 +91,12 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
                                                         save_best_only=True, save_weights_only=True)]
         if settings.patience > 0:
             callbacks.append(k.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience))
-        if settings.progress:
+        if settings.progress and sys.stderr.isatty():
             from tqdm.keras import TqdmCallback
 
             callbacks.append(TqdmCallback(verbose=1))
+        elif settings.progress:  # a log file or pipe: one line per epoch reads better than redrawn bars
+            timer.log = log
         started = time.perf_counter()
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0).history
         fit_seconds = time.perf_counter() - started
@@ -123,7 +131,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             "training": {
                 **{key: value for key, value in asdict(settings).items()
                    if key not in ("out", "progress", "overwrite", "model_options", "data")},
-                "data": str(settings.data), "epochs": epochs, "epochs_run": len(history["loss"]),
+                "data": str(settings.data), "classes": classes, "epochs": epochs, "epochs_run": len(history["loss"]),
                 "best_epoch": best_epoch, "seconds": round(fit_seconds, 1),
                 "seconds_per_epoch": round(float(np.mean(timer.seconds)), 2), "device": device,
                 "tensorflow": tf.__version__, "keras": f"tf_keras {k.__version__}",
@@ -144,12 +152,16 @@ def _epoch_timer(k: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.seconds: list[float] = []
+            self.log: Callable[[str], None] | None = None
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self._start = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             self.seconds.append(time.perf_counter() - self._start)
+            if self.log is not None:
+                values = " ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items())
+                self.log(f"epoch {epoch + 1}/{self.params.get('epochs', '?')}: {values} ({self.seconds[-1]:.1f} s)")
 
     return EpochTimer()
 

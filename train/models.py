@@ -150,7 +150,7 @@ def _reduced_resnet50(width: float) -> Any:
                          weights=None, input_shape=INPUT_SHAPE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_preprocess_layer() -> type:
     """The Keras layer class that maps [0, 1] RGB to ResNet50's 'caffe' input.
 
@@ -174,7 +174,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet50-gru": Architecture(
         name="resnet50-gru",
         classes=("Normal", "Osteoporosis"),
-        paper="An Effective Deep Learning Based Model for the Prediction of Osteoporosis from Knee X-Ray Images (IJISAE 2024)",
+        paper="An Effective Deep Learning Based Model for the Prediction of Osteoporosis "
+        "from Knee X-Ray Images (IJISAE 2024)",
         epochs=100,
         build=build_resnet50_gru,
         options={"weights": "none", "freeze_backbone": False, "gru_units": 128, "width": 1.0},

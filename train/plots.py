@@ -20,7 +20,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_history(history: dict[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str], title: str) -> None:
+def plot_history(
+    history: dict[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str], title: str
+) -> None:
     """Loss and accuracy per epoch, training vs validation, with the kept epoch marked."""
     plt = _pyplot()
     epochs = range(1, len(history["loss"]) + 1)
@@ -38,7 +40,9 @@ def plot_history(history: dict[str, Sequence[float]], best_epoch: int, path: str
     _save(fig, path)
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str], title: str) -> None:
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str], title: str
+) -> None:
     """Counts in each cell, coloured by the row-normalised rate (recall per true class)."""
     import numpy as np
 

@@ -24,7 +24,8 @@ def keras() -> ModuleType:
         import tensorflow  # noqa: F401
         import tf_keras
     except ImportError as err:
-        raise KedgeError(f"this command needs TensorFlow and tf_keras ({err.name} is missing): {INSTALL_HINT}") from None
+        missing = f"{err.name} is missing"
+        raise KedgeError(f"this command needs TensorFlow and tf_keras ({missing}): {INSTALL_HINT}") from None
     return tf_keras
 
 
@@ -41,7 +42,8 @@ def training_device() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU: {details.get('device_name', gpus[0].name)}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
+        more = f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else ""
+        return f"GPU: {details.get('device_name', gpus[0].name)}{more}"
     return f"CPU: {_cpu_name()} (no GPU visible to TensorFlow)"
 
 
