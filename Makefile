@@ -9,7 +9,7 @@ MODEL ?= knee-cnn
 OUT ?= runs/$(MODEL)
 KEDGE = $(VENV)/bin/kedge
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart test lint clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ endif
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) runs

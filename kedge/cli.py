@@ -103,7 +103,7 @@ def models(as_json: bool) -> None:
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on GPUs with tensor cores.")
 @click.option("--no-augment", is_flag=True, help="Turn off flips, shifts and rotations of the training images.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only once the new bundle is complete).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle manifest as JSON at the end.")
 def train(model: str, data: Path, out: Path, classes: str | None, fractions: str, weights: str | None,
           freeze_backbone: bool | None, gru_units: int | None, width: float | None, dropout: float | None,
