@@ -71,3 +71,14 @@ def test_resnet50_gru_exports_a_native_onnx_gru(tf_keras, tmp_path) -> None:
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {"image": x})[0]
     assert np.abs(onnx_out - model(x, training=False).numpy()).max() < 1e-4
+
+
+def test_backbone_batchnorm_momentum_is_set(tf_keras) -> None:
+    from kedge.train.models import build_model
+
+    def momenta(model) -> set[float]:
+        backbone = next(layer for layer in model.layers if isinstance(layer, tf_keras.Model))
+        return {layer.momentum for layer in backbone.layers if isinstance(layer, tf_keras.layers.BatchNormalization)}
+
+    assert momenta(build_model("resnet50-gru", width=0.125, gru_units=8, bn_momentum=0.8)) == {0.8}
+    assert momenta(build_model("resnet50-gru", width=0.125, gru_units=8)) == {0.9}  # not Keras' 0.99
