@@ -61,6 +61,12 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def check_output_folder(final: str | os.PathLike[str], overwrite: bool) -> None:
+    """Refuse an existing output folder unless overwriting; callers check early, before long work."""
+    if Path(final).exists() and not overwrite:
+        raise KedgeError(f"{final}: already exists (choose another --out, or pass --overwrite)")
+
+
 @contextlib.contextmanager
 def staged_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside `final`; it becomes `final` only on success.
@@ -69,8 +75,7 @@ def staged_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Ite
     replaced only once the new one is complete.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise KedgeError(f"{final}: already exists (choose another --out, or pass --overwrite)")
+    check_output_folder(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:

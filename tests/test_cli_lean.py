@@ -119,3 +119,11 @@ def test_expand_inputs_files_folders_globs(tmp_path) -> None:
         (tmp_path / name).write_bytes(b"x")
     found = expand_inputs([tmp_path / "a", str(tmp_path / "*.bmp"), tmp_path / "c.bmp", tmp_path / "none.png"])
     assert found == [tmp_path / "a/1.png", tmp_path / "a/b/2.JPG", tmp_path / "c.bmp", tmp_path / "none.png"]
+
+
+def test_train_refuses_existing_out_before_loading_tensorflow(synthetic_data, tmp_path) -> None:
+    (tmp_path / "taken").mkdir()
+    result = kedge_cli("train", "knee-cnn", "--data", synthetic_data, "--out", tmp_path / "taken", "--quiet")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"kedge: error: {tmp_path / 'taken'}: already exists " \
+                                    "(choose another --out, or pass --overwrite)"

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 import kedge
-from kedge.runtime.bundle import INTENDED_USE, atomic_write_text, staged_folder, write_manifest
+from kedge.runtime.bundle import (
+    INTENDED_USE,
+    atomic_write_text,
+    check_output_folder,
+    staged_folder,
+    write_manifest,
+)
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import predict_items, score
 from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
@@ -53,7 +59,8 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     epochs = settings.epochs or arch.epochs
     if settings.batch_size < 1 or epochs < 1 or settings.lr <= 0:
         raise KedgeError("--batch-size and --epochs must be at least 1, and --lr positive")
-    # The data is checked before TensorFlow loads: its errors come fast and without TF's start-up noise.
+    # Output and data are checked before TensorFlow loads: their errors come fast and without TF's noise.
+    check_output_folder(settings.out, settings.overwrite)
     prepared = datamod.prepare(settings.data, classes, settings.fractions, settings.seed, settings.progress)
     counts = prepared.summary()["counts"]
     for split in datamod.SPLITS:
@@ -62,8 +69,6 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             raise KedgeError(f"{settings.data}: the {split} split has no {', '.join(missing)} image; "
                              "add images or change the split fractions")
     _log_data(prepared, log)
-    if settings.out.exists() and not settings.overwrite:
-        raise KedgeError(f"{settings.out}: already exists (choose another --out, or pass --overwrite)")
 
     k, tf = keras(), tensorflow()
     device = training_device()
