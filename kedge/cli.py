@@ -197,7 +197,7 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
     from kedge.runtime.preprocess import PREPROCESS_VERSION
     from kedge.runtime.preprocess import preprocess as run_preprocess
 
-    rows, failed = [], 0
+    rows, failed, used_names = [], 0, set()
     for path in expand_inputs(inputs):
         try:
             x = run_preprocess(path)
@@ -210,9 +210,14 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
         if out_dir is not None:
             import cv2
 
-            with atomic_path(out_dir / f"{path.stem}.png") as tmp:
+            name, n = f"{path.stem}.png", 1
+            while name in used_names:  # Normal/1.png and Osteoporosis/1.png must not overwrite each other
+                n += 1
+                name = f"{path.stem}-{n}.png"
+            used_names.add(name)
+            with atomic_path(out_dir / name) as tmp:
                 tmp.write_bytes(cv2.imencode(".png", np.round(x[:, :, 0] * 255).astype(np.uint8))[1].tobytes())
-            row["view"] = str(out_dir / f"{path.stem}.png")
+            row["view"] = str(out_dir / name)
         rows.append(row)
         if not as_json:
             click.echo(f"{path}: {'x'.join(map(str, x.shape))} float32, min {row['min']:.3f} "

@@ -79,7 +79,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             found.extend(sorted((p for p in path.rglob("*") if is_image_file(p)), key=lambda p: p.as_posix()))
-        elif not path.exists() and glob.has_magic(str(raw)):
+        elif not path.exists() and any(char in str(raw) for char in "*?["):
             found.extend(Path(m) for m in sorted(glob.glob(str(raw), recursive=True)) if is_image_file(Path(m)))
         else:
             found.append(path)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2  # noqa: E402  (after the kedge imports on purpose: nothing to configure first)
+import cv2
 import numpy as np
 
 from kedge.runtime.errors import ImageError

@@ -82,6 +82,8 @@ def test_preprocess_command_reports_each_bad_file_and_goes_on(tmp_path) -> None:
 
     (tmp_path / "in" / "sub").mkdir(parents=True)
     (tmp_path / "in" / "sub" / "good.png").write_bytes(encode(pattern(300, 280), ".png"))
+    (tmp_path / "in" / "z").mkdir()
+    (tmp_path / "in" / "z" / "good.png").write_bytes(encode(pattern(200, 200), ".png"))  # same name, other folder
     (tmp_path / "in" / "bad.jpg").write_text("not a jpeg")
     result = kedge_cli("preprocess", tmp_path / "in", tmp_path / "gone.png", "--out-dir", tmp_path / "seen", "--json")
     assert result.returncode == 1
@@ -89,7 +91,9 @@ def test_preprocess_command_reports_each_bad_file_and_goes_on(tmp_path) -> None:
                                           "(expected PNG, JPEG, BMP or TIFF)",
                                           f"kedge: error: {tmp_path / 'gone.png'}: file not found"]
     rows = __import__("json").loads(result.stdout)
-    assert [r["path"] for r in rows] == [str(tmp_path / "in" / "sub" / "good.png")]
+    inputs = tmp_path / "in"
+    assert [r["path"] for r in rows] == [str(inputs / "sub" / "good.png"), str(inputs / "z" / "good.png")]
+    assert [r["view"] for r in rows] == [str(tmp_path / "seen" / "good.png"), str(tmp_path / "seen" / "good-2.png")]
     view = cv2.imread(rows[0]["view"], cv2.IMREAD_UNCHANGED)
     assert view.shape == (224, 224) and view.dtype.name == "uint8"
 
