@@ -9,7 +9,7 @@ MODEL ?= knee-cnn
 OUT ?= runs/$(MODEL)
 KEDGE = $(VENV)/bin/kedge
 
-.PHONY: setup quickstart test lint clean
+.PHONY: setup quickstart test lint typecheck clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,16 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# TensorRT cannot be installed without a GPU toolchain: type-check kedge's TensorRT code
+# against NVIDIA's stubs, unpacked (not installed) and repaired by .ci/trt_stubs.py.
+TRT_STUBS = $(VENV)/trt-stubs
+typecheck: setup
+	rm -rf $(VENV)/trt-stubs-wheel
+	$(VENV)/bin/python -m pip download --quiet --no-deps --dest $(VENV)/trt-stubs-wheel \
+		"tensorrt-stubs==$$(grep -i '^tensorrt-stubs==' constraints.txt | cut -d= -f3)"
+	$(VENV)/bin/python .ci/trt_stubs.py $(VENV)/trt-stubs-wheel/*.whl $(TRT_STUBS)
+	MYPYPATH=$(TRT_STUBS) $(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs

@@ -286,5 +286,131 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
     _log(f"wrote {len(paths)} synthetic images to {out}")
 
 
+
+@main.command(name="export")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--fp16", is_flag=True, help="Also write the FP16 ONNX (FP32 I/O) and, with --engine, an FP16 engine.")
+@click.option("--int8", is_flag=True, help="Also write INT8 Q/DQ ONNX forms from --calib images (and an INT8 engine "
+              "with --engine).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration images: class folders (sampled per class) or any folder of images.")
+@click.option("--calib-size", default="300", show_default=True,
+              help="How many calibration images to use, or 'all'.")
+@click.option("--calib-method", type=click.Choice(["percentile", "entropy", "minmax"]), default="percentile",
+              show_default=True, help="How activation ranges are chosen from the calibration images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the calibration subset.")
+@click.option("--engine", is_flag=True, help="Build TensorRT engines here (needs TensorRT and a GPU).")
+@click.option("--int8-source", type=click.Choice(["qdq", "calibration-cache"]), default="qdq", show_default=True,
+              help="TensorRT 10 only: build INT8 from the Q/DQ ONNX, or implicitly from the calibration cache.")
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Engine optimisation profile: largest batch.")
+@click.option("--opt-batch", default=1, show_default=True, type=click.IntRange(1, 4096),
+              help="Engine optimisation profile: batch to tune for.")
+@click.option("--workspace", "workspace_mib", type=click.IntRange(16, 1 << 20),
+              help="TensorRT workspace limit in MiB (e.g. 1024 on an 8 GB Jetson).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Labelled folder for the parity gate (default: --calib when it has class folders).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Parity on this split of --data only.")
+@click.option("--reference", type=click.Choice(["keras", "onnx-fp32"]),
+              help="Parity reference (default: keras where TensorFlow is installed).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done, skipped and the parity rows as JSON.")
+def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, quiet: bool, as_json: bool,
+                   **options: Any) -> None:
+    """Export BUNDLE to every form this machine can make, then check parity.
+
+    \b
+    On the desktop (TensorFlow):  Keras -> FP32 ONNX, gated on max |dp| <= 1e-4,
+                                  --fp16 -> FP16 ONNX, --int8 -> INT8 Q/DQ ONNX
+                                  (TensorRT's symmetric form and a faster uint8
+                                  form for CPUs) and a TensorRT 10 calibration cache.
+    On the device (TensorRT):     --engine builds engines from those ONNX files.
+    Anything this machine cannot do is skipped and said so.
+
+    \b
+    Examples:
+      kedge export runs/cnn --fp16 --int8 --calib ../shared/data/knee-3class
+      kedge export runs/cnn --engine --int8 --workspace 1024     # on the Jetson
+    Calibration is cached in the bundle; the same model and images reuse it.
+    Exit status 1 if the parity gate fails.
+    """
+    from kedge.export.pipeline import ExportSettings, export_bundle
+
+    size = None if calib_size.strip().lower() == "all" else _positive_int(calib_size, "--calib-size")
+    report = export_bundle(ExportSettings(bundle=bundle, calib_size=size, workspace_mib=workspace_mib,
+                                          progress=not quiet, **options), log=_log)
+    if as_json:
+        _emit_json({"bundle": report.bundle, "done": report.done, "skipped": report.skipped,
+                    "parity": report.parity, "passed": report.passed})
+    else:
+        for line in report.done:
+            click.echo(f"done     {line}")
+        for line in report.skipped:
+            click.echo(f"skipped  {line}")
+        if report.parity is not None:
+            _echo_parity(report.parity)
+    if not report.passed:
+        sys.exit(1)
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise KedgeError(f"{option} {text!r}: give a positive number or 'all'")
+    return value
+
+
+def _echo_parity(result: dict[str, Any]) -> None:
+    from kedge.runtime.parity import ParityRow, format_table
+
+    click.echo(f"parity on {result['data']} ({result['split']}, n={result['n']}), reference {result['reference']}")
+    click.echo(format_table([ParityRow(**row) for row in result["rows"]]))
+    for failure in result["unreadable"]:
+        click.echo(f"  skipped {failure['path']}: {failure['problem']}")
+    click.echo("PASSED" if result["passed"] else "FAILED")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled class-per-folder tree.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Only this split of --data.")
+@click.option("--reference", type=click.Choice(["keras", "onnx-fp32"]),
+              help="Default: keras where TensorFlow is installed, else onnx-fp32.")
+@click.option("--forms", help="Comma-separated forms to check (default: all this machine can run), e.g. "
+              "onnx-fp16,onnx-int8,trt-int8.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: rows with form, accuracy, macro_f1, agreement, max_abs_diff, mean_abs_diff, passed.")
+def parity(bundle: Path, data: Path, split: str | None, reference: str | None, forms: str | None, batch_size: int,
+           quiet: bool, as_json: bool) -> None:
+    """Compare every exported form of BUNDLE with the reference on labelled images.
+
+    \b
+    Per form: accuracy, macro-F1, top-1 agreement with the reference, max and mean
+    |dp|. Thresholds (a row FAILS outside them):
+      fp32 forms   agreement 100 %, max |dp| <= 1e-4
+      fp16 forms   agreement >= 99.5 %
+      int8 forms   agreement >= 98 %, accuracy within 1 point of the reference
+    The result is recorded in the bundle's kedge.json. Exit status 1 on any FAILED row.
+    """
+    from kedge.export.parity import parity_for_bundle
+
+    wanted = [f.strip() for f in forms.split(",") if f.strip()] if forms else None
+    result = parity_for_bundle(bundle, data, split, reference, wanted, batch_size, progress=not quiet,
+                               log=None if as_json else _log)
+    if as_json:
+        _emit_json({**result, "rows": [{k: row[k] for k in ("form", "accuracy", "macro_f1", "agreement",
+                                                             "max_abs_diff", "mean_abs_diff", "passed",
+                                                             "backend", "n", "reference", "problems")}
+                                       for row in result["rows"]]})
+    else:
+        _echo_parity(result)
+    if not result["passed"]:
+        sys.exit(1)
+
 if __name__ == "__main__":
     main()

@@ -84,3 +84,24 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         else:
             found.append(path)
     return list(dict.fromkeys(found))  # drop repeats, keep order
+
+
+def read_split_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A bundle's split.csv: relative path -> split name (train, val, test or excluded)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return {row["path"]: row["split"] for row in csv.DictReader(handle)}
+    except (OSError, KeyError) as err:
+        raise KedgeError(f"{path}: cannot read split manifest ({err})") from None
+
+
+def in_split(items: Sequence[LabelledImage], root: str | os.PathLike[str], assigned: dict[str, str],
+             split: str) -> list[LabelledImage]:
+    """The items that a split manifest put in `split`; an error if there are none."""
+    chosen = [i for i in items if assigned.get(i.path.relative_to(root).as_posix()) == split]
+    if not chosen:
+        raise KedgeError(f"{root}: no image of this folder is in the bundle's {split} split "
+                         "(is it the folder the bundle was trained on?)")
+    return chosen

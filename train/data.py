@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from kedge.runtime.bundle import atomic_write_text
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.folders import LabelledImage, scan_labelled
+from kedge.runtime.folders import LabelledImage, read_split_manifest, scan_labelled  # noqa: F401 (re-export)
 from kedge.train.dedup import duplicate_groups, fingerprint
 
 SPLITS = ("train", "val", "test")
@@ -139,15 +139,6 @@ def write_split_manifest(path: str | os.PathLike[str], data: PreparedData) -> No
         writer.writerow({"path": e.relative, "class": e.item.class_name, "split": e.split,
                          "group": e.group, "sha256": e.sha256, "note": e.note})
     atomic_write_text(path, buffer.getvalue())
-
-
-def read_split_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
-    """relative path -> split name."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return {row["path"]: row["split"] for row in csv.DictReader(handle)}
-    except (OSError, KeyError) as err:
-        raise KedgeError(f"{path}: cannot read split manifest ({err})") from None
 
 
 def tf_dataset(

@@ -11,8 +11,8 @@ from typing import Any
 from kedge.runtime.bundle import load_bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import predict_items, score
-from kedge.runtime.folders import scan_labelled
-from kedge.train.data import SPLITS, read_split_manifest
+from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+from kedge.train.data import SPLITS
 from kedge.train.models import load_keras_model
 
 
@@ -28,12 +28,7 @@ def evaluate_bundle(
     if split is not None:
         if split not in SPLITS:
             raise KedgeError(f"--split {split}: choose from {', '.join(SPLITS)}")
-        assigned = read_split_manifest(bundle.file("split_manifest"))
-        root = os.fspath(data_dir)
-        items = [i for i in items if assigned.get(i.path.relative_to(root).as_posix()) == split]
-        if not items:
-            raise KedgeError(f"{data_dir}: no image of this folder is in the bundle's {split} split "
-                             "(is it the folder the bundle was trained on?)")
+        items = in_split(items, data_dir, read_split_manifest(bundle.file("split_manifest")), split)
     model = load_keras_model(bundle.file("keras"))
     predictions = predict_items(lambda x: model(x, training=False).numpy(), items, batch_size, progress)
     report = score(predictions, bundle.classes)

@@ -1,0 +1,40 @@
+"""Parity with the Keras original where TensorFlow is installed (the runtime's parity
+uses the FP32 ONNX as its reference when it is not)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kedge.runtime.errors import KedgeError
+
+
+def parity_for_bundle(
+    bundle_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    split: str | None = None,
+    reference: str | None = None,
+    forms: Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run parity, choosing the reference: `keras` or `onnx-fp32` (default: keras if TensorFlow is here)."""
+    from kedge.export.pipeline import tensorflow_available
+    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.parity import bundle_parity
+
+    if reference not in (None, "keras", "onnx-fp32"):
+        raise KedgeError(f"--reference {reference}: choose keras or onnx-fp32")
+    chosen = reference or ("keras" if tensorflow_available() else "onnx-fp32")
+    if chosen == "keras" and not tensorflow_available():
+        raise KedgeError("--reference keras needs TensorFlow (the [train] extra); use --reference onnx-fp32")
+    opener = None
+    if chosen == "keras":
+        from kedge.train.backend import KerasBackend
+
+        keras_path = load_bundle(bundle_dir).file("keras")
+        opener = ("keras", lambda: KerasBackend(keras_path))
+    if log:
+        log(f"parity: reference {chosen}, data {data}{f' ({split} split)' if split else ''}")
+    return bundle_parity(bundle_dir, data, split, opener, forms, batch_size, progress)

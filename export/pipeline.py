@@ -1,0 +1,286 @@
+"""`kedge export`: every form that applies on this machine, then the parity gate.
+
+Steps, each skipped with a reason when this machine cannot do it:
+
+1. Keras -> FP32 ONNX (needs TensorFlow), gated on max |dp| <= 1e-4 against Keras.
+   Reused when the Keras file has not changed since the last export.
+2. FP16 ONNX (--fp16), gated against the FP32 ONNX.
+3. INT8 (--int8 --calib DIR): cached ranges, the TensorRT Q/DQ file, the CPU Q/DQ
+   file and the TensorRT 10 calibration cache.
+4. TensorRT engines (--engine; needs TensorRT and a GPU).
+5. Parity of every form against the reference on a labelled folder (--data, or the
+   calibration folder when it is labelled); the result goes into kedge.json and a
+   failure is the exit status.
+
+Every file is written atomically and kedge.json is rewritten after each step, so an
+interrupted export leaves the bundle consistent: no partial file under a final name,
+no manifest entry for a file that is not there. Derived forms record the sha256 of
+the FP32 ONNX they came from; when that changes, stale ones are removed.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kedge.runtime.bundle import Bundle, load_bundle, sha256_file, write_manifest
+from kedge.runtime.errors import KedgeError
+
+ONNX_NAME = "model.onnx"
+FP16_NAME = "model.fp16.onnx"
+INT8_QDQ_NAME = "model.int8.qdq.onnx"
+INT8_CPU_NAME = "model.int8.cpu.onnx"
+CALIBRATION_DIR = "calibration"
+FP16_GATE = 1e-2  # max |dp| of FP16 against FP32 on the gate images
+DERIVED = ("onnx_fp16", "onnx_int8_qdq", "onnx_int8_cpu", "calibration_ranges", "trt_calibration_cache")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportSettings:
+    bundle: Path
+    fp16: bool = False
+    int8: bool = False
+    calib: Path | None = None
+    calib_size: int | None = 300
+    calib_method: str = "percentile"
+    seed: int = 0
+    engine: bool = False
+    int8_source: str = "qdq"
+    max_batch: int = 16
+    opt_batch: int = 1
+    workspace_mib: int | None = None
+    data: Path | None = None  # parity folder
+    split: str | None = None
+    reference: str | None = None  # keras or onnx-fp32; default: keras where TensorFlow is installed
+    progress: bool = True
+
+
+@dataclass
+class ExportReport:
+    bundle: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    parity: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is None or bool(self.parity["passed"])
+
+
+def tensorflow_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("tf_keras", "tf2onnx"))
+
+
+def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
+    bundle = load_bundle(s.bundle)
+    report = ExportReport(str(bundle.path))
+    if s.int8 and s.calib is None:
+        raise KedgeError("--int8 needs --calib DIR: a folder of calibration images (class folders, or flat)")
+    images = _select_calibration(bundle, s, log) if s.int8 else None
+    _export_fp32(bundle, s, report, log, images)
+    if s.fp16:
+        _export_fp16(bundle, report, log, images)
+    if s.int8 and images is not None:
+        _export_int8(bundle, s, report, log, images)
+    if s.engine:
+        _build_engines(bundle, s, report, log)
+    data = s.data
+    if data is None and images is not None and images.stratified_by is not None:
+        data = s.calib
+        log(f"parity: on the calibration folder {data} (pass --data DIR for held-out images)")
+    if data is None:
+        report.skipped.append("parity: no labelled folder (pass --data DIR)")
+    else:
+        from kedge.export.parity import parity_for_bundle
+
+        report.parity = parity_for_bundle(bundle.path, data, s.split, s.reference, progress=s.progress, log=log)
+    return report
+
+
+def _select_calibration(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
+    from kedge.calibration.images import select_images
+
+    assert s.calib is not None
+    images = select_images(s.calib, bundle.classes, s.calib_size, s.seed)
+    how = f"stratified by {', '.join(images.stratified_by)}" if images.stratified_by else "no class folders"
+    log(f"calibration: {len(images.paths)} images from {s.calib} ({how}, seed {s.seed})")
+    for path, problem in images.skipped:
+        log(f"  skipped {path}: {problem}")
+    return images
+
+
+def _gate_images(images: Any) -> Any:
+    from kedge.export.onnx import gate_images
+
+    return gate_images(images.paths[:: max(1, len(images.paths) // 8)] if images is not None else [])
+
+
+def _save(bundle: Bundle, artifacts: dict[str, str | None], exports: dict[str, Any] | None = None,
+          **sections: Any) -> None:
+    """Update artifacts (None removes one, and its file), export records and sections; rewrite kedge.json."""
+    manifest = dict(bundle.manifest)
+    current = dict(manifest.get("artifacts", {}))
+    for key, relative in artifacts.items():
+        if relative is None:
+            old = current.pop(key, None)
+            if old and old not in current.values():
+                (bundle.path / old).unlink(missing_ok=True)
+        else:
+            current[key] = relative
+    manifest["artifacts"] = current
+    if exports:
+        manifest["exports"] = {**manifest.get("exports", {}), **exports}
+    manifest.update(sections)
+    manifest.pop("files", None)
+    bundle.manifest = write_manifest(bundle.path, manifest)
+
+
+def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log, images: Any) -> None:
+    exports = bundle.manifest.get("exports", {})
+    artifacts = bundle.manifest.get("artifacts", {})
+    if not tensorflow_available():
+        if "onnx_fp32" not in artifacts:
+            raise KedgeError(f"{bundle.path}: no ONNX form yet, and converting from Keras needs TensorFlow "
+                             "(install kedge[train] on the desktop, export there, then copy the bundle)")
+        bundle.file("onnx_fp32")
+        report.skipped.append("keras->onnx: TensorFlow not installed here; using the bundle's FP32 ONNX")
+        return
+    keras_path = bundle.file("keras")
+    keras_sha = sha256_file(keras_path)
+    if "onnx_fp32" in artifacts and exports.get("onnx_fp32", {}).get("keras_sha256") == keras_sha:
+        bundle.file("onnx_fp32")
+        report.done.append("onnx-fp32: up to date with model.keras (reused)")
+        log("onnx-fp32: up to date with model.keras, reused")
+        return
+    from kedge.export.onnx import DEFAULT_OPSET, KERAS_PARITY_TOLERANCE, check_parity, keras_to_onnx
+    from kedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from kedge.train.backend import KerasBackend
+
+    log(f"onnx-fp32: converting {keras_path.name} with tf2onnx (the full resnet50-gru takes minutes and ~8-10 GB "
+        "of RAM; run one conversion at a time)")
+    keras = KerasBackend(keras_path)
+    target = bundle.path / ONNX_NAME
+    staged = bundle.path / f".{ONNX_NAME}.gate"
+    try:
+        keras_to_onnx(keras._model, staged, DEFAULT_OPSET,
+                      {"kedge_model": bundle.name, "kedge_classes": ",".join(bundle.classes)})
+        with OnnxRuntimeBackend(staged) as onnx_backend:
+            worst = check_parity(keras, onnx_backend, _gate_images(images), KERAS_PARITY_TOLERANCE,
+                                 f"{bundle.path}: ONNX vs Keras")
+        staged.replace(target)  # same folder: atomic
+    finally:
+        staged.unlink(missing_ok=True)
+        keras.close()
+    onnx_sha = sha256_file(target)
+    stale = {key: None for key in DERIVED
+             if key in artifacts and exports.get(key, {}).get("source_onnx_sha256") != onnx_sha}
+    if stale:
+        log(f"onnx-fp32 changed: removed stale {', '.join(stale)}")
+    _save(bundle, {"onnx_fp32": ONNX_NAME, **stale}, {"onnx_fp32": {
+        "keras_sha256": keras_sha, "opset": DEFAULT_OPSET, "gate_max_abs_diff": worst,
+        "tool": f"tf2onnx {_version('tf2onnx')}", "at": _now()}})
+    report.done.append(f"onnx-fp32: {ONNX_NAME} (max |dp| vs Keras {worst:.1e} on the gate images)")
+    log(f"onnx-fp32: wrote {ONNX_NAME}; max |dp| vs Keras {worst:.1e}")
+
+
+def _export_fp16(bundle: Bundle, report: ExportReport, log: Log, images: Any) -> None:
+    from kedge.export.fp16 import to_fp16
+    from kedge.export.onnx import check_parity
+    from kedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    source = bundle.file("onnx_fp32")
+    gate = _gate_images(images)
+    staged = bundle.path / f".{FP16_NAME}.gate"
+    try:
+        details = to_fp16(source, staged, gate)
+        with OnnxRuntimeBackend(source) as fp32, OnnxRuntimeBackend(staged) as fp16:
+            worst = check_parity(fp32, fp16, gate, FP16_GATE, f"{bundle.path}: FP16 vs FP32 ONNX")
+        staged.replace(bundle.path / FP16_NAME)
+    finally:
+        staged.unlink(missing_ok=True)
+    _save(bundle, {"onnx_fp16": FP16_NAME}, {"onnx_fp16": {
+        **details, "source_onnx_sha256": sha256_file(source), "gate_max_abs_diff": worst, "at": _now()}})
+    kept = f", {len(details['kept_fp32_nodes'])} nodes kept in FP32" if details["kept_fp32_nodes"] else ""
+    report.done.append(f"onnx-fp16: {FP16_NAME} (max |dp| vs FP32 {worst:.1e}{kept})")
+    log(f"onnx-fp16: wrote {FP16_NAME}; max |dp| vs FP32 {worst:.1e}{kept}")
+
+
+def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log, images: Any) -> None:
+    from kedge.calibration.qdq import quantize
+    from kedge.calibration.ranges import calibrate
+    from kedge.calibration.trt_cache import DEFAULT_TRT_VERSION, write_trt_cache
+
+    source = bundle.file("onnx_fp32")
+    cache_dir = bundle.path / CALIBRATION_DIR
+    ranges, key, reused = calibrate(source, images, s.calib_method, cache_dir, s.progress)
+    log(f"calibration: {s.calib_method} ranges {'reused from' if reused else 'computed and cached in'} "
+        f"{ranges.relative_to(bundle.path)}")
+    for old in cache_dir.glob("ranges.*.json"):  # other keys are stale for this bundle now
+        if old != ranges:
+            old.unlink()
+    trt_cache = cache_dir / f"trt10.{s.calib_method}.cache"
+    write_trt_cache(ranges, s.calib_method, trt_cache, DEFAULT_TRT_VERSION)
+    for stale_cache in cache_dir.glob("trt10.*.cache"):
+        if stale_cache != trt_cache:
+            stale_cache.unlink()
+    described = {}
+    for target, name in (("tensorrt", INT8_QDQ_NAME), ("cpu", INT8_CPU_NAME)):
+        described[target] = quantize(source, ranges, s.calib_method, target, bundle.path / name)
+    source_sha = sha256_file(source)
+    calibration = {
+        "method": s.calib_method, "key": key.digest, "reused": reused, "model_sha256": key.model_sha256,
+        "images_sha256": key.images_sha256, "settings": dict(key.settings), "images": len(images.paths),
+        "folder": str(images.root), "stratified_by": images.stratified_by, "seed": s.seed,
+        "trt_cache_header_version": DEFAULT_TRT_VERSION,
+    }
+    record = {"source_onnx_sha256": source_sha, "calibration_key": key.digest, "at": _now()}
+    _save(bundle, {"onnx_int8_qdq": INT8_QDQ_NAME, "onnx_int8_cpu": INT8_CPU_NAME,
+                   "calibration_ranges": ranges.relative_to(bundle.path).as_posix(),
+                   "trt_calibration_cache": trt_cache.relative_to(bundle.path).as_posix()},
+          {"onnx_int8_qdq": {**record, **described["tensorrt"]}, "onnx_int8_cpu": {**record, **described["cpu"]},
+           "calibration_ranges": record, "trt_calibration_cache": record},
+          calibration=calibration)
+    report.done.append(f"onnx-int8: {INT8_QDQ_NAME} (TensorRT) and {INT8_CPU_NAME} (CPU), {s.calib_method} "
+                       f"calibration on {len(images.paths)} images ({'cached' if reused else 'new'}), "
+                       f"TensorRT 10 cache {trt_cache.name}")
+    log(f"onnx-int8: wrote {INT8_QDQ_NAME}, {INT8_CPU_NAME} and {trt_cache.relative_to(bundle.path)}")
+
+
+def _build_engines(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log) -> None:
+    from kedge.export.engine import build_engine, build_plan, tensorrt_version
+    from kedge.runtime.cuda import has_gpu
+    from kedge.runtime.engines import ENGINE_DIR
+
+    version = tensorrt_version()
+    if version is None or not has_gpu():
+        why = "TensorRT is not installed" if version is None else "no CUDA GPU (or no pycuda) is visible"
+        report.skipped.append(f"engines: {why}; build them on the device that will run them")
+        log(f"engines: skipped ({why})")
+        return
+    precisions = [p for p, on in (("fp16", s.fp16), ("int8", s.int8)) if on] or ["fp32"]
+    engines = dict(bundle.manifest.get("engines", {}))
+    for precision in precisions:
+        key, path = build_plan(precision, int(version.split(".")[0]), s.int8_source)
+        onnx_path = bundle.file(key)
+        cache = bundle.file("trt_calibration_cache") if path == "calibration-cache" else None
+        log(f"engine {precision}: building from {onnx_path.name} ({path}, TensorRT {version})")
+        engine_path, info = build_engine(onnx_path, bundle.path, bundle.name, precision, path, s.max_batch,
+                                         s.opt_batch, s.workspace_mib, cache, s.progress)
+        engines[engine_path.name] = f"{ENGINE_DIR}/{engine_path.name}"
+        _save(bundle, {}, engines=engines)
+        report.done.append(f"engine {precision}: {engine_path.name} ({info.build_seconds:.0f} s)")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

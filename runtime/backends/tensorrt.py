@@ -1,0 +1,92 @@
+"""TensorRT backend (tensorrt + pycuda): deserialize an engine kedge built, run batches.
+
+The engine's sidecar is checked against this machine's TensorRT version and GPU
+before anything is deserialized, so a mismatched engine gets a one-line error that
+says how to rebuild it instead of a TensorRT crash. Buffers are allocated once, for
+the profile's largest batch; bigger batches are run in chunks.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kedge.runtime.backends.base import Backend
+from kedge.runtime.engines import check_compatible, read_sidecar
+from kedge.runtime.errors import KedgeError
+
+
+def tensorrt_module() -> Any:
+    """The real tensorrt module, or a KedgeError (type stubs alone leave a bare namespace)."""
+    trt: Any
+    try:
+        import tensorrt as trt
+    except ImportError:
+        trt = None
+    if trt is None or not hasattr(trt, "Runtime"):
+        raise KedgeError("TensorRT is not installed (install kedge[gpu], or on a Jetson use JetPack's "
+                         "python3-libnvinfer with a --system-site-packages virtual environment)")
+    return trt
+
+
+class TensorRTBackend(Backend):
+    def __init__(self, engine_path: str | os.PathLike[str]) -> None:
+        from kedge.runtime.cuda import Context, device
+
+        trt = tensorrt_module()
+        path = Path(engine_path)
+        if not path.is_file():
+            raise KedgeError(f"{path}: no such engine")
+        info = read_sidecar(path)
+        check_compatible(path, info, trt.__version__, device().compute_capability)
+        self._cuda = Context()
+        try:
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
+            if self._engine is None:
+                raise KedgeError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
+                                 f"with `kedge export BUNDLE --engine --{info.precision}`")
+            self._context = self._engine.create_execution_context()
+            self._input, self._output = info.input_name, info.output_name
+            self._max_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[2][0])
+            in_shape = (self._max_batch, *tuple(self._engine.get_tensor_shape(self._input))[1:])
+            self._context.set_input_shape(self._input, in_shape)
+            out_shape = tuple(self._context.get_tensor_shape(self._output))
+            self._host_in = self._cuda.host_buffer(in_shape, trt.nptype(self._engine.get_tensor_dtype(self._input)))
+            self._host_out = self._cuda.host_buffer(out_shape,
+                                                    trt.nptype(self._engine.get_tensor_dtype(self._output)))
+            self._dev_in = self._cuda.device_buffer(self._host_in.nbytes)
+            self._dev_out = self._cuda.device_buffer(self._host_out.nbytes)
+            self._context.set_tensor_address(self._input, int(self._dev_in))
+            self._context.set_tensor_address(self._output, int(self._dev_out))
+        except BaseException:
+            self._cuda.close()
+            raise
+        self.info = info
+        self.name = f"tensorrt {info.precision} ({path.name})"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        outputs = [self._infer_chunk(batch[start : start + self._max_batch])
+                   for start in range(0, len(batch), self._max_batch)]
+        return np.concatenate(outputs) if outputs else np.zeros((0, self._host_out.shape[1]), np.float32)
+
+    def _infer_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        n = len(chunk)
+        self._host_in[:n] = chunk
+        self._context.set_input_shape(self._input, (n, *self._host_in.shape[1:]))
+        self._cuda.to_device(self._dev_in, self._host_in[:n])
+        if not self._context.execute_async_v3(self._cuda.stream.handle):
+            raise KedgeError(f"{self.name}: TensorRT execution failed")
+        self._cuda.to_host(self._host_out[:n], self._dev_out)
+        self._cuda.synchronize()
+        return np.array(self._host_out[:n], dtype=np.float32)
+
+    def close(self) -> None:
+        if getattr(self, "_cuda", None) is not None:
+            self._context = self._engine = None
+            self._dev_in.free()
+            self._dev_out.free()
+            self._cuda.close()
+            self._cuda = None

@@ -1,0 +1,90 @@
+"""TensorRT engine files: their readable names and their sidecar JSON.
+
+An engine only runs on the TensorRT version and GPU architecture it was built with,
+so both are in its name, `knee-cnn.int8.trt10.3.sm87.engine`, and in the sidecar
+beside it (`.engine.json`): TensorRT version, GPU name, compute capability,
+precision, the sha256 of the ONNX it came from, the batch profile and the build
+time. The runtime reads the sidecar before it deserializes anything, and refuses an
+engine that does not match this machine with a one-line error that says how to
+rebuild it (in the spirit of jetson-inference's engine cache key).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kedge.runtime.bundle import atomic_write_json
+from kedge.runtime.errors import KedgeError
+
+ENGINE_DIR = "engines"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class EngineInfo:
+    """What an engine was built from and for; saved as the sidecar JSON."""
+
+    model: str
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7"
+    source_onnx: str  # bundle-relative path
+    source_onnx_sha256: str
+    build_path: str  # "flags", "strongly-typed" or "calibration-cache"
+    batch: dict[str, int]  # min / opt / max
+    workspace_mib: int | None
+    build_seconds: float
+    built_at: str
+    input_name: str = "image"
+    output_name: str = "probabilities"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file_name(self) -> str:
+        return engine_file_name(self.model, self.precision, self.tensorrt_version, self.compute_capability)
+
+
+def engine_file_name(model: str, precision: str, tensorrt_version: str, compute_capability: str) -> str:
+    """`knee-cnn.int8.trt10.3.sm87.engine`: model, precision, TensorRT major.minor, SM."""
+    if precision not in PRECISIONS:
+        raise KedgeError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    major_minor = ".".join(tensorrt_version.split(".")[:2])
+    return f"{model}.{precision}.trt{major_minor}.sm{compute_capability.replace('.', '')}.engine"
+
+
+def sidecar_path(engine: str | os.PathLike[str]) -> Path:
+    return Path(f"{os.fspath(engine)}.json")
+
+
+def write_sidecar(engine: str | os.PathLike[str], info: EngineInfo) -> Path:
+    path = sidecar_path(engine)
+    atomic_write_json(path, asdict(info))
+    return path
+
+
+def read_sidecar(engine: str | os.PathLike[str]) -> EngineInfo:
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise KedgeError(f"{engine}: no sidecar {path.name}; rebuild it with `kedge export BUNDLE --engine`")
+    try:
+        return EngineInfo(**json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise KedgeError(f"{path}: not a kedge engine sidecar ({err})") from None
+
+
+def check_compatible(engine: str | os.PathLike[str], info: EngineInfo, tensorrt_version: str,
+                     compute_capability: str) -> None:
+    """Refuse an engine built for another TensorRT version or GPU architecture."""
+    problems = []
+    if ".".join(info.tensorrt_version.split(".")[:2]) != ".".join(tensorrt_version.split(".")[:2]):
+        problems.append(f"built with TensorRT {info.tensorrt_version}, this machine has {tensorrt_version}")
+    if info.compute_capability != compute_capability:
+        problems.append(f"built for compute capability {info.compute_capability} ({info.gpu_name}), "
+                        f"this GPU is {compute_capability}")
+    if problems:
+        raise KedgeError(f"{engine}: {'; '.join(problems)}; rebuild it here with "
+                         f"`kedge export BUNDLE --engine --{info.precision}`")

@@ -1,0 +1,22 @@
+"""The Keras original as a backend: the parity reference wherever TensorFlow is installed."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from kedge.runtime.backends.base import Backend
+
+
+class KerasBackend(Backend):
+    def __init__(self, path: str | os.PathLike[str], model: object | None = None) -> None:
+        from kedge.train.models import load_keras_model
+
+        self._model = model if model is not None else load_keras_model(path)
+        self.name = "keras (tf_keras, CPU/GPU as TensorFlow chooses)"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model(batch, training=False))  # type: ignore[operator]
+
+    def close(self) -> None:
+        self._model = None
