@@ -412,5 +412,35 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
     if not result["passed"]:
         sys.exit(1)
 
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--forms", default="onnx-fp32,onnx-int8", show_default=True,
+              help="Comma-separated forms, timed in this order; ratios are against the first.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0, 100_000))
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench(bundle: Path, forms: str, batch_size: int, warmup: int, iterations: int, as_json: bool) -> None:
+    """Time BUNDLE's forms side by side in one run (inference only: p50/p90/p99, throughput).
+
+    \b
+    Example:
+      kedge bench runs/cnn --forms onnx-fp32,onnx-int8,onnx-int8-qdq --batch-size 1
+    """
+    from kedge.runtime.bench import compare_forms
+    from kedge.runtime.bundle import load_bundle
+
+    names = [f.strip() for f in forms.split(",") if f.strip()]
+    rows = compare_forms(load_bundle(bundle), names, batch_size, warmup, iterations)
+    if as_json:
+        _emit_json(rows)
+        return
+    ratio = f"speedup_vs_{names[0]}"
+    click.echo(f"{'form':<15}{'batch':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>9}{'x ' + names[0]:>16}")
+    for r in rows:
+        click.echo(f"{r['form']:<15}{r['batch']:>6}{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+                   f"{r['throughput_ips']:>9.1f}{r[ratio]:>16.2f}")
+
 if __name__ == "__main__":
     main()

@@ -64,3 +64,27 @@ def test_train_and_evaluate_on_real_data(real_data, tf_keras, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     test = load_bundle(out).manifest["metrics"]["test"]
     assert test["n"] == 56 and set(test["by_format"]) == {"jpeg", "png"}
+
+
+@pytest.mark.slow
+def test_export_and_parity_on_real_data(real_data, tf_keras, tmp_path) -> None:
+    """A small knee-cnn trained on the real radiographs, exported to every ONNX form with
+    real calibration images, then the parity gate on the whole folder."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kedge.cli import main
+
+    data = str(real_data / "knee-3class")
+    out = tmp_path / "cnn"
+    trained = CliRunner().invoke(main, ["train", "knee-cnn", "--data", data, "--out", str(out), "--width", "0.25",
+                                        "--epochs", "8", "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    result = CliRunner().invoke(main, ["export", str(out), "--fp16", "--int8", "--calib", data, "--quiet", "--json"])
+    report = json.loads(result.output[result.output.index("{"):])
+    rows = {r["form"]: r for r in report["parity"]["rows"]}
+    assert set(rows) == {"keras", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq"}
+    assert rows["onnx-fp32"]["max_abs_diff"] <= 1e-4 and rows["onnx-fp32"]["agreement"] == 1.0
+    assert result.exit_code == (0 if report["parity"]["passed"] else 1)
+    assert report["parity"]["passed"], [r["problems"] for r in rows.values()]
