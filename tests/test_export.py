@@ -90,7 +90,9 @@ def test_int8_forms_are_symmetric_for_tensorrt_and_uint8_for_cpu(exported) -> No
     assert activation_zero_points and all(np.all(z == 0) for z in activation_zero_points)  # symmetric
     convs = [n for n in trt_form.graph.node if n.op_type == "Conv"]
     producers = {o: n for n in trt_form.graph.node for o in n.output}
-    for conv in convs:  # every convolution reads dequantized int8 weights, one scale per output channel
+    first, *rest = convs  # the first reads the [0, 1] image: kept in float (128 symmetric levels are too few)
+    assert first.input[1] in initializers and initializers[first.input[1]].dtype == np.float32
+    for conv in rest:  # every other convolution reads dequantized int8 weights, one scale per output channel
         weight_dq = producers[conv.input[1]]
         assert weight_dq.op_type == "DequantizeLinear"
         assert initializers[weight_dq.input[0]].dtype == np.int8
