@@ -64,5 +64,4 @@ def first_convolution(onnx_path: str | os.PathLike[str]) -> list[str]:
     import onnx
 
     model = onnx.load(os.fspath(onnx_path), load_external_data=False)
-    return [next((n.name for n in model.graph.node if n.op_type == "Conv"), "")][:1] if any(
-        n.op_type == "Conv" for n in model.graph.node) else []
+    return [n.name for n in model.graph.node if n.op_type == "Conv"][:1]

@@ -33,14 +33,13 @@ INT8_SOURCES = ("qdq", "calibration-cache")
 
 
 def tensorrt_version() -> str | None:
-    """The installed TensorRT's version, or None. (A bare `tensorrt` namespace, as
-    left by the type stubs alone, does not count.)"""
+    """The installed TensorRT's version, or None when there is no real TensorRT."""
+    from kedge.runtime.backends.tensorrt import tensorrt_module
+
     try:
-        import tensorrt
-    except ImportError:
+        return str(tensorrt_module().__version__)
+    except KedgeError:
         return None
-    version = getattr(tensorrt, "__version__", None)
-    return str(version) if version and hasattr(tensorrt, "Builder") else None
 
 
 def build_plan(precision: str, trt_major: int, int8_source: str = "qdq") -> tuple[str, str]:

@@ -167,7 +167,7 @@ def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
     target = bundle.path / ONNX_NAME
     staged = bundle.path / f".{ONNX_NAME}.gate"
     try:
-        keras_to_onnx(keras._model, staged, DEFAULT_OPSET,
+        keras_to_onnx(keras.model, staged, DEFAULT_OPSET,
                       {"kedge_model": bundle.name, "kedge_classes": ",".join(bundle.classes)})
         with OnnxRuntimeBackend(staged) as onnx_backend:
             worst = check_parity(keras, onnx_backend, _gate_images(images), KERAS_PARITY_TOLERANCE,

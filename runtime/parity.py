@@ -145,7 +145,7 @@ def bundle_parity(
 
     from kedge.runtime.bundle import load_bundle, write_manifest
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
-    from kedge.runtime.forms import ALL_FORMS, available_forms, open_form
+    from kedge.runtime.forms import available_forms, open_form
 
     bundle = load_bundle(bundle_dir)
     items = scan_labelled(data, bundle.classes)
@@ -173,7 +173,7 @@ def bundle_parity(
         "passed": all(r.passed for r in rows),
         "unreadable": [{"path": p, "problem": m} for p, m in failures],
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "forms": {f.name: f.description for f in runnable if f.name in ALL_FORMS},
+        "forms": {f.name: f.description for f in runnable},
     }
     if record:
         manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -9,14 +10,14 @@ from kedge.runtime.backends.base import Backend
 
 
 class KerasBackend(Backend):
-    def __init__(self, path: str | os.PathLike[str], model: object | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         from kedge.train.models import load_keras_model
 
-        self._model = model if model is not None else load_keras_model(path)
+        self.model: Any = load_keras_model(path)
         self.name = "keras (tf_keras, CPU/GPU as TensorFlow chooses)"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model(batch, training=False))  # type: ignore[operator]
+        return np.asarray(self.model(batch, training=False))
 
     def close(self) -> None:
-        self._model = None
+        self.model = None

@@ -25,7 +25,7 @@ def tensorrt_module() -> Any:
         import tensorrt as trt
     except ImportError:
         trt = None
-    if trt is None or not hasattr(trt, "Runtime"):
+    if trt is None or not hasattr(trt, "Runtime") or not hasattr(trt, "__version__"):
         raise KedgeError("TensorRT is not installed (install kedge[gpu], or on a Jetson use JetPack's "
                          "python3-libnvinfer with a --system-site-packages virtual environment)")
     return trt
