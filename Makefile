@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (see README.md):
-#   make quickstart   set up .venv, then train and evaluate a model (synthetic data, or DATA=folder)
+#   make quickstart   set up .venv, train a model, export it to INT8 ONNX, classify images (synthetic, or DATA=folder)
 #   make test         set up .venv, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,10 +23,13 @@ quickstart: setup
 ifeq ($(DATA),)
 	$(KEDGE) synth --out runs/synthetic-knees --per-class 80 --overwrite
 	$(KEDGE) train knee-cnn --data runs/synthetic-knees --out runs/quickstart --width 0.25 --epochs 10 --overwrite
-	$(KEDGE) evaluate runs/quickstart --data runs/synthetic-knees --split test
+	$(KEDGE) export runs/quickstart --int8 --calib runs/synthetic-knees --calib-size 120 --data runs/synthetic-knees --split test
+	$(KEDGE) infer runs/synthetic-knees/Osteopenia --model runs/quickstart
 else
 	$(KEDGE) train $(MODEL) --data "$(DATA)" --out "$(OUT)" --overwrite $(ARGS)
-	$(KEDGE) evaluate "$(OUT)" --data "$(DATA)" --split test
+	$(KEDGE) export "$(OUT)" --int8 --calib "$(DATA)" --data "$(DATA)" --split test
+	$(KEDGE) infer "$(DATA)" --model "$(OUT)" --csv > "$(OUT)/predictions.csv"
+	@echo "predictions: $(OUT)/predictions.csv"
 endif
 
 test: setup

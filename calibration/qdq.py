@@ -36,7 +36,7 @@ def quantize(
         raise KedgeError(f"quantization target {target!r}: choose from {', '.join(TARGETS)}")
     tensorrt = target == "tensorrt"
     activations = QuantType.QInt8 if tensorrt else QuantType.QUInt8
-    excluded = first_convolution(onnx_path) if tensorrt else []
+    excluded = (first_convolution(onnx_path) if tensorrt else []) + output_nodes(onnx_path)
     extra = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
              # TensorRT takes float bias and folds it itself; the CPU kernels want int32 bias
              "QuantizeBias": not tensorrt}
@@ -55,6 +55,17 @@ def quantize(
             "activations": "int8 symmetric" if tensorrt else "uint8 asymmetric",
             "weights": "int8 symmetric per-channel", "bias": "float" if tensorrt else "int32",
             "kept_in_float": excluded}
+
+
+def output_nodes(onnx_path: str | os.PathLike[str]) -> list[str]:
+    """The nodes that write the graph's outputs (the final Softmax). Kept in float so the
+    probabilities stay exact: quantized, each is rounded to a multiple of 1/255 and
+    they no longer sum to 1."""
+    import onnx
+
+    graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    return [n.name for n in graph.node if outputs.intersection(n.output)]
 
 
 def first_convolution(onnx_path: str | os.PathLike[str]) -> list[str]:

@@ -413,34 +413,269 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
         sys.exit(1)
 
 
+def _model_option(f: Any) -> Any:
+    return click.option("--model", "-m", "model", envvar="KEDGE_MODEL", type=click.Path(path_type=Path),
+                        help="Bundle folder (default: $KEDGE_MODEL).")(f)
+
+
+def _load_model(model: Path | None) -> Any:
+    from kedge.runtime.bundle import load_bundle
+
+    if model is None:
+        raise KedgeError("no model: pass --model BUNDLE (a folder made by `kedge train`) or set KEDGE_MODEL")
+    return load_bundle(model)
+
+
+def _csv_list(text: str | None, option: str, allowed: tuple[str, ...] | None = None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if not items or bad:
+        raise KedgeError(f"{option} {text!r}: choose from {', '.join(allowed or ())}")
+    return items
+
+
+def _positive_ints(text: str, option: str) -> list[int]:
+    values = [_positive_int(t.strip(), option) for t in text.split(",") if t.strip()]
+    if not values:
+        raise KedgeError(f"{option} {text!r}: give positive numbers, e.g. 1,8")
+    return values
+
+
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--forms", default="onnx-fp32,onnx-int8", show_default=True,
-              help="Comma-separated forms, timed in this order; ratios are against the first.")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 4096))
+@click.argument("inputs", nargs=-1, required=True)
+@_model_option
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: TensorRT when TensorRT, a GPU and a matching engine are present; "
+              "else ONNX Runtime.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Default: the fastest form the backend has (INT8 on the CPU when the bundle has it).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--workers", type=click.IntRange(0, 64),
+              help="Threads decoding the next files while a batch runs (default: up to 4; 0: decode inline).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay a captured CUDA graph for each batch size.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list: path, label, probabilities, backend, form.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, label, one p_<class> column per class, "
+              "backend, form.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no backend line on stderr.")
+def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: str | None, batch_size: int,
+          threads: int | None, workers: int | None, cuda_graph: bool, as_json: bool, as_csv: bool,
+          quiet: bool) -> None:
+    """Classify knee radiographs: the predicted class and every class's probability.
+
+    INPUTS are files, folders (searched recursively) and glob patterns. A file that
+    cannot be used gets one line on stderr naming it and the problem; the others are
+    still classified, and the exit status is 1 at the end.
+
+    \b
+    Examples:
+      kedge infer knee.jpg --model runs/cnn
+      kedge infer scans/ 'more/*.png' --model runs/cnn --csv > results.csv
+      kedge infer scans/ --model runs/cnn --backend onnxruntime --precision fp32 --json
+    The backend and form used are printed on stderr (and in every JSON/CSV row).
+    """
+    import csv
+
+    from tqdm import tqdm
+
+    from kedge.runtime.folders import expand_inputs
+    from kedge.runtime.infer import Failure, Predictor
+
+    if as_json and as_csv:
+        raise KedgeError("--json and --csv: choose one")
+    bundle = _load_model(model)
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise KedgeError(f"{' '.join(inputs)}: no images found (PNG, JPEG, BMP or TIFF)")
+    failures = 0
+    with Predictor(bundle, backend, precision, threads, cuda_graph) as predictor:
+        if not quiet:
+            _log(f"{bundle.name}: {predictor.backend.name} ({predictor.choice.reason})")
+        bar = tqdm(total=len(paths), unit="img", disable=quiet or len(paths) < 2 * batch_size or None,
+                   file=sys.stderr, leave=False)
+        writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
+        if writer is not None:
+            writer.writerow(["path", "label", *(f"p_{c}" for c in bundle.classes), "backend", "form"])
+        rows = []
+        for result in predictor.predict(paths, batch_size, workers, progress=bar.update):
+            if isinstance(result, Failure):
+                failures += 1
+                tqdm.write(f"kedge: error: {result.path}: {result.problem}", file=sys.stderr)
+            elif as_json:
+                rows.append(result.as_dict())
+            elif writer is not None:
+                writer.writerow([result.path, result.label,
+                                 *(f"{result.probabilities[c]:.6f}" for c in bundle.classes),
+                                 result.backend, result.form])
+            else:
+                probabilities = "  ".join(f"{c} {p:.3f}" for c, p in result.probabilities.items())
+                tqdm.write(f"{result.path}: {result.label}  ({probabilities})")
+        bar.close()
+    if as_json:
+        _emit_json(rows)
+    if failures:
+        _log(f"kedge: {failures} of {len(paths)} file(s) could not be classified")
+        sys.exit(1)
+
+
+@main.command()
+@_model_option
+@click.option("--backend", "backends", help="Comma-separated: keras, onnxruntime, tensorrt (default: every one "
+              "this machine has; keras needs TensorFlow).")
+@click.option("--precision", "precisions", help="Comma-separated: fp32, fp16, int8 (default: all).")
+@click.option("--forms", help="Exact forms instead, e.g. keras,onnx-fp32,onnx-int8-qdq,trt-int8.")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--modes", default="engine,end_to_end", show_default=True,
+              help="engine: tensor in, probabilities out. end_to_end: file bytes in (decode + preprocess "
+              "included).")
+@click.option("--images", "image_paths", multiple=True,
+              help="Files/folders whose bytes end_to_end decodes (default: a synthetic 2048 px JPEG).")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0, 100_000))
 @click.option("--iterations", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay captured CUDA graphs.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Also write a PNG bar chart here.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: rows (backend, form, batch_size, mode, mean_ms, "
+              "p50_ms, p90_ms, p99_ms, throughput, ratios) and the preprocessing timings.")
+def bench(model: Path | None, backends: str | None, precisions: str | None, forms: str | None, batch_sizes: str,
+          modes: str, image_paths: tuple[str, ...], warmup: int, iterations: int, threads: int | None,
+          cuda_graph: bool, plot: Path | None, quiet: bool, as_json: bool) -> None:
+    """Time the model's forms side by side in one run, as trtexec does.
+
+    Warm-up, then many timed iterations; mean, p50, p90, p99 latency (ms) and
+    throughput (images/s) per backend, form, batch size and mode. Ratios are within
+    each mode and batch size: `x fastest` (1.00 is the fastest row) and `vs keras`
+    (Keras's mean over this row's: above 1 is faster than Keras). Also times
+    decode + preprocess of the end_to_end images, full JPEG decode against reduced.
+
+    \b
+    Examples:
+      kedge bench --model runs/cnn                               # everything this machine can run
+      kedge bench --model runs/cnn --backend onnxruntime --precision fp32,int8 --batch-sizes 1
+      kedge bench --model runs/cnn --images scans/ --plot bench.png --json
+    """
+    from importlib.util import find_spec
+
+    from kedge.runtime.bench import MODES, Target, run_bench, synthetic_jpeg, time_preprocess
+    from kedge.runtime.bench import plot as plot_rows
+    from kedge.runtime.folders import expand_inputs
+    from kedge.runtime.forms import ALL_FORMS, available_forms, form, open_form
+    from kedge.runtime.preprocess import preprocess as run_preprocess
+    from kedge.runtime.preprocess import read_bytes
+
+    bundle = _load_model(model)
+    wanted_backends = _csv_list(backends, "--backend", ("keras", "onnxruntime", "tensorrt"))
+    wanted_precisions = _csv_list(precisions, "--precision", ("fp32", "fp16", "int8"))
+    mode_list = _csv_list(modes, "--modes", MODES) or list(MODES)
+    sizes = _positive_ints(batch_sizes, "--batch-sizes")
+    has_keras = "keras" in bundle.manifest.get("artifacts", {}) and find_spec("tf_keras") is not None
+
+    def keras_target() -> Target:
+        def load() -> Any:
+            from kedge.train.backend import KerasBackend
+
+            return KerasBackend(bundle.file("keras"))
+        return Target("keras", "keras", load)
+
+    def form_target(name: str) -> Target:
+        spec = form(name)
+        return Target(name, spec.backend, lambda: open_form(bundle, spec, threads=threads, cuda_graph=cuda_graph))
+
+    if forms is not None:
+        names = _csv_list(forms, "--forms", ("keras", *ALL_FORMS)) or []
+        if "keras" in names and not has_keras:
+            raise KedgeError("--forms keras: needs TensorFlow (the [train] extra) and the bundle's model.keras")
+        targets = [keras_target() if n == "keras" else form_target(n) for n in names]
+    else:
+        default = [f for f in available_forms(bundle) if f.name != "onnx-int8-qdq"]  # the TensorRT-only layout
+        targets = ([keras_target()] if has_keras else []) + [form_target(f.name) for f in default]
+        targets = [t for t in targets
+                   if (wanted_backends is None or t.backend in wanted_backends)
+                   and (wanted_precisions is None or (t.form == "keras" and "fp32" in wanted_precisions)
+                        or (t.form != "keras" and form(t.form).precision in wanted_precisions))]
+    if not targets:
+        raise KedgeError(f"{bundle.path}: nothing to time for those filters (see `kedge info` and `kedge export`)")
+    if image_paths:
+        paths = expand_inputs(image_paths)
+        images = [read_bytes(p) for p in paths]
+        for path, data in zip(paths, images, strict=True):
+            run_preprocess(data, str(path))  # a bad file fails here, with its name, before any timing
+    else:
+        images = [synthetic_jpeg()]
+    rows = run_bench(targets, images, sizes, mode_list, warmup, iterations,
+                     progress=None if quiet or as_json else (lambda what: _log(f"timing {what}")))
+    decode = time_preprocess(images)
+    if plot is not None:
+        plot_rows(rows, plot, f"{bundle.name}: mean latency per image")
+    if as_json:
+        _emit_json({"model": bundle.name, "rows": [r.as_dict() for r in rows], "preprocess": decode,
+                    "images": len(images), "machine": _machine()})
+        return
+    click.echo(f"{bundle.name} on {_machine()}; {warmup} warm-up + {iterations} timed iterations")
+    click.echo(f"{'backend':<12}{'form':<15}{'batch':>5}  {'mode':<11}{'mean':>8}{'p50':>8}{'p90':>8}{'p99':>8}"
+               f"{'img/s':>9}{'x fastest':>10}{'vs keras':>9}")
+    for r in sorted(rows, key=lambda r: (r.mode != "engine", r.batch_size)):
+        keras = f"{r.speedup_vs_keras:.2f}x" if r.speedup_vs_keras is not None else "-"
+        click.echo(f"{r.backend:<12}{r.form:<15}{r.batch_size:>5}  {r.mode:<11}{r.mean_ms:>8.2f}{r.p50_ms:>8.2f}"
+                   f"{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}{r.throughput:>9.1f}{r.vs_fastest:>9.2f}x{keras:>9}")
+    click.echo("decode + preprocess per image (ms): " + "; ".join(
+        f"{d['decode']} mean {d['mean_ms']:.2f}, p50 {d['p50_ms']:.2f}" for d in decode)
+        + f"; reduced is {decode[1]['speedup']:.2f}x faster")
+    if plot is not None:
+        click.echo(f"chart: {plot}")
+
+
+def _machine() -> str:
+    from kedge.runtime.info import cpu_info, gpu_info
+
+    cpu = cpu_info()
+    gpu = gpu_info()
+    return f"{cpu['model']} ({cpu['cores']} cores)" + (f", {gpu['name']}" if gpu else ", no GPU")
+
+
+@main.command()
+@click.option("--model", "-m", "model", type=click.Path(path_type=Path), help="Also list this bundle's engines "
+              "and whether they run here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def bench(bundle: Path, forms: str, batch_size: int, warmup: int, iterations: int, as_json: bool) -> None:
-    """Time BUNDLE's forms side by side in one run (inference only: p50/p90/p99, throughput).
+def info(model: Path | None, as_json: bool) -> None:
+    """What this machine offers kedge: versions, ONNX Runtime providers, TensorRT, GPU,
+    CPU INT8 features (AVX2, AVX512-VNNI), and a bundle's engines.
 
     \b
     Example:
-      kedge bench runs/cnn --forms onnx-fp32,onnx-int8,onnx-int8-qdq --batch-size 1
+      kedge info --model runs/cnn
     """
-    from kedge.runtime.bench import compare_forms
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.info import collect
 
-    names = [f.strip() for f in forms.split(",") if f.strip()]
-    rows = compare_forms(load_bundle(bundle), names, batch_size, warmup, iterations)
+    data = collect(model)
     if as_json:
-        _emit_json(rows)
+        _emit_json(data)
         return
-    ratio = f"speedup_vs_{names[0]}"
-    click.echo(f"{'form':<15}{'batch':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>9}{'x ' + names[0]:>16}")
-    for r in rows:
-        click.echo(f"{r['form']:<15}{r['batch']:>6}{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                   f"{r['throughput_ips']:>9.1f}{r[ratio]:>16.2f}")
+    ort, trt, gpu, cpu = data["onnxruntime"], data["tensorrt"], data["gpu"], data["cpu"]
+    lines = [
+        f"kedge          {data['kedge']} (preprocessing v{data['preprocess_version']}), Python {data['python']}",
+        f"numpy          {data['numpy']}",
+        f"OpenCV         {data['opencv']}",
+        "ONNX Runtime   " + (f"{ort['version']}, providers {', '.join(ort['providers'])}; kedge uses "
+                            f"{', '.join(ort['would_use'])}" if ort else "not installed (pip install kedge[cpu])"),
+        "TensorRT       " + (trt["version"] or f"not available ({trt['problem']})"),
+        f"pycuda         {data['pycuda'] or 'not installed'}",
+        f"TensorFlow     {data['tensorflow'] or 'not installed (not needed to run models)'}",
+        "GPU            " + (f"{gpu['name']}, compute capability {gpu['compute_capability']}, "
+                            f"{gpu['total_memory_mib']} MiB" if gpu else "none visible"),
+        f"CPU            {cpu['model']}, {cpu['cores']} cores, {cpu['machine']}",
+        "CPU INT8       " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["int8_features"].items()),
+    ]
+    click.echo("\n".join(lines))
+    if model is not None:
+        engines = data["engines"]
+        click.echo(f"engines in {model}: " + ("none" if not engines else ""))
+        for e in engines:
+            click.echo(f"  {e['engine']}: " + ("runs here" if e["compatible"] else f"not here ({e['problem']})"))
+
 
 if __name__ == "__main__":
     main()

@@ -69,7 +69,8 @@ def write_sidecar(engine: str | os.PathLike[str], info: EngineInfo) -> Path:
 def read_sidecar(engine: str | os.PathLike[str]) -> EngineInfo:
     path = sidecar_path(engine)
     if not path.is_file():
-        raise KedgeError(f"{engine}: no sidecar {path.name}; rebuild it with `kedge export BUNDLE --engine`")
+        raise KedgeError(f"{engine}: no sidecar {path.name}; rebuild it with "
+                         f"`{rebuild_command(engine, _precision_in_name(engine))}`")
     try:
         return EngineInfo(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError) as err:
@@ -77,14 +78,30 @@ def read_sidecar(engine: str | os.PathLike[str]) -> EngineInfo:
 
 
 def check_compatible(engine: str | os.PathLike[str], info: EngineInfo, tensorrt_version: str,
-                     compute_capability: str) -> None:
-    """Refuse an engine built for another TensorRT version or GPU architecture."""
+                     compute_capability: str, onnx_sha256: str | None = None) -> None:
+    """Refuse an engine built for another TensorRT version or GPU architecture, or from
+    an ONNX file other than the one the bundle now holds (`onnx_sha256`)."""
     problems = []
     if ".".join(info.tensorrt_version.split(".")[:2]) != ".".join(tensorrt_version.split(".")[:2]):
         problems.append(f"built with TensorRT {info.tensorrt_version}, this machine has {tensorrt_version}")
     if info.compute_capability != compute_capability:
         problems.append(f"built for compute capability {info.compute_capability} ({info.gpu_name}), "
                         f"this GPU is {compute_capability}")
+    if onnx_sha256 is not None and info.source_onnx_sha256 != onnx_sha256:
+        problems.append(f"built from a different {info.source_onnx} (sha256 {info.source_onnx_sha256[:12]}, "
+                        f"the bundle's is {onnx_sha256[:12]})")
     if problems:
         raise KedgeError(f"{engine}: {'; '.join(problems)}; rebuild it here with "
-                         f"`kedge export BUNDLE --engine --{info.precision}`")
+                         f"`{rebuild_command(engine, info.precision)}`")
+
+
+def rebuild_command(engine: str | os.PathLike[str], precision: str) -> str:
+    """The command that rebuilds an engine in place (the bundle is the engine folder's parent)."""
+    bundle = Path(engine).resolve().parent.parent
+    flag = "" if precision == "fp32" else f" --{precision}"
+    return f"kedge export {bundle} --engine{flag}"
+
+
+def _precision_in_name(engine: str | os.PathLike[str]) -> str:
+    parts = Path(engine).name.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in PRECISIONS else "fp32"

@@ -80,7 +80,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if path.is_dir():
             found.extend(sorted((p for p in path.rglob("*") if is_image_file(p)), key=lambda p: p.as_posix()))
         elif not path.exists() and any(char in str(raw) for char in "*?["):
-            found.extend(Path(m) for m in sorted(glob.glob(str(raw), recursive=True)) if is_image_file(Path(m)))
+            matches = [Path(m) for m in sorted(glob.glob(str(raw), recursive=True)) if is_image_file(Path(m))]
+            found.extend(matches or [path])  # a pattern that matches nothing is reported like a missing file
         else:
             found.append(path)
     return list(dict.fromkeys(found))  # drop repeats, keep order

@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/imagegen.py
 
 REPO = Path(__file__).resolve().parents[1]
+# Prefix for `python -c` code: makes TensorFlow and Keras unimportable in that process.
+BLOCK_TF = "import sys; [sys.modules.__setitem__(m, None) for m in ('tensorflow', 'tf_keras', 'keras')]; "
 
 
 def real_data_root() -> Path | None:

@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-
-BLOCK_TF = "import sys; [sys.modules.__setitem__(m, None) for m in ('tensorflow', 'tf_keras', 'keras')]; "
+from conftest import BLOCK_TF, REPO
 
 
 def python(code: str) -> subprocess.CompletedProcess:
@@ -36,6 +34,19 @@ def test_runtime_never_imports_tensorflow() -> None:
 def test_help_without_tensorflow() -> None:
     result = python(BLOCK_TF + "from kedge.cli import main; main(['--help'])")
     assert "train" in result.stdout and "evaluate" in result.stdout, result.stderr
+
+
+def test_every_package_folder_is_installed() -> None:
+    # setup.cfg lists packages by hand (the top-level folders map into kedge.*): a new
+    # sub-package left out installs fine in editable mode and breaks a real install.
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    declared = set(config["options"]["packages"].split())
+    mapping = {"kedge": "kedge", "runtime": "kedge.runtime", "train": "kedge.train", "export": "kedge.export",
+               "calibration": "kedge.calibration"}
+    found = {".".join([mapping[init.relative_to(REPO).parts[0]], *init.relative_to(REPO).parts[1:-1]])
+             for top in mapping for init in (REPO / top).rglob("__init__.py")}
+    assert found == declared
 
 
 def test_base_install_has_no_tensorflow() -> None:

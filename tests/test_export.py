@@ -101,6 +101,23 @@ def test_int8_forms_are_symmetric_for_tensorrt_and_uint8_for_cpu(exported) -> No
     assert len(convs) == 9
 
 
+def test_int8_forms_keep_the_output_softmax_in_float(exported, parity_data) -> None:
+    import onnx
+
+    from kedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from kedge.runtime.preprocess import preprocess
+
+    bundle, _ = exported
+    batch = np.stack([preprocess(p) for p in sorted(parity_data.rglob("*.png"))[:8]])
+    for name in ("model.int8.qdq.onnx", "model.int8.cpu.onnx"):
+        graph = onnx.load(bundle / name).graph
+        producer = next(n for n in graph.node if graph.output[0].name in n.output)
+        assert producer.op_type == "Softmax", name  # not a DequantizeLinear of a uint8/int8 softmax
+        with OnnxRuntimeBackend(bundle / name) as backend:
+            sums = backend.infer(batch).sum(axis=1)
+        assert np.allclose(sums, 1.0, atol=1e-5), (name, sums)  # quantized, they drift by up to 1/255 per class
+
+
 def test_parity_table_and_record(exported) -> None:
     bundle, report = exported
     parity = report["parity"]

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from kedge.cli import main
 from kedge.runtime.bundle import load_bundle, sha256_file
+from kedge.runtime.preprocess import PREPROCESS_VERSION
 
 pytestmark = pytest.mark.tensorflow
 
@@ -32,7 +33,7 @@ def test_bundle_contents(cnn_bundle, synthetic_data) -> None:
     assert sorted(p.name for p in cnn_bundle.iterdir()) == [
         "confusion_matrix.png", "curves.png", "history.csv", "kedge.json", "model.keras", "split.csv"]
     assert m["model"]["classes"] == ["Normal", "Osteopenia", "Osteoporosis"]
-    assert m["input"]["shape"] == [None, 224, 224, 3] and m["preprocessing"]["version"] == "1"
+    assert m["input"]["shape"] == [None, 224, 224, 3] and m["preprocessing"]["version"] == PREPROCESS_VERSION
     assert m["intended_use"] == "Research use only, not a diagnostic device."
     assert m["training"]["device"].startswith(("CPU", "GPU"))
     assert m["training"]["epochs_run"] == 8 and m["training"]["lr"] == 1e-3 and m["training"]["batch_size"] == 16

@@ -1,22 +1,54 @@
-"""ONNX Runtime backend: the CPU default everywhere, CUDA where onnxruntime-gpu has it."""
+"""ONNX Runtime backend: the CPU default everywhere, CUDA where onnxruntime-gpu has it.
+
+Providers are always passed explicitly. onnxruntime-gpu lists the CUDA provider
+even on a machine without a GPU, so "CUDA available" is decided by the provider list
+and the driver seeing a device, never by the list alone.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kedge.runtime.backends.base import Backend
 from kedge.runtime.errors import KedgeError
 
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise KedgeError("onnxruntime is not installed; install kedge[cpu]") from None
+    return ort
+
+
+def available_providers() -> list[str]:
+    """Providers this onnxruntime build lists (not all are usable: see `choose_providers`)."""
+    return list(_ort().get_available_providers())
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """`cpu`: CPU only. `cuda`: CUDA then CPU, or an error. `auto`: CUDA when onnxruntime
+    has it and a GPU is visible, else CPU."""
+    from kedge.runtime.cuda import has_gpu
+
+    if device == "cpu":
+        return [CPU]
+    cuda_usable = CUDA in available_providers() and has_gpu()
+    if device == "cuda" and not cuda_usable:
+        raise KedgeError("ONNX Runtime cannot use CUDA here (needs onnxruntime-gpu and a visible NVIDIA GPU)")
+    return [CUDA, CPU] if cuda_usable else [CPU]
+
 
 class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None,
                  threads: int | None = None, label: str | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise KedgeError("onnxruntime is not installed; install kedge[cpu]") from None
+        ort = _ort()
         path = Path(path)
         if not path.is_file():
             raise KedgeError(f"{path}: no such ONNX model")
@@ -24,16 +56,15 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
         if threads:
             options.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=chosen)
+            self._session = ort.InferenceSession(str(path), options, providers=providers or [CPU])
         except Exception as err:  # ORT raises its own exception types for corrupt or unsupported models
             raise KedgeError(f"{path}: ONNX Runtime could not load it ({str(err).splitlines()[0]})") from None
         self._input = self._session.get_inputs()[0].name
         self.providers = self._session.get_providers()
-        device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-        self.name = f"onnxruntime:{device} {label or path.name}"
+        self.device = "cuda" if self.providers[0] == CUDA else "cpu"
+        self.form = label or path.name
+        self.name = f"onnxruntime:{self.device} {self.form}"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run(None, {self._input: np.ascontiguousarray(batch, np.float32)})[0])

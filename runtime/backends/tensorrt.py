@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import Backend
-from kedge.runtime.engines import check_compatible, read_sidecar
+from kedge.runtime.engines import check_compatible, read_sidecar, rebuild_command
 from kedge.runtime.errors import KedgeError
 
 
@@ -32,7 +32,15 @@ def tensorrt_module() -> Any:
 
 
 class TensorRTBackend(Backend):
-    def __init__(self, engine_path: str | os.PathLike[str]) -> None:
+    """One engine, one execution context, one stream; buffers allocated once.
+
+    `onnx_sha256` is the bundle's current source ONNX: an engine built from another
+    file is refused. `cuda_graph` records the copy-in, execution and copy-out of each
+    batch size once and replays it after that (the fixed-batch case, where launch
+    overhead matters on small models)."""
+
+    def __init__(self, engine_path: str | os.PathLike[str], onnx_sha256: str | None = None,
+                 cuda_graph: bool = False) -> None:
         from kedge.runtime.cuda import Context, device
 
         trt = tensorrt_module()
@@ -40,14 +48,14 @@ class TensorRTBackend(Backend):
         if not path.is_file():
             raise KedgeError(f"{path}: no such engine")
         info = read_sidecar(path)
-        check_compatible(path, info, trt.__version__, device().compute_capability)
+        check_compatible(path, info, trt.__version__, device().compute_capability, onnx_sha256)
         self._cuda = Context()
         try:
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
             if self._engine is None:
                 raise KedgeError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
-                                 f"with `kedge export BUNDLE --engine --{info.precision}`")
+                                 f"with `{rebuild_command(path, info.precision)}`")
             self._context = self._engine.create_execution_context()
             self._input, self._output = info.input_name, info.output_name
             self._max_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[2][0])
@@ -64,8 +72,11 @@ class TensorRTBackend(Backend):
         except BaseException:
             self._cuda.close()
             raise
+        self._shape_batch = self._max_batch
+        self._graphs: dict[int, Any] | None = {} if cuda_graph else None
         self.info = info
-        self.name = f"tensorrt {info.precision} ({path.name})"
+        self.form = f"trt-{info.precision}"
+        self.name = f"tensorrt {info.precision}{' cuda-graph' if cuda_graph else ''} ({path.name})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         outputs = [self._infer_chunk(batch[start : start + self._max_batch])
@@ -75,16 +86,30 @@ class TensorRTBackend(Backend):
     def _infer_chunk(self, chunk: np.ndarray) -> np.ndarray:
         n = len(chunk)
         self._host_in[:n] = chunk
-        self._context.set_input_shape(self._input, (n, *self._host_in.shape[1:]))
-        self._cuda.to_device(self._dev_in, self._host_in[:n])
-        if not self._context.execute_async_v3(self._cuda.stream.handle):
-            raise KedgeError(f"{self.name}: TensorRT execution failed")
-        self._cuda.to_host(self._host_out[:n], self._dev_out)
+        if n != self._shape_batch:
+            self._context.set_input_shape(self._input, (n, *self._host_in.shape[1:]))
+            self._shape_batch = n
+        if self._graphs is None:
+            self._enqueue(n)
+        else:
+            if n not in self._graphs:
+                self._enqueue(n)  # TensorRT finishes shape-dependent setup on the first run, outside the capture
+                self._cuda.synchronize()
+                self._graphs[n] = self._cuda.capture(lambda: self._enqueue(n))
+            self._cuda.replay(self._graphs[n])
         self._cuda.synchronize()
         return np.array(self._host_out[:n], dtype=np.float32)
 
+    def _enqueue(self, n: int) -> None:
+        """Copy in, execute and copy out on the one stream, all asynchronous."""
+        self._cuda.to_device(self._dev_in, self._host_in[:n])
+        if not self._context.execute_async_v3(self._cuda.stream_handle):
+            raise KedgeError(f"{self.name}: TensorRT execution failed")
+        self._cuda.to_host(self._host_out[:n], self._dev_out)
+
     def close(self) -> None:
         if getattr(self, "_cuda", None) is not None:
+            self._graphs = None
             self._context = self._engine = None
             self._dev_in.free()
             self._dev_out.free()

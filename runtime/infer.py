@@ -1,0 +1,130 @@
+"""Images in, class probabilities out: the path `kedge infer` takes.
+
+Files are decoded and preprocessed on a small thread pool while the backend runs the
+previous batch (OpenCV and the inference engines release the GIL, so the two
+overlap). Results come back in input order. A file that cannot be used becomes a
+`Failure` naming it and the problem; the rest go on.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kedge.runtime.backends.base import Backend
+from kedge.runtime.bundle import Bundle
+from kedge.runtime.errors import ImageError, KedgeError
+from kedge.runtime.forms import Choice, choose_form, open_form
+from kedge.runtime.preprocess import preprocess
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str
+    probabilities: dict[str, float]
+    backend: str
+    form: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
+                "backend": self.backend, "form": self.form}
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    problem: str
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def decode_ahead(paths: Sequence[Path], workers: int, ahead: int) -> Iterator[tuple[Path, np.ndarray | str]]:
+    """(path, tensor) or (path, problem) in input order, decoding up to `ahead` files in
+    advance on `workers` threads (0: decode inline, one file at a time)."""
+    if workers <= 0:
+        for path in paths:
+            yield path, _decode(path)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="kedge-decode") as pool:
+        queue: deque[tuple[Path, Future[np.ndarray | str]]] = deque()
+        remaining = iter(paths)
+        for path in remaining:
+            queue.append((path, pool.submit(_decode, path)))
+            if len(queue) >= ahead:
+                break
+        while queue:
+            path, future = queue.popleft()
+            following = next(remaining, None)
+            if following is not None:
+                queue.append((following, pool.submit(_decode, following)))
+            yield path, future.result()
+
+
+def _decode(path: Path) -> np.ndarray | str:
+    try:
+        return preprocess(path)
+    except ImageError as err:
+        return err.problem
+
+
+class Predictor:
+    """A bundle opened on one backend and form (chosen by `choose_form`)."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", precision: str | None = None,
+                 threads: int | None = None, cuda_graph: bool = False) -> None:
+        self.bundle = bundle
+        self.choice: Choice = choose_form(bundle, backend, precision)
+        self.backend: Backend = open_form(bundle, self.choice.form, threads=threads, cuda_graph=cuda_graph)
+        self.classes = bundle.classes
+
+    @property
+    def backend_name(self) -> str:
+        return "tensorrt" if self.choice.form.backend == "tensorrt" else self.backend.name.split()[0]
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 8, workers: int | None = None,
+                progress: Any = None) -> Iterator[Prediction | Failure]:
+        """Predictions and failures in input order; `progress` is called once per file."""
+        if batch_size < 1:
+            raise KedgeError(f"--batch-size {batch_size}: must be at least 1")
+        workers = default_workers() if workers is None else workers
+        pending: list[tuple[Path, np.ndarray | str]] = []
+        for item in decode_ahead(paths, workers, ahead=2 * batch_size):
+            pending.append(item)
+            if sum(isinstance(x, np.ndarray) for _, x in pending) == batch_size:
+                yield from self._flush(pending, progress)
+                pending = []
+        yield from self._flush(pending, progress)
+
+    def _flush(self, pending: list[tuple[Path, np.ndarray | str]], progress: Any) -> Iterable[Prediction | Failure]:
+        tensors = [x for _, x in pending if isinstance(x, np.ndarray)]
+        probabilities = iter(self.backend.infer(np.stack(tensors)) if tensors else [])
+        results: list[Prediction | Failure] = []
+        for path, item in pending:
+            if isinstance(item, str):
+                results.append(Failure(str(path), item))
+            else:
+                p = next(probabilities)
+                results.append(Prediction(str(path), self.classes[int(np.argmax(p))],
+                                          {c: float(v) for c, v in zip(self.classes, p, strict=True)},
+                                          self.backend_name, self.choice.form.name))
+            if progress is not None:
+                progress()
+        return results
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,246 @@
+"""The lean runtime: form choice, engine safety, `kedge infer`, `kedge bench`, `kedge info`,
+and the reduced JPEG decode. No TensorFlow: the bundle here is built from ONNX directly."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from leanbundle import CLASSES, make_lean_bundle
+
+from conftest import BLOCK_TF
+from kedge.runtime.bundle import load_bundle
+from kedge.runtime.errors import KedgeError
+
+REPORT_TF = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
+             "'TENSORFLOW_LOADED=%s\\n' % ('tensorflow' in sys.modules))); ")
+
+
+@pytest.fixture(scope="module")
+def lean(tmp_path_factory, synthetic_data) -> Path:
+    return make_lean_bundle(tmp_path_factory.mktemp("lean") / "tiny", synthetic_data)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, synthetic_data) -> Path:
+    """Nine synthetic knees in nested folders, one of them a clinic-sized JPEG, plus one corrupt file."""
+    root = tmp_path_factory.mktemp("infer")
+    sources = sorted(synthetic_data.rglob("*.png"))[::20][:8]
+    for i, src in enumerate(sources):
+        target = root / ("nested" if i % 2 else "") / f"knee{i}.png"
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(src.read_bytes())
+    big = cv2.resize(cv2.imread(str(sources[0]), cv2.IMREAD_GRAYSCALE), (1400, 1200))
+    cv2.imwrite(str(root / "big.jpg"), big)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def kedge(*args: str, block_tf: bool = False) -> subprocess.CompletedProcess:
+    code = (BLOCK_TF if block_tf else REPORT_TF) + f"from kedge.cli import main; main({list(args)!r})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+# --- choosing a form ----------------------------------------------------------------------
+
+def test_auto_picks_int8_on_the_cpu_and_says_why(lean) -> None:
+    from kedge.runtime.forms import choose_form, tensorrt_usable
+
+    if tensorrt_usable():
+        pytest.skip("this machine has TensorRT and a GPU; the CPU choice does not apply")
+    bundle = load_bundle(lean)
+    choice = choose_form(bundle)
+    assert choice.form.name == "onnx-int8" and "CPU" in choice.reason
+    assert choose_form(bundle, "onnxruntime", "fp32").form.name == "onnx-fp32"
+    with pytest.raises(KedgeError, match=r"no fp16 ONNX form; make it with `kedge export .* --fp16`"):
+        choose_form(bundle, precision="fp16")
+    with pytest.raises(KedgeError, match="--backend tensorrt: needs TensorRT"):
+        choose_form(bundle, "tensorrt")
+
+
+def test_onnxruntime_providers_are_explicit_and_cpu_without_a_gpu() -> None:
+    from kedge.runtime.backends.onnxruntime import choose_providers
+    from kedge.runtime.cuda import has_gpu
+
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    if has_gpu():
+        pytest.skip("a GPU is visible")
+    assert choose_providers("auto") == ["CPUExecutionProvider"]  # even if onnxruntime-gpu lists CUDA
+    with pytest.raises(KedgeError, match="cannot use CUDA"):
+        choose_providers("cuda")
+
+
+# --- engine safety (the sidecar check runs before TensorRT is touched) ---------------------
+
+def engine_info(**changes):
+    from kedge.runtime.engines import EngineInfo
+
+    fields = dict(model="knee-cnn", precision="int8", tensorrt_version="10.3.0", gpu_name="Orin",
+                  compute_capability="8.7", source_onnx="model.int8.qdq.onnx", source_onnx_sha256="ab" * 32,
+                  build_path="strongly-typed", batch={"min": 1, "opt": 1, "max": 8}, workspace_mib=1024,
+                  build_seconds=1.0, built_at="2026-11-22T00:00:00+00:00")
+    return EngineInfo(**{**fields, **changes})
+
+
+def test_engine_mismatch_names_what_differs_and_the_rebuild_command(tmp_path) -> None:
+    from kedge.runtime.engines import check_compatible
+
+    engine = tmp_path / "cnn" / "engines" / "knee-cnn.int8.trt10.3.sm87.engine"
+    check_compatible(engine, engine_info(), "10.3.0.26", "8.7", "ab" * 32)  # same minor version, GPU, ONNX: fine
+    with pytest.raises(KedgeError) as err:
+        check_compatible(engine, engine_info(), "11.0.0", "8.9", "cd" * 32)
+    message = str(err.value)
+    assert "TensorRT 10.3.0, this machine has 11.0.0" in message
+    assert "compute capability 8.7 (Orin), this GPU is 8.9" in message
+    assert "built from a different model.int8.qdq.onnx (sha256 abababababab, the bundle's is cdcdcdcdcdcd)" in message
+    assert message.endswith(f"`kedge export {(tmp_path / 'cnn').resolve()} --engine --int8`")
+    assert "\n" not in message
+
+
+def test_engine_without_sidecar_is_refused(tmp_path) -> None:
+    from kedge.runtime.engines import read_sidecar
+
+    engine = tmp_path / "b" / "engines" / "knee-cnn.fp16.trt10.3.sm87.engine"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"plan")
+    with pytest.raises(KedgeError, match=r"no sidecar .*; rebuild it with `kedge export .* --engine --fp16`"):
+        read_sidecar(engine)
+
+
+# --- kedge infer ---------------------------------------------------------------------------
+
+def test_infer_json_without_tensorflow_and_one_bad_file(lean, images) -> None:
+    result = kedge("infer", str(images), "--model", str(lean), "--json", "--batch-size", "4")
+    assert result.returncode == 1  # one bad file: reported, the others classified
+    assert "TENSORFLOW_LOADED=False" in result.stderr
+    assert f"kedge: error: {images / 'broken.png'}:" in result.stderr and "Traceback" not in result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 9 and {tuple(sorted(r)) for r in rows} == {
+        ("backend", "form", "label", "path", "probabilities")}
+    assert {r["form"] for r in rows} == {"onnx-int8"} and {r["backend"] for r in rows} == {"onnxruntime:cpu"}
+    for r in rows:
+        assert list(r["probabilities"]) == CLASSES and abs(sum(r["probabilities"].values()) - 1) < 1e-5
+        assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+    assert any("nested" in r["path"] for r in rows) and any(r["path"].endswith("big.jpg") for r in rows)
+
+
+def test_infer_runs_with_tensorflow_unimportable(lean, images) -> None:
+    result = kedge("infer", str(images / "knee0.png"), "--model", str(lean), "--precision", "fp32",
+                   block_tf=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{images / 'knee0.png'}: ")
+    assert "onnxruntime:cpu onnx-fp32" in result.stderr  # the backend and form are always said
+
+
+def test_infer_csv_and_glob(lean, images) -> None:
+    result = kedge("infer", str(images / "nested" / "*.png"), "--model", str(lean), "--csv", "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["path", "label", *(f"p_{c}" for c in CLASSES), "backend", "form"]
+    assert len(rows) == 4 and all(r["label"] in CLASSES for r in rows)
+
+
+def test_infer_errors_are_one_line(lean, tmp_path) -> None:
+    missing = kedge("infer", str(tmp_path / "none.png"), "--model", str(lean))
+    assert missing.returncode == 1 and f"kedge: error: {tmp_path / 'none.png'}: file not found" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = kedge("infer", str(tmp_path / "empty"), "--model", str(lean))
+    assert empty.returncode == 1 and f"kedge: error: {tmp_path / 'empty'}: no images found" in empty.stderr
+    no_model = subprocess.run([sys.executable, "-m", "kedge.cli", "infer", "x.png"], capture_output=True,
+                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert no_model.returncode == 1
+    assert no_model.stderr.startswith("kedge: error: no model: pass --model BUNDLE")
+
+
+def test_batching_and_decode_threads_do_not_change_results(lean, images) -> None:
+    from kedge.runtime.folders import expand_inputs
+    from kedge.runtime.infer import Failure, Predictor
+
+    paths = expand_inputs([images])
+    with Predictor(load_bundle(lean), precision="fp32") as predictor:
+        runs = [list(predictor.predict(paths, batch_size=b, workers=w)) for b, w in ((1, 0), (4, 2), (16, 4))]
+    for run in runs:
+        assert [r.path for r in run] == [str(p) for p in paths]  # input order, failures in place
+        assert sum(isinstance(r, Failure) for r in run) == 1
+    for a, b in zip(runs[0], runs[2], strict=True):
+        if not isinstance(a, Failure):
+            assert a.label == b.label
+            assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-6)
+
+
+# --- kedge bench and kedge info -----------------------------------------------------------
+
+def test_bench_json_rows_ratios_and_chart(lean, tmp_path) -> None:
+    chart = tmp_path / "bench.png"
+    result = kedge("bench", "--model", str(lean), "--batch-sizes", "1,2", "--iterations", "3", "--warmup", "1",
+                   "--plot", str(chart), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "TENSORFLOW_LOADED=False" in result.stderr  # the lean bundle has no Keras model to compare
+    report = json.loads(result.stdout)
+    rows = report["rows"]
+    assert {(r["form"], r["batch_size"], r["mode"]) for r in rows} == {
+        (f, b, m) for f in ("onnx-fp32", "onnx-int8") for b in (1, 2) for m in ("engine", "end_to_end")}
+    for r in rows:
+        assert {"backend", "form", "batch_size", "mode", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
+                "throughput"} <= set(r)
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput"] > 0 and r["vs_fastest"] >= 1.0
+    for key in {(r["mode"], r["batch_size"]) for r in rows}:
+        assert min(r["vs_fastest"] for r in rows if (r["mode"], r["batch_size"]) == key) == 1.0
+    decode = report["preprocess"]
+    assert [d["decode"] for d in decode] == ["full", "reduced (DCT scaling)"] and decode[1]["speedup"] > 0
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_filters_and_bad_options(lean) -> None:
+    result = kedge("bench", "--model", str(lean), "--precision", "int8", "--modes", "engine",
+                   "--batch-sizes", "1", "--iterations", "2", "--warmup", "0")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("onnxruntime")]
+    assert len(lines) == 1 and "onnx-int8" in lines[0]
+    bad = kedge("bench", "--model", str(lean), "--batch-sizes", "0")
+    assert bad.returncode == 1 and "--batch-sizes '0'" in bad.stderr
+    none = kedge("bench", "--model", str(lean), "--backend", "tensorrt")
+    assert none.returncode == 1 and "nothing to time" in none.stderr
+
+
+def test_info_json(lean) -> None:
+    result = kedge("info", "--model", str(lean), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["onnxruntime"]["would_use"][-1] == "CPUExecutionProvider"
+    assert set(data["cpu"]["int8_features"]) >= {"avx2", "avx512_vnni"}
+    assert data["engines"] == [] and data["preprocess_version"] == "2"
+    text = kedge("info")
+    assert text.returncode == 0 and "CPU INT8" in text.stdout and "ONNX Runtime" in text.stdout
+
+
+# --- reduced JPEG decode ------------------------------------------------------------------
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert an APP1 EXIF segment holding only an Orientation tag after the SOI marker."""
+    ifd = (b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + b"\x12\x01\x03\x00\x01\x00\x00\x00"
+           + orientation.to_bytes(2, "little") + b"\x00\x00" + b"\x00\x00\x00\x00")
+    payload = b"Exif\x00\x00" + ifd
+    return jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def test_reduced_jpeg_decode_is_close_to_the_full_decode_and_keeps_orientation() -> None:
+    from kedge.runtime.preprocess import decode_grey, jpeg_reduction, preprocess
+    from kedge.train.synthetic import knee_radiograph
+
+    image = cv2.resize(knee_radiograph(0.5, np.random.default_rng(3), size=1024), (2000, 1800))
+    jpeg = with_exif_orientation(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), 6)
+    assert jpeg_reduction(2000, 1800) == 2 and jpeg_reduction(2800, 2700) == 4 and jpeg_reduction(1300, 2000) == 1
+    reduced, scale = decode_grey(jpeg)
+    assert reduced.shape == (900, 1000) and scale == 255  # 1/2 scale, stored orientation (EXIF 6 not applied)
+    assert decode_grey(jpeg, reduced=False)[0].shape == (1800, 2000)
+    difference = np.abs(preprocess(jpeg) - preprocess(jpeg, reduced=False))
+    assert difference.mean() < 0.001, difference.mean()
+    small = cv2.imencode(".jpg", cv2.resize(image, (1300, 1200)))[1].tobytes()
+    assert np.array_equal(preprocess(small), preprocess(small, reduced=False))  # under 1344 px: unchanged
