@@ -22,6 +22,7 @@ $(VENV)/.installed: setup.cfg constraints.txt
 quickstart: setup
 ifeq ($(DATA),)
 	$(KEDGE) synth --out runs/synthetic-knees --per-class 80 --overwrite
+	$(KEDGE) infer runs/synthetic-knees/Normal/normal-0000.png runs/synthetic-knees/Osteoporosis/osteoporosis-0000.png
 	$(KEDGE) train knee-cnn --data runs/synthetic-knees --out runs/quickstart --width 0.25 --epochs 10 --overwrite
 	$(KEDGE) export runs/quickstart --int8 --calib runs/synthetic-knees --calib-size 120 --data runs/synthetic-knees --split test
 	$(KEDGE) infer runs/synthetic-knees/Osteopenia --model runs/quickstart

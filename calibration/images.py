@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,10 +53,12 @@ class CalibrationSet:
 
 
 def select_images(
-    root: str | os.PathLike[str], classes: Sequence[str], size: int | None = DEFAULT_SIZE, seed: int = 0
+    root: str | os.PathLike[str], classes: Sequence[str], size: int | None = DEFAULT_SIZE, seed: int = 0,
+    only: Collection[str] | None = None,
 ) -> CalibrationSet:
     """Choose up to `size` readable images (None: all) from `root`, stratified by class
-    folder when `root` has one per class in `classes`."""
+    folder when `root` has one per class in `classes`. `only`: paths relative to `root`
+    allowed (a split of the bundle's split.csv, so test images never calibrate)."""
     root = Path(root)
     if not root.is_dir():
         raise KedgeError(f"{root}: no such calibration folder")
@@ -65,10 +67,14 @@ def select_images(
     groups = (
         [_images_under(folders[c.lower()]) for c in classes] if labelled else [_images_under(root)]
     )
+    if only is not None:
+        allowed = set(only)
+        groups = [[p for p in group if p.relative_to(root).as_posix() in allowed] for group in groups]
     total = sum(len(g) for g in groups)
     if total == 0:
         raise KedgeError(f"{root}: no calibration images found (looked for "
-                         f"{', '.join(c for c in classes) if labelled else 'image files'} recursively)")
+                         f"{', '.join(c for c in classes) if labelled else 'image files'} recursively"
+                         f"{' in the chosen split' if only is not None else ''})")
     wanted = total if size is None or size >= total else size
     rng = np.random.default_rng(seed)
     chosen: list[Path] = []

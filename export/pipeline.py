@@ -48,6 +48,7 @@ class ExportSettings:
     calib: Path | None = None
     calib_size: int | None = 300
     calib_method: str = "percentile"
+    calib_split: str | None = None  # only images of this split of the bundle's split.csv calibrate
     seed: int = 0
     engine: bool = False
     int8_source: str = "qdq"
@@ -104,11 +105,17 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
 
 def _select_calibration(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
     from kedge.calibration.images import select_images
+    from kedge.runtime.folders import read_split_manifest
 
     assert s.calib is not None
-    images = select_images(s.calib, bundle.classes, s.calib_size, s.seed)
+    only = None
+    if s.calib_split is not None:
+        assigned = read_split_manifest(bundle.file("split_manifest"))
+        only = {path for path, split in assigned.items() if split == s.calib_split}
+    images = select_images(s.calib, bundle.classes, s.calib_size, s.seed, only)
     how = f"stratified by {', '.join(images.stratified_by)}" if images.stratified_by else "no class folders"
-    log(f"calibration: {len(images.paths)} images from {s.calib} ({how}, seed {s.seed})")
+    where = f"the {s.calib_split} split of {s.calib}" if s.calib_split else str(s.calib)
+    log(f"calibration: {len(images.paths)} images from {where} ({how}, seed {s.seed})")
     for path, problem in images.skipped:
         log(f"  skipped {path}: {problem}")
     return images
@@ -235,7 +242,7 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
     calibration = {
         "method": s.calib_method, "key": key.digest, "reused": reused, "model_sha256": key.model_sha256,
         "images_sha256": key.images_sha256, "settings": dict(key.settings), "images": len(images.paths),
-        "folder": str(images.root), "stratified_by": images.stratified_by, "seed": s.seed,
+        "folder": str(images.root), "split": s.calib_split, "stratified_by": images.stratified_by, "seed": s.seed,
         "trt_cache_header_version": DEFAULT_TRT_VERSION,
     }
     record = {"source_onnx_sha256": source_sha, "calibration_key": key.digest, "at": _now()}

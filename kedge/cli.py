@@ -298,6 +298,9 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
               help="How many calibration images to use, or 'all'.")
 @click.option("--calib-method", type=click.Choice(["percentile", "entropy", "minmax"]), default="percentile",
               show_default=True, help="How activation ranges are chosen from the calibration images.")
+@click.option("--calib-split", type=click.Choice(["train", "val", "test"]),
+              help="Calibrate only on this split of --calib (the bundle's split.csv), e.g. train, so test "
+              "images never calibrate.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the calibration subset.")
 @click.option("--engine", is_flag=True, help="Build TensorRT engines here (needs TensorRT and a GPU).")
 @click.option("--int8-source", type=click.Choice(["qdq", "calibration-cache"]), default="qdq", show_default=True,
@@ -415,15 +418,32 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
 
 def _model_option(f: Any) -> Any:
     return click.option("--model", "-m", "model", envvar="KEDGE_MODEL", type=click.Path(path_type=Path),
-                        help="Bundle folder (default: $KEDGE_MODEL).")(f)
+                        help="Bundle folder (default: $KEDGE_MODEL, else the models shipped with kedge).")(f)
 
 
 def _load_model(model: Path | None) -> Any:
     from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.shipped import shipped_bundles
 
     if model is None:
-        raise KedgeError("no model: pass --model BUNDLE (a folder made by `kedge train`) or set KEDGE_MODEL")
+        shipped = shipped_bundles()
+        if not shipped:
+            raise KedgeError("no model: pass --model BUNDLE (a folder made by `kedge train`) or set KEDGE_MODEL")
+        return load_bundle(shipped[0])
     return load_bundle(model)
+
+
+def _load_models(model: Path | None) -> list[Any]:
+    """--model (or $KEDGE_MODEL) when given, else every model shipped with kedge."""
+    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.shipped import shipped_bundles
+
+    if model is not None:
+        return [load_bundle(model)]
+    shipped = shipped_bundles()
+    if not shipped:
+        raise KedgeError("no model: pass --model BUNDLE (a folder made by `kedge train`) or set KEDGE_MODEL")
+    return [load_bundle(path) for path in shipped]
 
 
 def _csv_list(text: str | None, option: str, allowed: tuple[str, ...] | None = None) -> list[str] | None:
@@ -459,10 +479,13 @@ def _positive_ints(text: str, option: str) -> list[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list: path, label, probabilities, backend, form.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, label, one p_<class> column per class, "
               "backend, form.")
+@click.option("--audit", type=click.Path(path_type=Path),
+              help="Append one JSON line per reading to this file (time, input sha256, model, form sha256, "
+              "backend, precision, runtime version, answer), fsynced line by line.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no backend line on stderr.")
 def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: str | None, batch_size: int,
           threads: int | None, workers: int | None, cuda_graph: bool, as_json: bool, as_csv: bool,
-          quiet: bool) -> None:
+          audit: Path | None, quiet: bool) -> None:
     """Classify knee radiographs: the predicted class and every class's probability.
 
     INPUTS are files, folders (searched recursively) and glob patterns. A file that
@@ -476,47 +499,67 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
       kedge infer scans/ --model runs/cnn --backend onnxruntime --precision fp32 --json
     The backend and form used are printed on stderr (and in every JSON/CSV row).
     """
+    import contextlib
     import csv
 
     from tqdm import tqdm
 
+    from kedge.runtime.audit import AuditLog
     from kedge.runtime.folders import expand_inputs
-    from kedge.runtime.infer import Failure, Predictor
+    from kedge.runtime.infer import Failure, Prediction, Predictor
 
     if as_json and as_csv:
         raise KedgeError("--json and --csv: choose one")
-    bundle = _load_model(model)
+    bundles = _load_models(model)
     paths = expand_inputs(inputs)
     if not paths:
         raise KedgeError(f"{' '.join(inputs)}: no images found (PNG, JPEG, BMP or TIFF)")
-    failures = 0
-    with Predictor(bundle, backend, precision, threads, cuda_graph) as predictor:
-        if not quiet:
-            _log(f"{bundle.name}: {predictor.backend.name} ({predictor.choice.reason})")
-        bar = tqdm(total=len(paths), unit="img", disable=quiet or len(paths) < 2 * batch_size or None,
-                   file=sys.stderr, leave=False)
-        writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
-        if writer is not None:
-            writer.writerow(["path", "label", *(f"p_{c}" for c in bundle.classes), "backend", "form"])
-        rows = []
-        for result in predictor.predict(paths, batch_size, workers, progress=bar.update):
-            if isinstance(result, Failure):
-                failures += 1
-                tqdm.write(f"kedge: error: {result.path}: {result.problem}", file=sys.stderr)
-            elif as_json:
-                rows.append(result.as_dict())
-            elif writer is not None:
-                writer.writerow([result.path, result.label,
-                                 *(f"{result.probabilities[c]:.6f}" for c in bundle.classes),
-                                 result.backend, result.form])
-            else:
-                probabilities = "  ".join(f"{c} {p:.3f}" for c, p in result.probabilities.items())
-                tqdm.write(f"{result.path}: {result.label}  ({probabilities})")
-        bar.close()
+    results: list[list[Prediction | Failure]] = []
+    bar = tqdm(total=len(paths) * len(bundles), unit="img", file=sys.stderr, leave=False,
+               disable=quiet or len(paths) < 2 * batch_size or None)
+    with contextlib.ExitStack() as stack:
+        trail = stack.enter_context(AuditLog(audit)) if audit is not None else None
+        for bundle in bundles:
+            with Predictor(bundle, backend, precision, threads, cuda_graph) as predictor:
+                if not quiet:
+                    tqdm.write(f"{bundle.name}: {predictor.backend.name} ({predictor.choice.reason})",
+                               file=sys.stderr)
+                found = []
+                for result in predictor.predict(paths, batch_size, workers, progress=bar.update):
+                    if trail is not None and isinstance(result, Prediction):
+                        trail.record(predictor.audit_entry(result))
+                    found.append(result)
+                results.append(found)
+    bar.close()
+    failed = [r for r in results[0] if isinstance(r, Failure)]  # decoding failures are the same for every model
+    for failure in failed:
+        _log(f"kedge: error: {failure.path}: {failure.problem}")
+    per_image = [[r for r in row if isinstance(r, Prediction)] for row in zip(*results, strict=True)]
+    per_image = [row for row in per_image if row]
+    models = [b.name for b in bundles]
     if as_json:
-        _emit_json(rows)
-    if failures:
-        _log(f"kedge: {failures} of {len(paths)} file(s) could not be classified")
+        _emit_json([{**p.as_dict(), "model": name} for row in per_image for p, name in zip(row, models,
+                                                                                               strict=True)])
+    elif as_csv:
+        classes = list(dict.fromkeys(c for b in bundles for c in b.classes))
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "model", "label", *(f"p_{c}" for c in classes), "backend", "form"])
+        for row in per_image:
+            for p, name in zip(row, models, strict=True):
+                writer.writerow([p.path, name, p.label,
+                                 *(f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in classes),
+                                 p.backend, p.form])
+    else:
+        for row in per_image:
+            answers = [f"{p.label}  ({'  '.join(f'{c} {v:.3f}' for c, v in p.probabilities.items())})"
+                       for p in row]
+            if len(row) == 1:
+                click.echo(f"{row[0].path}: {answers[0]}")
+            else:
+                click.echo(f"{row[0].path}: " + "; ".join(f"{name} {a}" for name, a in zip(models, answers,
+                                                                                          strict=True)))
+    if failed:
+        _log(f"kedge: {len(failed)} of {len(paths)} file(s) could not be classified")
         sys.exit(1)
 
 
@@ -626,6 +669,142 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
         + f"; reduced is {decode[1]['speedup']:.2f}x faster")
     if plot is not None:
         click.echo(f"chart: {plot}")
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON instead.")
+def card(bundles: tuple[Path, ...], as_json: bool) -> None:
+    """Print a bundle's model card (default: the models shipped with kedge).
+
+    Intended use, training data (source, counts, de-duplication), test metrics with
+    95 % intervals overall, per class and per file format, parity of every exported
+    form, INT8 calibration, files with sha256, and known limitations. All of it comes
+    from the bundle's kedge.json.
+
+    \b
+    Example:
+      kedge card                 # both shipped models
+      kedge card runs/cnn
+    """
+    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.card import render_card
+
+    loaded = [load_bundle(b) for b in bundles] if bundles else _load_models(None)
+    if as_json:
+        _emit_json([b.manifest for b in loaded])
+        return
+    click.echo("\n\n".join(render_card(b.manifest) for b in loaded))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create (e.g. "
+              "runtime/models/knee-cnn).")
+@click.option("--forms", default="onnx-fp32,onnx-int8", show_default=True,
+              help="Comma-separated ONNX forms to carry.")
+@click.option("--overwrite", is_flag=True, help="Replace --out (only once the new copy is complete).")
+def ship(bundle: Path, out: Path, forms: str, overwrite: bool) -> None:
+    """Copy an exported, parity-checked BUNDLE for shipping: the chosen forms, the small
+    provenance files, and the model card (limitations, training data). Forms left out
+    are listed with their sha256 and size.
+
+    \b
+    Example:
+      kedge ship runs/gru --out runtime/models/resnet50-gru --forms onnx-fp32,onnx-int8
+    """
+    from kedge.export.ship import ship_bundle
+
+    names = _csv_list(forms, "--forms") or []
+    manifest = ship_bundle(bundle, out, names, overwrite)
+    _log(f"shipped {manifest['model']['name']} to {out}: {', '.join(names)}, "
+         f"{manifest['shipped']['bytes'] / 1e6:.1f} MB")
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@_model_option
+@click.option("--out", type=click.Path(path_type=Path),
+              help="PNG to write (default: IMAGE's name + .<model>.explain.png in the current folder).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "keras"]), default="auto",
+              show_default=True, help="keras needs TensorFlow; the others as in `kedge infer`.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion", show_default=True,
+              help="gradcam: Grad-CAM on the Keras model (needs TensorFlow; implies --backend keras).")
+@click.option("--class", "class_name", help="Explain this class (default: the predicted one).")
+@click.option("--patch", default=32, show_default=True, type=click.IntRange(4, 224), help="Occluding patch, pixels.")
+@click.option("--stride", default=16, show_default=True, type=click.IntRange(1, 224), help="Patch step, pixels.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def explain(image: Path, model: Path | None, out: Path | None, backend: str, precision: str | None,
+            method: str, class_name: str | None, patch: int, stride: int, as_json: bool) -> None:
+    """Draw what drove a prediction: an occlusion-sensitivity map over the radiograph.
+
+    Patches of the 224x224 input are greyed out one at a time (all masked copies run
+    in batches through the same backend), and the drop in the class's probability is
+    mapped: red areas raised the class, blue ones lowered it. No gradients are
+    needed, so it runs on TensorRT, ONNX Runtime or Keras. Without --model, each
+    shipped model gets its own PNG.
+
+    \b
+    Examples:
+      kedge explain knee.png                          # both shipped models
+      kedge explain knee.png --model runs/cnn --out knee-cnn.png --patch 24 --stride 8
+    """
+    import numpy as np
+
+    from kedge.runtime.explain import Explanation, occlusion, render
+    from kedge.runtime.forms import choose_form, open_form
+    from kedge.runtime.preprocess import preprocess as run_preprocess
+
+    x = run_preprocess(image)
+    bundles = _load_models(model)
+    written = []
+    if method == "gradcam":
+        backend = "keras"
+    for bundle in bundles:
+        if backend == "keras":
+            from importlib.util import find_spec
+
+            if find_spec("tf_keras") is None:
+                raise KedgeError("--backend keras needs TensorFlow (the [train] extra)")
+            from kedge.train.backend import KerasBackend
+
+            opened: Any = KerasBackend(bundle.file("keras"))
+            form_name = "keras"
+        else:
+            choice = choose_form(bundle, backend, precision)
+            opened, form_name = open_form(bundle, choice.form), choice.form.name
+        classes = bundle.classes
+        if class_name is not None and class_name not in classes:
+            raise KedgeError(f"--class {class_name!r}: {bundle.name} has {', '.join(classes)}")
+        wanted = classes.index(class_name) if class_name else None
+        with opened as runner:
+            if method == "gradcam":
+                from kedge.train.gradcam import grad_cam
+
+                heatmap, index, probability = grad_cam(runner.model, x, wanted)
+                result = Explanation(heatmap, index, probability, patch=0, stride=0)
+            else:
+                result = occlusion(runner, x, wanted, patch, stride)
+        target = _explain_path(image, out, bundle.name, several=len(bundles) > 1)
+        title = (f"{image.name}: {bundle.name} says {classes[result.class_index]} "
+                 f"(p = {result.probability:.2f}; {form_name})")
+        render(x, result.heatmap, title, target, method)
+        peak = np.unravel_index(int(np.argmax(result.heatmap)), result.heatmap.shape)
+        written.append({"image": str(image), "model": bundle.name, "form": form_name, "png": str(target),
+                        "class": classes[result.class_index], "probability": result.probability,
+                        "method": method, "peak_yx": [int(peak[0]), int(peak[1])]})
+        if not as_json:
+            click.echo(f"{target}: {title}")
+    if as_json:
+        _emit_json(written)
+
+
+def _explain_path(image: Path, out: Path | None, model: str, several: bool) -> Path:
+    """--out as given for one model; with several, one file each, named after the model."""
+    if out is None:
+        return Path(f"{image.stem}.{model}.explain.png")
+    return out.with_name(f"{out.stem}.{model}{out.suffix}") if several else out
 
 
 def _machine() -> str:

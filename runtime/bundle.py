@@ -111,6 +111,10 @@ class Bundle:
     def file(self, key: str) -> Path:
         """Path of a file named in manifest["artifacts"][key], checked against its sha256."""
         relative = self.manifest.get("artifacts", {}).get(key)
+        left_out = self.manifest.get("shipped", {}).get("left_out", {}).get(key)
+        if relative is None and left_out:
+            raise KedgeError(f"{self.path}: {left_out['file']} ({key}) was left out when this bundle was shipped "
+                             f"(size budget; sha256 {str(left_out['sha256'])[:12]}); use the full exported bundle")
         if relative is None:
             raise KedgeError(f"{self.path}: the bundle has no {key} (kedge.json artifacts)")
         path = self.path / relative

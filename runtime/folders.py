@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kedge.runtime.errors import KedgeError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 
 
 @dataclass(frozen=True)

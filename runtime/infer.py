@@ -7,6 +7,8 @@ overlap). Results come back in input order. A file that cannot be used becomes a
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +23,7 @@ from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.forms import Choice, choose_form, open_form
-from kedge.runtime.preprocess import preprocess
+from kedge.runtime.preprocess import preprocess, read_bytes
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Prediction:
     probabilities: dict[str, float]
     backend: str
     form: str
+    input_sha256: str = ""  # of the file's bytes, for the audit trail
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
@@ -47,15 +50,18 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def decode_ahead(paths: Sequence[Path], workers: int, ahead: int) -> Iterator[tuple[Path, np.ndarray | str]]:
-    """(path, tensor) or (path, problem) in input order, decoding up to `ahead` files in
-    advance on `workers` threads (0: decode inline, one file at a time)."""
+Decoded = tuple[np.ndarray, str] | str  # (tensor, sha256 of the bytes), or the problem
+
+
+def decode_ahead(paths: Sequence[Path], workers: int, ahead: int) -> Iterator[tuple[Path, Decoded]]:
+    """(path, (tensor, sha256)) or (path, problem) in input order, decoding up to `ahead`
+    files in advance on `workers` threads (0: decode inline, one file at a time)."""
     if workers <= 0:
         for path in paths:
             yield path, _decode(path)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="kedge-decode") as pool:
-        queue: deque[tuple[Path, Future[np.ndarray | str]]] = deque()
+        queue: deque[tuple[Path, Future[Decoded]]] = deque()
         remaining = iter(paths)
         for path in remaining:
             queue.append((path, pool.submit(_decode, path)))
@@ -69,11 +75,18 @@ def decode_ahead(paths: Sequence[Path], workers: int, ahead: int) -> Iterator[tu
             yield path, future.result()
 
 
-def _decode(path: Path) -> np.ndarray | str:
+def _decode(path: Path) -> Decoded:
     try:
-        return preprocess(path)
+        data = read_bytes(path)
+        return preprocess(data, str(path)), hashlib.sha256(data).hexdigest()
     except ImageError as err:
         return err.problem
+
+
+def _kedge_version() -> str:
+    import kedge
+
+    return kedge.__version__
 
 
 class Predictor:
@@ -96,16 +109,16 @@ class Predictor:
         if batch_size < 1:
             raise KedgeError(f"--batch-size {batch_size}: must be at least 1")
         workers = default_workers() if workers is None else workers
-        pending: list[tuple[Path, np.ndarray | str]] = []
+        pending: list[tuple[Path, Decoded]] = []
         for item in decode_ahead(paths, workers, ahead=2 * batch_size):
             pending.append(item)
-            if sum(isinstance(x, np.ndarray) for _, x in pending) == batch_size:
+            if sum(not isinstance(x, str) for _, x in pending) == batch_size:
                 yield from self._flush(pending, progress)
                 pending = []
         yield from self._flush(pending, progress)
 
-    def _flush(self, pending: list[tuple[Path, np.ndarray | str]], progress: Any) -> Iterable[Prediction | Failure]:
-        tensors = [x for _, x in pending if isinstance(x, np.ndarray)]
+    def _flush(self, pending: list[tuple[Path, Decoded]], progress: Any) -> Iterable[Prediction | Failure]:
+        tensors = [x[0] for _, x in pending if not isinstance(x, str)]
         probabilities = iter(self.backend.infer(np.stack(tensors)) if tensors else [])
         results: list[Prediction | Failure] = []
         for path, item in pending:
@@ -115,10 +128,39 @@ class Predictor:
                 p = next(probabilities)
                 results.append(Prediction(str(path), self.classes[int(np.argmax(p))],
                                           {c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                                          self.backend_name, self.choice.form.name))
+                                          self.backend_name, self.choice.form.name, item[1]))
             if progress is not None:
                 progress()
         return results
+
+    def audit_entry(self, prediction: Prediction) -> dict[str, Any]:
+        """What the audit trail records for one reading (no pixels, no identifiers)."""
+        return {"input_sha256": prediction.input_sha256, "model": self.bundle.name,
+                "form": prediction.form, "form_sha256": self.form_sha256, "backend": prediction.backend,
+                "precision": self.choice.form.precision, "runtime": self.runtime_version(),
+                "label": prediction.label, "probabilities": prediction.probabilities,
+                "kedge": _kedge_version()}
+
+    @functools.cached_property
+    def form_sha256(self) -> str | None:
+        """sha256 of the file the form runs from (hashed once: an engine can be large)."""
+        info = getattr(self.backend, "info", None)  # an engine: its file, from the sidecar's name
+        if info is not None:
+            from kedge.runtime.bundle import sha256_file
+            from kedge.runtime.engines import ENGINE_DIR
+
+            return sha256_file(self.bundle.path / ENGINE_DIR / info.file_name)
+        relative = self.bundle.manifest.get("artifacts", {}).get(self.choice.form.artifact or "")
+        return self.bundle.manifest.get("files", {}).get(relative) if relative else None
+
+    def runtime_version(self) -> str:
+        if self.choice.form.backend == "tensorrt":
+            from kedge.runtime.backends.tensorrt import tensorrt_module
+
+            return f"TensorRT {tensorrt_module().__version__}"
+        import onnxruntime
+
+        return f"ONNX Runtime {onnxruntime.__version__}"
 
     def close(self) -> None:
         self.backend.close()

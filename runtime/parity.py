@@ -160,6 +160,8 @@ def bundle_parity(
         runnable = [r for r in runnable if r.name in forms]
     if reference is None:
         if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
+            if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
+                bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
             raise KedgeError(f"{bundle.path}: no FP32 ONNX to use as the reference; run `kedge export` first")
         reference = ("onnx-fp32", lambda: open_form(bundle, "onnx-fp32"))
     compared = [(f.name, f.precision, (lambda f=f: open_form(bundle, f))) for f in runnable
@@ -175,7 +177,9 @@ def bundle_parity(
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "forms": {f.name: f.description for f in runnable},
     }
-    if record:
+    # A shipped bundle's card keeps the parity it shipped with (against Keras, on its test split).
+    result["recorded"] = record and "shipped" not in bundle.manifest
+    if result["recorded"]:
         manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
         manifest["parity"] = result
         write_manifest(bundle.path, manifest)

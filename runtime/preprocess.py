@@ -91,7 +91,11 @@ def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
     except ValueError as err:
         raise ImageError(name, f"truncated or corrupt image header ({err})") from None
     if header is None:
-        raise ImageError(name, "not an image kedge can read (expected PNG, JPEG, BMP or TIFF)")
+        raise ImageError(name, "not an image kedge can read (expected PNG, JPEG, BMP, TIFF or DICOM)")
+    if header.format == "dicom":
+        from kedge.runtime.dicom import decode_dicom
+
+        return decode_dicom(data, name)
     if header.format not in DECODABLE:
         raise ImageError(name, f"{header.format.upper()} files are not supported yet")
     if header.width is not None and header.height is not None:

@@ -38,6 +38,35 @@ def tiny_onnx(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def lesion_onnx(path: Path, threshold: float = 0.8) -> Path:
+    """Two classes, "clear" and "lesion": p(lesion) grows with the area brighter than
+    `threshold`. A model whose evidence is known, to check explanation maps against."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "grey_w", "grey_b"], ["grey"]),
+        helper.make_node("Relu", ["grey"], ["bright"]),
+        helper.make_node("GlobalAveragePool", ["bright"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "gemm_w", "gemm_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    weights = [numpy_helper.from_array(np.full((1, 3, 1, 1), 1 / 3, np.float32), "grey_w"),
+               numpy_helper.from_array(np.array([-threshold], np.float32), "grey_b"),
+               numpy_helper.from_array(np.array([[-2000.0, 2000.0]], np.float32), "gemm_w"),
+               numpy_helper.from_array(np.array([0.0, -2.0], np.float32), "gemm_b")]
+    graph = helper.make_graph(
+        nodes, "lesion", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 224, 224, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True) -> Path:
     from kedge.calibration.images import select_images
     from kedge.calibration.qdq import quantize

@@ -42,6 +42,17 @@ def test_selection_is_stratified_and_deterministic(small_set: Path) -> None:
     assert len(select_images(small_set, classes, size=None).paths) == 30
 
 
+def test_selection_restricted_to_a_split(small_set: Path) -> None:
+    classes = ["Normal", "Osteopenia", "Osteoporosis"]
+    every = [p.relative_to(small_set).as_posix() for p in select_images(small_set, classes, size=None).paths]
+    train = set(every[::2])
+    chosen = select_images(small_set, classes, size=None, only=train)
+    assert {p.relative_to(small_set).as_posix() for p in chosen.paths} == train
+    assert chosen.fingerprint() != select_images(small_set, classes, size=None).fingerprint()
+    with pytest.raises(KedgeError, match="in the chosen split"):
+        select_images(small_set, classes, only=set())
+
+
 def test_flat_folder_and_unreadable_files(small_set: Path, tmp_path: Path) -> None:
     flat = tmp_path / "flat"
     flat.mkdir()

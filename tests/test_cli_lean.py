@@ -99,7 +99,7 @@ def test_preprocess_command_reports_each_bad_file_and_goes_on(tmp_path) -> None:
     result = kedge_cli("preprocess", tmp_path / "in", tmp_path / "gone.png", "--out-dir", tmp_path / "seen", "--json")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"kedge: error: {tmp_path / 'in' / 'bad.jpg'}: not an image kedge can read "
-                                          "(expected PNG, JPEG, BMP or TIFF)",
+                                          "(expected PNG, JPEG, BMP, TIFF or DICOM)",
                                           f"kedge: error: {tmp_path / 'gone.png'}: file not found"]
     rows = __import__("json").loads(result.stdout)
     inputs = tmp_path / "in"

@@ -122,7 +122,8 @@ def test_infer_json_without_tensorflow_and_one_bad_file(lean, images) -> None:
     assert f"kedge: error: {images / 'broken.png'}:" in result.stderr and "Traceback" not in result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 9 and {tuple(sorted(r)) for r in rows} == {
-        ("backend", "form", "label", "path", "probabilities")}
+        ("backend", "form", "label", "model", "path", "probabilities")}
+    assert {r["model"] for r in rows} == {"tiny"}
     assert {r["form"] for r in rows} == {"onnx-int8"} and {r["backend"] for r in rows} == {"onnxruntime:cpu"}
     for r in rows:
         assert list(r["probabilities"]) == CLASSES and abs(sum(r["probabilities"].values()) - 1) < 1e-5
@@ -142,7 +143,7 @@ def test_infer_csv_and_glob(lean, images) -> None:
     result = kedge("infer", str(images / "nested" / "*.png"), "--model", str(lean), "--csv", "--quiet")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["path", "label", *(f"p_{c}" for c in CLASSES), "backend", "form"]
+    assert list(rows[0]) == ["path", "model", "label", *(f"p_{c}" for c in CLASSES), "backend", "form"]
     assert len(rows) == 4 and all(r["label"] in CLASSES for r in rows)
 
 
@@ -152,10 +153,19 @@ def test_infer_errors_are_one_line(lean, tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     empty = kedge("infer", str(tmp_path / "empty"), "--model", str(lean))
     assert empty.returncode == 1 and f"kedge: error: {tmp_path / 'empty'}: no images found" in empty.stderr
-    no_model = subprocess.run([sys.executable, "-m", "kedge.cli", "infer", "x.png"], capture_output=True,
-                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
-    assert no_model.returncode == 1
-    assert no_model.stderr.startswith("kedge: error: no model: pass --model BUNDLE")
+
+
+def test_infer_without_any_model(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import kedge.runtime.shipped as shipped
+    from kedge.cli import main
+
+    monkeypatch.setattr(shipped, "MODELS_DIR", tmp_path)  # a checkout without the shipped models
+    monkeypatch.delenv("KEDGE_MODEL", raising=False)
+    result = CliRunner().invoke(main, ["infer", "x.png"])
+    assert result.exit_code == 1
+    assert result.output.startswith("kedge: error: no model: pass --model BUNDLE")
 
 
 def test_batching_and_decode_threads_do_not_change_results(lean, images) -> None:
@@ -244,3 +254,139 @@ def test_reduced_jpeg_decode_is_close_to_the_full_decode_and_keeps_orientation()
     assert difference.mean() < 0.001, difference.mean()
     small = cv2.imencode(".jpg", cv2.resize(image, (1300, 1200)))[1].tobytes()
     assert np.array_equal(preprocess(small), preprocess(small, reduced=False))  # under 1344 px: unchanged
+
+
+# --- shipping and the model card ----------------------------------------------------------
+
+def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) -> None:
+    import shutil
+
+    from kedge.export.parity import parity_for_bundle
+    from kedge.export.ship import ship_bundle
+    from kedge.runtime.bundle import sha256_file, write_manifest
+
+    source = tmp_path / "source"
+    shutil.copytree(lean, source)
+    with pytest.raises(KedgeError, match="no parity record"):
+        ship_bundle(source, tmp_path / "early", ["onnx-int8"])
+    assert parity_for_bundle(source, synthetic_data, reference="onnx-fp32", progress=False)["passed"]
+    failed = tmp_path / "failed"  # the same bundle, had its INT8 row failed
+    shutil.copytree(source, failed)
+    manifest = load_bundle(failed).manifest
+    for row in manifest["parity"]["rows"]:
+        if row["form"] == "onnx-int8":
+            row.update(passed=False, problems=["agreement 97.22% < 98.0%"])
+    write_manifest(failed, {k: v for k, v in manifest.items() if k not in ("files", "schema")})
+    with pytest.raises(KedgeError, match=r"only forms that passed parity ship; onnx-int8 FAILED \(agreement 97"):
+        ship_bundle(failed, tmp_path / "refused", ["onnx-int8"])
+    with pytest.raises(KedgeError, match="has no onnx-fp16"):
+        ship_bundle(source, tmp_path / "none", ["onnx-fp16"])
+    shipped = tmp_path / "shipped"
+    manifest = ship_bundle(source, shipped, ["onnx-int8"])
+    assert not any((tmp_path / n).exists() for n in ("early", "none", "refused"))  # nothing half-written
+    assert set(manifest["artifacts"]) == {"onnx_int8_cpu"}  # the small provenance files it has (none here)
+    assert not (shipped / "model.onnx").exists()
+    left = manifest["shipped"]["left_out"]["onnx_fp32"]
+    assert left["sha256"] == sha256_file(source / "model.onnx") and left["bytes"] > 0
+    assert all(sha256_file(shipped / rel) == digest for rel, digest in manifest["files"].items())
+    assert manifest["parity"]["passed"] and "Research use only" in manifest["card"]["limitations"][0]
+    text = kedge("card", str(shipped))
+    assert text.returncode == 0, text.stderr
+    for expected in ("tiny: Normal, Osteopenia, Osteoporosis", "Parity against onnx-fp32", "not shipped",
+                     "Known limitations", "model.int8.cpu.onnx"):
+        assert expected in text.stdout
+    with pytest.raises(KedgeError, match=r"model.onnx \(onnx_fp32\) was left out when this bundle was shipped"):
+        parity_for_bundle(shipped, synthetic_data, reference="onnx-fp32", progress=False)
+    both = tmp_path / "both"  # with its FP32 reference, parity runs but leaves the shipped card as it was
+    ship_bundle(source, both, ["onnx-fp32", "onnx-int8"])
+    card_before = (both / "kedge.json").read_bytes()
+    result = parity_for_bundle(both, synthetic_data, reference="onnx-fp32", progress=False)
+    assert result["passed"] and result["recorded"] is False and (both / "kedge.json").read_bytes() == card_before
+    result = kedge("infer", str(next(synthetic_data.rglob("*.png"))), "--model", str(shipped), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)[0]["form"] == "onnx-int8"
+
+
+# --- the models shipped in runtime/models --------------------------------------------------
+
+def shipped_or_skip() -> list[Path]:
+    from kedge.runtime.shipped import shipped_bundles
+
+    bundles = shipped_bundles()
+    if not bundles:
+        pytest.skip("no shipped models in runtime/models")
+    return bundles
+
+
+def test_shipped_models_are_intact_and_within_budget() -> None:
+    from kedge.runtime.bundle import sha256_file
+
+    bundles = shipped_or_skip()
+    assert [b.name for b in bundles] == ["resnet50-gru", "knee-cnn"]
+    total = sum(p.stat().st_size for b in bundles for p in b.rglob("*") if p.is_file())
+    assert total <= 150_000_000, total
+    for folder in bundles:
+        manifest = load_bundle(folder).manifest
+        on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"kedge.json"}
+        assert on_disk == set(manifest["files"])
+        assert all(sha256_file(folder / rel) == digest for rel, digest in manifest["files"].items())
+        rows = {row["form"]: row for row in manifest["parity"]["rows"]}
+        assert manifest["parity"]["split"] == "test"
+        assert all(rows[form]["passed"] for form in manifest["shipped"]["forms"])  # only forms that passed ship
+        assert manifest["calibration"]["split"] == "train"
+        assert manifest["card"]["limitations"] and manifest["metrics"]["test"]["by_format"]
+
+
+def test_infer_without_model_runs_both_shipped_models(synthetic_data) -> None:
+    shipped_or_skip()
+    image = str(next(synthetic_data.rglob("*.png")))
+    result = kedge("infer", image, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["model"] for r in rows] == ["resnet50-gru", "knee-cnn"]
+    assert list(rows[0]["probabilities"]) == ["Normal", "Osteoporosis"] and len(rows[1]["probabilities"]) == 3
+    text = kedge("infer", image)
+    assert text.stdout.startswith(f"{image}: resnet50-gru ") and "; knee-cnn " in text.stdout
+
+
+# --- the audit trail ----------------------------------------------------------------------
+
+def test_audit_trail_survives_a_kill_and_appends(lean, synthetic_data, tmp_path) -> None:
+    import hashlib
+    import time
+
+    audit = tmp_path / "audit.jsonl"
+    many = tmp_path / "many"  # enough readings that the kill lands part-way on any machine
+    many.mkdir()
+    sources = sorted(synthetic_data.rglob("*.png"))
+    for i in range(600):
+        (many / f"{i:04d}.png").write_bytes(sources[i % len(sources)].read_bytes())
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in sources}
+    process = subprocess.Popen([sys.executable, "-m", "kedge.cli", "infer", str(many), "--model",
+                                str(lean), "--audit", str(audit), "--batch-size", "1", "--workers", "0", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not audit.exists() or audit.read_bytes().count(b"\n") < 5):
+        time.sleep(0.05)
+    process.kill()  # SIGKILL mid-run: no cleanup code runs
+    process.wait(timeout=30)
+    data = audit.read_bytes()
+    assert data.endswith(b"\n")  # whole lines only
+    entries = [json.loads(line) for line in data.splitlines()]
+    assert 5 <= len(entries) < 600  # killed part-way
+    for entry in entries:
+        assert set(entry) == {"time_utc", "input_sha256", "model", "form", "form_sha256", "backend", "precision",
+                              "runtime", "label", "probabilities", "kedge"}
+        assert entry["input_sha256"] in digests and entry["model"] == "tiny" and entry["form"] == "onnx-int8"
+        assert entry["form_sha256"] == load_bundle(lean).manifest["files"]["model.int8.cpu.onnx"]
+        assert entry["runtime"].startswith("ONNX Runtime ") and entry["time_utc"].endswith("+00:00")
+    one = next(synthetic_data.rglob("*.png"))
+    again = kedge("infer", str(one), "--model", str(lean), "--audit", str(audit), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert audit.read_bytes().startswith(data)  # appended, never rewritten
+    assert len(audit.read_bytes().splitlines()) == len(entries) + 1
+
+
+def test_audit_file_that_cannot_be_opened(lean, synthetic_data, tmp_path) -> None:
+    result = kedge("infer", str(next(synthetic_data.rglob("*.png"))), "--model", str(lean), "--audit",
+                   str(tmp_path / "no" / "such" / "dir" / "audit.jsonl"))
+    assert result.returncode == 1 and "cannot open the audit file" in result.stderr and "Traceback" not in result.stderr

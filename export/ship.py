@@ -1,0 +1,102 @@
+"""Package a trained, exported bundle for shipping inside kedge: chosen forms only,
+plus the model card.
+
+The shipped copy keeps the full manifest (training, metrics, calibration, parity), so
+it stays a model card, but its `artifacts` and `files` list only what it carries.
+Forms left behind are recorded with their sha256 and size under `shipped.left_out`,
+so a user can tell which file a left-out form would have to match.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kedge.runtime.bundle import load_bundle, staged_folder, write_manifest
+from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import form as form_spec
+
+# Small files that carry provenance (and let a device rebuild INT8 engines from a shipped FP32 ONNX).
+ALWAYS = ("split_manifest", "history", "curves", "confusion_matrix", "calibration_ranges", "trt_calibration_cache")
+
+LIMITATIONS = [
+    "Research use only, not a diagnostic device.",
+    "Trained on a small public set (a few hundred de-duplicated knee radiographs) with noisy labels; expect the "
+    "accuracy to move by several points between splits (see the 95 % intervals).",
+    "Class and file source are confounded in the public data: every Osteopenia image is a JPEG, and many Normal and "
+    "Osteoporosis images are PNGs from a second source. Accuracy per file format is reported for that reason.",
+    "Not validated on any clinic's images, scanners or population.",
+]
+
+
+def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], forms: list[str],
+                overwrite: bool = False) -> dict[str, Any]:
+    """Copy `forms` (e.g. onnx-fp32, onnx-int8) and the provenance files of `source` to
+    `dest`, with the model card sections; returns the new manifest."""
+    bundle = load_bundle(source)
+    artifacts = bundle.manifest.get("artifacts", {})
+    keys = [_artifact(f) for f in forms]
+    missing = [f for f, k in zip(forms, keys, strict=True) if k not in artifacts]
+    if missing:
+        raise KedgeError(f"{bundle.path}: has no {', '.join(missing)}; run `kedge export` first")
+    parity = bundle.manifest.get("parity")
+    if parity is None:
+        raise KedgeError(f"{bundle.path}: no parity record; run `kedge parity` on the test split before shipping")
+    rows = {row["form"]: row for row in parity["rows"]}
+    unchecked = [f for f in forms if f != parity["reference"] and f not in rows]
+    failed = [f for f in forms if f in rows and f != parity["reference"] and not rows[f]["passed"]]
+    if unchecked or failed:
+        raise KedgeError(f"{bundle.path}: only forms that passed parity ship; "
+                         + "; ".join([*(f"{f} was not checked" for f in unchecked),
+                                      *(f"{f} FAILED ({'; '.join(rows[f]['problems'])})" for f in failed)]))
+    shipped = {k: artifacts[k] for k in (*keys, *ALWAYS) if k in artifacts}
+    left_out = {k: {"file": rel, "sha256": bundle.manifest.get("files", {}).get(rel),
+                    "bytes": (bundle.path / rel).stat().st_size if (bundle.path / rel).is_file() else None}
+                for k, rel in artifacts.items() if k not in shipped}
+    with staged_folder(dest, overwrite) as stage:
+        for key, rel in shipped.items():
+            target = stage / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle.file(key), target)  # bundle.file checks the sha256 on the way
+        manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "schema")}
+        manifest["artifacts"] = shipped
+        manifest["shipped"] = {"forms": forms, "left_out": left_out,
+                               "bytes": sum((stage / rel).stat().st_size for rel in shipped.values())}
+        manifest["card"] = {"limitations": _limitations(bundle.manifest),
+                            "training_data": _training_data(bundle.manifest)}
+        result = write_manifest(stage, manifest)
+    return result
+
+
+def _limitations(manifest: dict[str, Any]) -> list[str]:
+    items = list(LIMITATIONS)
+    if manifest.get("model", {}).get("options", {}).get("weights") == "none":
+        items.insert(2, "The ResNet50 backbone started from random weights (ImageNet weights could not be "
+                        "downloaded where it was trained); the paper used a pretrained backbone.")
+    return items
+
+
+def _artifact(name: str) -> str:
+    spec = form_spec(name)
+    if spec.artifact is None:
+        raise KedgeError(f"{name}: engines are built on the device that runs them, not shipped")
+    return spec.artifact
+
+
+def _training_data(manifest: dict[str, Any]) -> dict[str, Any]:
+    dataset = manifest.get("training", {}).get("dataset", {})
+    return {
+        "source": "public Kaggle knee osteoporosis sets, curated copy (../shared/data/knee-3class): de-identified "
+                  "knee radiographs, one file per distinct radiograph",
+        "folder": dataset.get("root"),
+        "counts": dataset.get("counts"),
+        "deduplication": "byte-identical copies (sha256) and re-encoded/resized copies (DCT perceptual hash, "
+                         "confirmed by thumbnail correlation >= 0.995); each duplicate group kept inside one split; "
+                         f"{dataset.get('groups')} groups; excluded: {dataset.get('excluded') or 'none'}",
+        "split": "seeded, stratified by class, 70/15/15 of duplicate groups (split.csv)",
+    }
+
+
+def shipped_size(folder: str | os.PathLike[str]) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

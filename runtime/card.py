@@ -1,0 +1,102 @@
+"""A bundle's kedge.json, read as a model card: what `kedge card` prints.
+
+Everything comes from the manifest, so the card can never disagree with the files
+beside it: intended use, training data, test metrics with 95 % intervals (overall,
+per class and per file format), parity of every exported form, calibration, shipped
+and left-out files, and known limitations.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _ci(interval: list[float] | None) -> str:
+    return "" if not interval else f" (95 % CI {100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
+
+
+def render_card(manifest: dict[str, Any]) -> str:
+    model = manifest.get("model", {})
+    training = manifest.get("training", {})
+    card = manifest.get("card", {})
+    lines = [f"{model.get('name', '?')}: {', '.join(model.get('classes', []))}",
+             f"  paper          {model.get('paper', '-')}",
+             f"  intended use   {manifest.get('intended_use', '-')}"]
+    params = model.get("parameters", {})
+    options = model.get("options", {})
+    lines.append(f"  architecture   {model.get('architecture', '-')}, {params.get('total', 0):,} parameters"
+                 + (f"; options {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""))
+    lines.append(f"  preprocessing  version {manifest.get('preprocessing', {}).get('version', '-')}")
+    data = card.get("training_data") or {}
+    counts = data.get("counts") or training.get("dataset", {}).get("counts") or {}
+    lines += ["", "Training data"]
+    if data.get("source"):
+        lines.append(f"  source         {data['source']}")
+    for split, per_class in counts.items():
+        lines.append(f"  {split:<14} " + ", ".join(f"{c} {n}" for c, n in per_class.items())
+                     + f" (total {sum(per_class.values())})")
+    for key in ("deduplication", "split"):
+        if data.get(key):
+            lines.append(f"  {key:<14} {data[key]}")
+    if training:
+        lines += ["", "Training",
+                  f"  {training.get('epochs_run', '-')} epochs run of {training.get('epochs', '-')} (kept epoch "
+                  f"{training.get('best_epoch', '-')}), batch {training.get('batch_size', '-')}, "
+                  f"{training.get('optimizer', 'Adam')} lr {training.get('lr', '-')}, "
+                  f"seed {training.get('seed', '-')}, augmentation {'on' if training.get('augment') else 'off'}",
+                  f"  device         {training.get('device', '-')}, {training.get('keras', '')}"]
+    lines += _metrics(manifest.get("metrics", {}).get("test"))
+    lines += _parity(manifest.get("parity"))
+    calibration = manifest.get("calibration")
+    if calibration:
+        lines += ["", "INT8 calibration",
+                  f"  {calibration.get('method')} on {calibration.get('images')} images of "
+                  f"{calibration.get('folder')}" + (f" ({calibration['split']} split)" if calibration.get("split")
+                                                    else "")]
+    lines += _files(manifest)
+    if card.get("limitations"):
+        lines += ["", "Known limitations"] + [f"  - {item}" for item in card["limitations"]]
+    return "\n".join(lines)
+
+
+def _metrics(test: dict[str, Any] | None) -> list[str]:
+    if not test:
+        return ["", "Test metrics: none recorded"]
+    lines = ["", f"Test split (n={test['n']}, looked at once)",
+             f"  accuracy       {_pct(test['accuracy'])}{_ci(test.get('accuracy_ci95'))}, "
+             f"macro-F1 {test.get('macro_f1', 0):.3f}"]
+    for name, row in test.get("per_class", {}).items():
+        lines.append(f"  {name:<14} precision {row['precision']:.2f}  recall {row['recall']:.2f}  "
+                     f"F1 {row['f1']:.2f}  (n={row['support']})")
+    for fmt, row in test.get("by_format", {}).items():
+        lines.append(f"  {fmt.upper() + ' files':<14} {_pct(row['accuracy'])}{_ci(row.get('accuracy_ci95'))}, "
+                     f"n={row['n']}")
+    if test.get("confusion_matrix"):
+        lines.append(f"  confusion      rows true, columns predicted: {test['confusion_matrix']}")
+    return lines
+
+
+def _parity(parity: dict[str, Any] | None) -> list[str]:
+    if not parity:
+        return ["", "Parity: not run"]
+    lines = ["", f"Parity against {parity['reference']} on {parity['data']} ({parity['split']}, n={parity['n']}): "
+                 f"{'PASSED' if parity['passed'] else 'FAILED'}"]
+    for row in parity["rows"]:
+        lines.append(f"  {row['form']:<14} accuracy {_pct(row['accuracy'])}  agreement {_pct(row['agreement'])}  "
+                     f"max|dp| {row['max_abs_diff']:.1e}  {'PASSED' if row['passed'] else 'FAILED'}"
+                     if row["form"] != parity["reference"] else
+                     f"  {row['form']:<14} accuracy {_pct(row['accuracy'])}  (reference)")
+    return lines
+
+
+def _files(manifest: dict[str, Any]) -> list[str]:
+    files = manifest.get("files", {})
+    lines = ["", "Files (sha256)"] + [f"  {rel:<34} {digest[:16]}" for rel, digest in files.items()]
+    left = manifest.get("shipped", {}).get("left_out", {})
+    if left:
+        lines.append("  not shipped (size budget): " + ", ".join(
+            f"{v['file']} ({(v['bytes'] or 0) / 1e6:.0f} MB, {str(v['sha256'])[:12]})" for v in left.values()))
+    return lines
