@@ -9,7 +9,7 @@ MODEL ?= knee-cnn
 OUT ?= runs/$(MODEL)
 KEDGE = $(VENV)/bin/kedge
 
-.PHONY: setup quickstart test lint typecheck clean
+.PHONY: setup serve-env quickstart test lint typecheck clean
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,22 @@ else
 	@echo "predictions: $(OUT)/predictions.csv"
 endif
 
-test: setup
+# Triton's Python-backend stub must match the interpreter's patch version exactly; PyTriton's
+# bundled server was seen working with Debian's own Python 3.11.2 (not a pyenv one), so the
+# serving environment is made from it. Without /usr/bin/python3 the Triton tests skip.
+SERVE_PYTHON ?= /usr/bin/python3
+SERVE_VENV ?= .venv-serve
+serve-env: $(SERVE_VENV)/.installed
+
+$(SERVE_VENV)/.installed: setup.cfg constraints-serve.txt
+	@if [ -x "$(SERVE_PYTHON)" ]; then \
+		$(SERVE_PYTHON) -m venv $(SERVE_VENV) && \
+		$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+		$(SERVE_VENV)/bin/python -m pip install --quiet --constraint constraints-serve.txt --editable ".[cpu,serve]" && \
+		touch $@; \
+	else echo "serve-env: $(SERVE_PYTHON) not found; the Triton tests will skip"; fi
+
+test: setup serve-env
 	$(VENV)/bin/python -m pytest
 
 lint: setup
@@ -50,4 +65,4 @@ typecheck: setup
 	MYPYPATH=$(TRT_STUBS) $(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(SERVE_VENV) runs

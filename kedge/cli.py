@@ -316,10 +316,13 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Parity on this split of --data only.")
 @click.option("--reference", type=click.Choice(["keras", "onnx-fp32"]),
               help="Parity reference (default: keras where TensorFlow is installed).")
+@click.option("--triton", "triton_repo", type=click.Path(path_type=Path),
+              help="Also write a Triton model repository here (ONNX for the onnxruntime backend, engines for "
+              "tensorrt, config.pbtxt with dynamic batching). Alone, it uses the forms the bundle has.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done, skipped and the parity rows as JSON.")
-def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, quiet: bool, as_json: bool,
-                   **options: Any) -> None:
+def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, triton_repo: Path | None, quiet: bool,
+                   as_json: bool, **options: Any) -> None:
     """Export BUNDLE to every form this machine can make, then check parity.
 
     \b
@@ -337,11 +340,21 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, qui
     Calibration is cached in the bundle; the same model and images reuse it.
     Exit status 1 if the parity gate fails.
     """
-    from kedge.export.pipeline import ExportSettings, export_bundle
+    from kedge.export.pipeline import ExportReport, ExportSettings, export_bundle
 
     size = None if calib_size.strip().lower() == "all" else _positive_int(calib_size, "--calib-size")
-    report = export_bundle(ExportSettings(bundle=bundle, calib_size=size, workspace_mib=workspace_mib,
-                                          progress=not quiet, **options), log=_log)
+    only_triton = triton_repo is not None and not any(options[k] for k in ("fp16", "int8", "engine", "data"))
+    if only_triton:
+        report = ExportReport(str(bundle))
+    else:
+        report = export_bundle(ExportSettings(bundle=bundle, calib_size=size, workspace_mib=workspace_mib,
+                                              progress=not quiet, **options), log=_log)
+    if triton_repo is not None:
+        from kedge.export.triton import write_repository
+
+        for entry in write_repository(bundle, triton_repo, max_batch=options["max_batch"]):
+            report.done.append(f"triton: {entry['path']} ({entry['platform']}, {entry['form']}, "
+                               f"max batch {entry['max_batch_size']})")
     if as_json:
         _emit_json({"bundle": report.bundle, "done": report.done, "skipped": report.skipped,
                     "parity": report.parity, "passed": report.passed})
@@ -479,13 +492,16 @@ def _positive_ints(text: str, option: str) -> list[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list: path, label, probabilities, backend, form.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, label, one p_<class> column per class, "
               "backend, form.")
+@click.option("--triton", "triton_url", metavar="URL",
+              help="Run the model on a Triton server (e.g. http://gpu-host:8000) serving this bundle's model name; "
+              "decoding and preprocessing stay here.")
 @click.option("--audit", type=click.Path(path_type=Path),
               help="Append one JSON line per reading to this file (time, input sha256, model, form sha256, "
               "backend, precision, runtime version, answer), fsynced line by line.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no backend line on stderr.")
 def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: str | None, batch_size: int,
           threads: int | None, workers: int | None, cuda_graph: bool, as_json: bool, as_csv: bool,
-          audit: Path | None, quiet: bool) -> None:
+          triton_url: str | None, audit: Path | None, quiet: bool) -> None:
     """Classify knee radiographs: the predicted class and every class's probability.
 
     INPUTS are files, folders (searched recursively) and glob patterns. A file that
@@ -520,7 +536,7 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
     with contextlib.ExitStack() as stack:
         trail = stack.enter_context(AuditLog(audit)) if audit is not None else None
         for bundle in bundles:
-            with Predictor(bundle, backend, precision, threads, cuda_graph) as predictor:
+            with Predictor(bundle, backend, precision, threads, cuda_graph, triton_url) as predictor:
                 if not quiet:
                     tqdm.write(f"{bundle.name}: {predictor.backend.name} ({predictor.choice.reason})",
                                file=sys.stderr)
@@ -798,6 +814,38 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
             click.echo(f"{target}: {title}")
     if as_json:
         _emit_json(written)
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto",
+              show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Largest batch Triton's dynamic batcher forms.")
+@click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
+              help="How long the batcher waits to fill a batch, microseconds.")
+def serve(bundles: tuple[Path, ...], http_port: int, grpc_port: int, metrics_port: int, backend: str,
+          precision: str | None, max_batch: int, queue_delay_us: int) -> None:
+    """Serve BUNDLES (default: the shipped models) on a real NVIDIA Triton server.
+
+    Triton (started by PyTriton) provides HTTP and gRPC on the KServe v2 protocol,
+    dynamic batching, and health (/v2/health/ready) and metrics (:8002/metrics)
+    endpoints; each model, named after its bundle, runs on kedge's own backend
+    (TensorRT on a GPU, ONNX Runtime on the CPU). Clients send preprocessed tensors:
+    `kedge infer --triton http://HOST:8000 IMAGE...`.
+
+    Run it from a virtual environment made with the system Python (Triton's stub
+    must match the interpreter exactly): see README, Triton.
+    """
+    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.serve import serve as run_server
+
+    loaded = [load_bundle(b) for b in bundles] if bundles else _load_models(None)
+    run_server(loaded, http_port, grpc_port, metrics_port, backend, precision, max_batch, queue_delay_us, log=_log)
 
 
 def _explain_path(image: Path, out: Path | None, model: str, several: bool) -> Path:

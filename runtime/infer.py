@@ -22,7 +22,7 @@ import numpy as np
 from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.forms import Choice, choose_form, open_form
+from kedge.runtime.forms import Choice, Form, choose_form, open_form
 from kedge.runtime.preprocess import preprocess, read_bytes
 
 
@@ -83,6 +83,9 @@ def _decode(path: Path) -> Decoded:
         return err.problem
 
 
+TRITON_FORM = Form("triton", "served", None, "whatever form the Triton server runs")
+
+
 def _kedge_version() -> str:
     import kedge
 
@@ -93,14 +96,23 @@ class Predictor:
     """A bundle opened on one backend and form (chosen by `choose_form`)."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", precision: str | None = None,
-                 threads: int | None = None, cuda_graph: bool = False) -> None:
+                 threads: int | None = None, cuda_graph: bool = False, triton_url: str | None = None) -> None:
         self.bundle = bundle
-        self.choice: Choice = choose_form(bundle, backend, precision)
-        self.backend: Backend = open_form(bundle, self.choice.form, threads=threads, cuda_graph=cuda_graph)
+        self.triton_url = triton_url
+        if triton_url is not None:  # the model runs on a Triton server; decoding and preprocessing stay here
+            from kedge.runtime.backends.triton import TritonBackend
+
+            self.choice = Choice(TRITON_FORM, f"Triton server at {triton_url}, model {bundle.name}")
+            self.backend: Backend = TritonBackend(triton_url, bundle.name)
+        else:
+            self.choice = choose_form(bundle, backend, precision)
+            self.backend = open_form(bundle, self.choice.form, threads=threads, cuda_graph=cuda_graph)
         self.classes = bundle.classes
 
     @property
     def backend_name(self) -> str:
+        if self.triton_url is not None:
+            return "triton"
         return "tensorrt" if self.choice.form.backend == "tensorrt" else self.backend.name.split()[0]
 
     def predict(self, paths: Sequence[Path], batch_size: int = 8, workers: int | None = None,
@@ -144,6 +156,8 @@ class Predictor:
     @functools.cached_property
     def form_sha256(self) -> str | None:
         """sha256 of the file the form runs from (hashed once: an engine can be large)."""
+        if self.triton_url is not None:
+            return None  # the server's file; see its model repository
         info = getattr(self.backend, "info", None)  # an engine: its file, from the sidecar's name
         if info is not None:
             from kedge.runtime.bundle import sha256_file
@@ -154,6 +168,8 @@ class Predictor:
         return self.bundle.manifest.get("files", {}).get(relative) if relative else None
 
     def runtime_version(self) -> str:
+        if self.triton_url is not None:
+            return f"Triton server {self.triton_url}"
         if self.choice.form.backend == "tensorrt":
             from kedge.runtime.backends.tensorrt import tensorrt_module
 

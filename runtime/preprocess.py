@@ -59,7 +59,12 @@ REDUCED_GREY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCA
 
 # OpenCV prints decoder warnings ("PNG input buffer is incomplete") on stderr; kedge
 # reports the problem itself, in one line, so keep OpenCV quiet.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+# The call moved between OpenCV releases: cv2.utils.logging in 5.x, cv2.setLogLevel in 4.x.
+_cv_logging = getattr(cv2.utils, "logging", None)
+if _cv_logging is not None:
+    _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_ERROR)
+elif hasattr(cv2, "setLogLevel"):
+    cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:

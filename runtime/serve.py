@@ -1,0 +1,61 @@
+"""`kedge serve`: bundles on a real NVIDIA Triton server, through PyTriton.
+
+PyTriton starts Triton's own server binary (HTTP/gRPC on the KServe v2 protocol,
+dynamic batching, health and metrics endpoints) and hands each batch to a Python
+callable; here that callable is the bundle's kedge backend (TensorRT on a GPU, ONNX
+Runtime on the CPU), so served answers are the same as `kedge infer`'s. Inputs are
+preprocessed tensors: clients run kedge's one preprocessing function.
+
+Triton's Python-backend stub must match the interpreter's patch version exactly: run
+this from a virtual environment made with the system Python (README, Triton).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from kedge.runtime.bundle import Bundle
+from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import choose_form, open_form
+
+
+def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+          backend: str = "auto", precision: str | None = None, max_batch: int = 16, queue_delay_us: int = 2000,
+          log: Callable[[str], None] = print) -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM)."""
+    try:
+        from pytriton.decorators import batch
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError:
+        raise KedgeError("kedge serve needs PyTriton: in a virtual environment made with the system Python, "
+                         "pip install 'kedge[cpu,serve]' (see README, Triton)") from None
+    opened = []
+    try:
+        config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+        with Triton(config=config) as triton:
+            for bundle in bundles:
+                choice = choose_form(bundle, backend, precision)
+                runner = open_form(bundle, choice.form)
+                opened.append(runner)
+                log(f"serving {bundle.name}: {runner.name} ({choice.reason})")
+                triton.bind(model_name=bundle.name, infer_func=batch(_infer_function(runner)),
+                            inputs=[Tensor(name="image", dtype=np.float32, shape=(224, 224, 3))],
+                            outputs=[Tensor(name="probabilities", dtype=np.float32, shape=(len(bundle.classes),))],
+                            config=ModelConfig(max_batch_size=max_batch,
+                                               batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
+                            strict=True)
+            log(f"Triton: HTTP :{http_port}, gRPC :{grpc_port}, metrics :{metrics_port}; Ctrl-C stops")
+            triton.serve()
+    finally:
+        for runner in opened:
+            runner.close()
+
+
+def _infer_function(runner: Any) -> Callable[..., dict[str, np.ndarray]]:
+    def infer(image: np.ndarray) -> dict[str, np.ndarray]:
+        return {"probabilities": runner.infer(image).astype(np.float32)}
+
+    return infer
