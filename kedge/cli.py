@@ -103,6 +103,9 @@ def models(as_json: bool) -> None:
               help="BatchNorm momentum (default 0.9; Keras' 0.99 lags on small data sets).")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on GPUs with tensor cores.")
 @click.option("--no-augment", is_flag=True, help="Turn off flips, shifts and rotations of the training images.")
+@click.option("--label-smoothing", default=0.0, show_default=True, type=float,
+              help="Spread this much of each label over all classes (e.g. 0.1, for noisy labels).")
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency (training split).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only once the new bundle is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle manifest as JSON at the end.")

@@ -117,3 +117,25 @@ def test_mixed_precision_option(tf_keras, synthetic_data, tmp_path) -> None:
     import numpy as np
 
     assert model(np.zeros((1, 224, 224, 3), np.float32)).dtype == "float32"
+
+
+def test_label_smoothing_and_class_weights(tf_keras, synthetic_data, tmp_path) -> None:
+    from kedge.runtime.folders import scan_labelled
+    from kedge.train.fit import _class_weights
+
+    classes = ["Normal", "Osteopenia", "Osteoporosis"]
+    scanned = scan_labelled(synthetic_data, classes)
+    items = [i for i in scanned if i.class_name == "Normal"][:40] + [i for i in scanned
+                                                                     if i.class_name == "Osteopenia"][:10]
+    weights = _class_weights(items, classes)  # 40 Normal, 10 Osteopenia, no Osteoporosis
+    assert weights == pytest.approx({0: 50 / (3 * 40), 1: 50 / (3 * 10)})
+    out = tmp_path / "smoothed"
+    result = run("train", "knee-cnn", "--data", synthetic_data, "--out", out, "--width", "0.125", "--epochs", "2",
+                 "--label-smoothing", "0.1", "--class-weights", "--quiet")
+    assert result.exit_code == 0, result.output
+    training = load_bundle(out).manifest["training"]
+    assert training["label_smoothing"] == 0.1 and training["class_weights"] is True
+    assert training["loss"] == "categorical cross-entropy, label smoothing 0.1"
+    bad = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(synthetic_data), "--out", str(tmp_path / "x"),
+                                    "--label-smoothing", "1.5"])
+    assert bad.exit_code == 1 and "--label-smoothing 1.5: give a value in [0, 1)" in bad.output

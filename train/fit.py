@@ -46,10 +46,31 @@ class TrainSettings:
     patience: int = 10  # early stopping on validation loss; 0 turns it off
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: bool = True
+    label_smoothing: float = 0.0  # 0.1 spreads 10 % of each label's mass over the classes (noisy labels)
+    class_weights: bool = False  # weight each class's loss by n / (classes x n_class) of the training split
     mixed_precision: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     progress: bool = True
+
+
+def _loss(k: Any, tf: Any, n_classes: int, smoothing: float) -> Any:
+    """Cross-entropy on integer labels, with optional label smoothing (which Keras offers
+    only for one-hot labels, so the labels are one-hot encoded here)."""
+    if not smoothing:
+        return "sparse_categorical_crossentropy"
+    categorical = k.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+    def smoothed_cross_entropy(y_true: Any, y_pred: Any) -> Any:
+        return categorical(tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), n_classes), y_pred)
+
+    return smoothed_cross_entropy
+
+
+def _class_weights(items: Any, classes: list[str]) -> dict[int, float]:
+    """Balanced weights, n / (classes x n_class), from the training split's counts."""
+    counts = np.bincount([classes.index(i.class_name) for i in items], minlength=len(classes))
+    return {i: float(counts.sum() / (len(classes) * c)) for i, c in enumerate(counts) if c}
 
 
 def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -59,6 +80,8 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     epochs = settings.epochs or arch.epochs
     if settings.batch_size < 1 or epochs < 1 or settings.lr <= 0:
         raise KedgeError("--batch-size and --epochs must be at least 1, and --lr positive")
+    if not 0 <= settings.label_smoothing < 1:
+        raise KedgeError(f"--label-smoothing {settings.label_smoothing}: give a value in [0, 1)")
     # Output and data are checked before TensorFlow loads: their errors come fast and without TF's noise.
     check_output_folder(settings.out, settings.overwrite)
     prepared = datamod.prepare(settings.data, classes, settings.fractions, settings.seed, settings.progress)
@@ -86,7 +109,11 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
         optimizer = k.optimizers.Adam(settings.lr)
         if settings.mixed_precision:  # float16 gradients need loss scaling against underflow
             optimizer = k.mixed_precision.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer=optimizer, loss=_loss(k, tf, len(classes), settings.label_smoothing),
+                      metrics=["accuracy"])
+        weights = _class_weights(prepared.items("train"), classes) if settings.class_weights else None
+        if weights:
+            log("class weights: " + ", ".join(f"{classes[i]} {w:.2f}" for i, w in weights.items()))
         train_ds = datamod.tf_dataset(prepared.items("train"), settings.batch_size, training=True,
                                       seed=settings.seed, augment=settings.augment)
         val_ds = datamod.tf_dataset(prepared.items("val"), settings.batch_size, training=False, seed=settings.seed)
@@ -103,7 +130,8 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
         elif settings.progress:  # a log file or pipe: one line per epoch reads better than redrawn bars
             timer.log = log
         started = time.perf_counter()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0).history
+        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0,
+                            class_weight=weights).history
         fit_seconds = time.perf_counter() - started
         best_epoch = int(np.argmin(history["val_loss"])) + 1
         model.load_weights(str(best_weights))
@@ -140,7 +168,8 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
                 "best_epoch": best_epoch, "seconds": round(fit_seconds, 1),
                 "seconds_per_epoch": round(float(np.mean(timer.seconds)), 2), "device": device,
                 "tensorflow": tf.__version__, "keras": f"tf_keras {k.__version__}",
-                "optimizer": "Adam", "loss": "sparse categorical cross-entropy",
+                "optimizer": "Adam", "loss": "categorical cross-entropy" + (
+                    f", label smoothing {settings.label_smoothing}" if settings.label_smoothing else ""),
                 "dataset": prepared.summary(),
             },
             "metrics": {"test": test_report},
