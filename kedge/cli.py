@@ -43,10 +43,15 @@ def main() -> None:
     """kedge: knee X-ray osteoporosis classifiers, from training to the edge.
 
     \b
-    Typical flow:
-      kedge synth --out data/synthetic              # or use your own class-per-folder images
+    Right away, with the two models shipped in kedge:
+      kedge infer knee.png scans/                    # osteoporosis probability + 3-class result
+      kedge explain knee.png                         # what drove each answer (PNG maps)
+      kedge card                                     # the models' cards: data, metrics, limits
+    \b
+    Your own model:
       kedge train knee-cnn --data DIR --out runs/cnn
-      kedge evaluate runs/cnn --data DIR --split test
+      kedge export runs/cnn --int8 --calib DIR --calib-split train --data DIR --split test
+      kedge infer scans/ --model runs/cnn --audit readings.jsonl
 
     Research use only, not a diagnostic device.
     """
