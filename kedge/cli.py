@@ -500,6 +500,8 @@ def _positive_ints(text: str, option: str) -> list[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list: path, label, probabilities, backend, form.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, label, one p_<class> column per class, "
               "backend, form.")
+@click.option("--full-decode", is_flag=True, help="Decode large JPEGs in full instead of from their DCT at 1/2-1/8 "
+              "scale: slower, bit-for-bit preprocessing v1 (a borderline image can flip between the two).")
 @click.option("--triton", "triton_url", metavar="URL",
               help="Run the model on a Triton server (e.g. http://gpu-host:8000) serving this bundle's model name; "
               "decoding and preprocessing stay here.")
@@ -509,7 +511,7 @@ def _positive_ints(text: str, option: str) -> list[int]:
 @click.option("--quiet", is_flag=True, help="No progress bar and no backend line on stderr.")
 def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: str | None, batch_size: int,
           threads: int | None, workers: int | None, cuda_graph: bool, as_json: bool, as_csv: bool,
-          triton_url: str | None, audit: Path | None, quiet: bool) -> None:
+          full_decode: bool, triton_url: str | None, audit: Path | None, quiet: bool) -> None:
     """Classify knee radiographs: the predicted class and every class's probability.
 
     INPUTS are files, folders (searched recursively) and glob patterns. A file that
@@ -549,7 +551,8 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
                     tqdm.write(f"{bundle.name}: {predictor.backend.name} ({predictor.choice.reason})",
                                file=sys.stderr)
                 found = []
-                for result in predictor.predict(paths, batch_size, workers, progress=bar.update):
+                for result in predictor.predict(paths, batch_size, workers, progress=bar.update,
+                                                reduced=not full_decode):
                     if trail is not None and isinstance(result, Prediction):
                         trail.record(predictor.audit_entry(result))
                     found.append(result)

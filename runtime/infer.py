@@ -53,32 +53,34 @@ def default_workers() -> int:
 Decoded = tuple[np.ndarray, str] | str  # (tensor, sha256 of the bytes), or the problem
 
 
-def decode_ahead(paths: Sequence[Path], workers: int, ahead: int) -> Iterator[tuple[Path, Decoded]]:
+def decode_ahead(paths: Sequence[Path], workers: int, ahead: int,
+                 reduced: bool = True) -> Iterator[tuple[Path, Decoded]]:
     """(path, (tensor, sha256)) or (path, problem) in input order, decoding up to `ahead`
-    files in advance on `workers` threads (0: decode inline, one file at a time)."""
+    files in advance on `workers` threads (0: decode inline, one file at a time).
+    `reduced=False` decodes large JPEGs in full (preprocessing v1's decode)."""
     if workers <= 0:
         for path in paths:
-            yield path, _decode(path)
+            yield path, _decode(path, reduced)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="kedge-decode") as pool:
         queue: deque[tuple[Path, Future[Decoded]]] = deque()
         remaining = iter(paths)
         for path in remaining:
-            queue.append((path, pool.submit(_decode, path)))
+            queue.append((path, pool.submit(_decode, path, reduced)))
             if len(queue) >= ahead:
                 break
         while queue:
             path, future = queue.popleft()
             following = next(remaining, None)
             if following is not None:
-                queue.append((following, pool.submit(_decode, following)))
+                queue.append((following, pool.submit(_decode, following, reduced)))
             yield path, future.result()
 
 
-def _decode(path: Path) -> Decoded:
+def _decode(path: Path, reduced: bool = True) -> Decoded:
     try:
         data = read_bytes(path)
-        return preprocess(data, str(path)), hashlib.sha256(data).hexdigest()
+        return preprocess(data, str(path), reduced), hashlib.sha256(data).hexdigest()
     except ImageError as err:
         return err.problem
 
@@ -116,13 +118,13 @@ class Predictor:
         return "tensorrt" if self.choice.form.backend == "tensorrt" else self.backend.name.split()[0]
 
     def predict(self, paths: Sequence[Path], batch_size: int = 8, workers: int | None = None,
-                progress: Any = None) -> Iterator[Prediction | Failure]:
+                progress: Any = None, reduced: bool = True) -> Iterator[Prediction | Failure]:
         """Predictions and failures in input order; `progress` is called once per file."""
         if batch_size < 1:
             raise KedgeError(f"--batch-size {batch_size}: must be at least 1")
         workers = default_workers() if workers is None else workers
         pending: list[tuple[Path, Decoded]] = []
-        for item in decode_ahead(paths, workers, ahead=2 * batch_size):
+        for item in decode_ahead(paths, workers, ahead=2 * batch_size, reduced=reduced):
             pending.append(item)
             if sum(not isinstance(x, str) for _, x in pending) == batch_size:
                 yield from self._flush(pending, progress)

@@ -390,3 +390,21 @@ def test_audit_file_that_cannot_be_opened(lean, synthetic_data, tmp_path) -> Non
     result = kedge("infer", str(next(synthetic_data.rglob("*.png"))), "--model", str(lean), "--audit",
                    str(tmp_path / "no" / "such" / "dir" / "audit.jsonl"))
     assert result.returncode == 1 and "cannot open the audit file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_full_decode_flag_uses_the_exact_jpeg_decode(lean, tmp_path) -> None:
+    from kedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from kedge.runtime.preprocess import preprocess
+    from kedge.train.synthetic import knee_radiograph
+
+    image = cv2.resize(knee_radiograph(0.4, np.random.default_rng(5), size=512), (2000, 1700))
+    path = tmp_path / "large.jpg"
+    cv2.imwrite(str(path), image)
+    with OnnxRuntimeBackend(lean / "model.onnx") as backend:
+        exact, fast = (backend.infer(preprocess(path, reduced=r)[None])[0] for r in (False, True))
+    assert not np.array_equal(exact, fast)  # the two decodes really differ on a 2000 px JPEG
+    for flag, expected in ((["--full-decode"], exact), ([], fast)):
+        result = kedge("infer", str(path), "--model", str(lean), "--precision", "fp32", "--json", *flag)
+        assert result.returncode == 0, result.stderr
+        got = np.array(list(json.loads(result.stdout)[0]["probabilities"].values()))
+        assert np.allclose(got, expected, atol=1e-6), flag
