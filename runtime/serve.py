@@ -33,6 +33,7 @@ def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 800
         raise KedgeError("kedge serve needs PyTriton: in a virtual environment made with the system Python, "
                          "pip install 'kedge[cpu,serve]' (see README, Triton)") from None
     opened = []
+    _stop_on_signals(log)  # before Triton starts: a signal while models load must still stop it cleanly
     try:
         config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
         with Triton(config=config) as triton:
@@ -47,11 +48,25 @@ def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 800
                             config=ModelConfig(max_batch_size=max_batch,
                                                batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
                             strict=True)
-            log(f"Triton: HTTP :{http_port}, gRPC :{grpc_port}, metrics :{metrics_port}; Ctrl-C stops")
+            log(f"Triton: HTTP :{http_port}, gRPC :{grpc_port}, metrics :{metrics_port}; Ctrl-C or SIGTERM stops")
             triton.serve()
     finally:
         for runner in opened:
             runner.close()
+
+
+def _stop_on_signals(log: Callable[[str], None]) -> None:
+    """SIGINT and SIGTERM both end serve() through PyTriton's clean shutdown (it stops on
+    KeyboardInterrupt). Set explicitly: a server started in the background by a script
+    inherits SIGINT ignored, and Kubernetes or systemd stop with SIGTERM."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        log(f"{signal.Signals(signum).name} received: stopping Triton")
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _infer_function(runner: Any) -> Callable[..., dict[str, np.ndarray]]:

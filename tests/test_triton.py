@@ -101,11 +101,24 @@ def test_serve_on_a_real_triton_and_infer_matches_local(lean, serve_python, synt
             assert all(abs(a["probabilities"][c] - b["probabilities"][c]) < 1e-5 for c in b["probabilities"])
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
             assert b"nv_inference_request_success" in r.read()
+        server.send_signal(signal.SIGTERM)  # as Kubernetes or systemd stop it: to the kedge process only
+        server.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _group_alive(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _group_alive(server.pid), "tritonserver outlived kedge serve"
+        assert "SIGTERM received: stopping Triton" in (tmp_path / "serve.log").read_text()  # the clean path
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        if _group_alive(server.pid):
             os.killpg(server.pid, signal.SIGKILL)
+        if server.poll() is None:
             server.wait(timeout=30)
         log.close()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
