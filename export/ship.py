@@ -31,9 +31,10 @@ LIMITATIONS = [
 
 
 def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], forms: list[str],
-                overwrite: bool = False) -> dict[str, Any]:
+                overwrite: bool = False, data_source: str | None = None) -> dict[str, Any]:
     """Copy `forms` (e.g. onnx-fp32, onnx-int8) and the provenance files of `source` to
-    `dest`, with the model card sections; returns the new manifest."""
+    `dest`, with the model card sections; returns the new manifest. `data_source`
+    describes where the training images came from, for the card."""
     bundle = load_bundle(source)
     artifacts = bundle.manifest.get("artifacts", {})
     keys = [_artifact(f) for f in forms]
@@ -64,7 +65,7 @@ def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], fo
         manifest["shipped"] = {"forms": forms, "left_out": left_out,
                                "bytes": sum((stage / rel).stat().st_size for rel in shipped.values())}
         manifest["card"] = {"limitations": _limitations(bundle.manifest),
-                            "training_data": _training_data(bundle.manifest)}
+                            "training_data": _training_data(bundle.manifest, data_source)}
         result = write_manifest(stage, manifest)
     return result
 
@@ -84,11 +85,10 @@ def _artifact(name: str) -> str:
     return spec.artifact
 
 
-def _training_data(manifest: dict[str, Any]) -> dict[str, Any]:
+def _training_data(manifest: dict[str, Any], data_source: str | None) -> dict[str, Any]:
     dataset = manifest.get("training", {}).get("dataset", {})
     return {
-        "source": "public Kaggle knee osteoporosis sets, curated copy (../shared/data/knee-3class): de-identified "
-                  "knee radiographs, one file per distinct radiograph",
+        "source": data_source or f"the labelled folder {dataset.get('root')} (no description given)",
         "folder": dataset.get("root"),
         "counts": dataset.get("counts"),
         "deduplication": "byte-identical copies (sha256) and re-encoded/resized copies (DCT perceptual hash, "

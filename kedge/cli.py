@@ -442,18 +442,6 @@ def _model_option(f: Any) -> Any:
                         help="Bundle folder (default: $KEDGE_MODEL, else the models shipped with kedge).")(f)
 
 
-def _load_model(model: Path | None) -> Any:
-    from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.shipped import shipped_bundles
-
-    if model is None:
-        shipped = shipped_bundles()
-        if not shipped:
-            raise KedgeError("no model: pass --model BUNDLE (a folder made by `kedge train`) or set KEDGE_MODEL")
-        return load_bundle(shipped[0])
-    return load_bundle(model)
-
-
 def _load_models(model: Path | None) -> list[Any]:
     """--model (or $KEDGE_MODEL) when given, else every model shipped with kedge."""
     from kedge.runtime.bundle import load_bundle
@@ -627,28 +615,23 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
       kedge bench --model runs/cnn --backend onnxruntime --precision fp32,int8 --batch-sizes 1
       kedge bench --model runs/cnn --images scans/ --plot bench.png --json
     """
-    from importlib.util import find_spec
-
     from kedge.runtime.bench import MODES, Target, run_bench, synthetic_jpeg, time_preprocess
     from kedge.runtime.bench import plot as plot_rows
     from kedge.runtime.folders import expand_inputs
     from kedge.runtime.forms import ALL_FORMS, available_forms, form, open_form
     from kedge.runtime.preprocess import preprocess as run_preprocess
     from kedge.runtime.preprocess import read_bytes
+    from kedge.train.backend import keras_available, open_keras
 
-    bundle = _load_model(model)
+    bundle = _load_models(model)[0]  # the first shipped model without --model
     wanted_backends = _csv_list(backends, "--backend", ("keras", "onnxruntime", "tensorrt"))
     wanted_precisions = _csv_list(precisions, "--precision", ("fp32", "fp16", "int8"))
     mode_list = _csv_list(modes, "--modes", MODES) or list(MODES)
     sizes = _positive_ints(batch_sizes, "--batch-sizes")
-    has_keras = "keras" in bundle.manifest.get("artifacts", {}) and find_spec("tf_keras") is not None
+    has_keras = "keras" in bundle.manifest.get("artifacts", {}) and keras_available()
 
     def keras_target() -> Target:
-        def load() -> Any:
-            from kedge.train.backend import KerasBackend
-
-            return KerasBackend(bundle.file("keras"))
-        return Target("keras", "keras", load)
+        return Target("keras", "keras", lambda: open_keras(bundle, "--forms keras"))
 
     def form_target(name: str) -> Target:
         spec = form(name)
@@ -730,8 +713,10 @@ def card(bundles: tuple[Path, ...], as_json: bool) -> None:
               "runtime/models/knee-cnn).")
 @click.option("--forms", default="onnx-fp32,onnx-int8", show_default=True,
               help="Comma-separated ONNX forms to carry.")
+@click.option("--data-source", help="Where the training images came from, for the model card (e.g. 'public "
+              "Kaggle knee sets, de-identified').")
 @click.option("--overwrite", is_flag=True, help="Replace --out (only once the new copy is complete).")
-def ship(bundle: Path, out: Path, forms: str, overwrite: bool) -> None:
+def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite: bool) -> None:
     """Copy an exported, parity-checked BUNDLE for shipping: the chosen forms, the small
     provenance files, and the model card (limitations, training data). Forms left out
     are listed with their sha256 and size.
@@ -743,7 +728,7 @@ def ship(bundle: Path, out: Path, forms: str, overwrite: bool) -> None:
     from kedge.export.ship import ship_bundle
 
     names = _csv_list(forms, "--forms") or []
-    manifest = ship_bundle(bundle, out, names, overwrite)
+    manifest = ship_bundle(bundle, out, names, overwrite, data_source)
     _log(f"shipped {manifest['model']['name']} to {out}: {', '.join(names)}, "
          f"{manifest['shipped']['bytes'] / 1e6:.1f} MB")
 
@@ -790,13 +775,9 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
         backend = "keras"
     for bundle in bundles:
         if backend == "keras":
-            from importlib.util import find_spec
+            from kedge.train.backend import open_keras
 
-            if find_spec("tf_keras") is None:
-                raise KedgeError("--backend keras needs TensorFlow (the [train] extra)")
-            from kedge.train.backend import KerasBackend
-
-            opened: Any = KerasBackend(bundle.file("keras"))
+            opened: Any = open_keras(bundle, "--backend keras")
             form_name = "keras"
         else:
             choice = choose_form(bundle, backend, precision)

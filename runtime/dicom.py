@@ -78,23 +78,15 @@ def _check_supported(ds: Any, name: str | os.PathLike[str]) -> None:
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(getattr(ds, "SamplesPerPixel", 1)) != 1:
         raise ImageError(name, f"colour DICOM ({photometric or 'unknown photometric interpretation'}) is not "
                                "supported; radiographs are greyscale")
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    if syntax in PLUGINS and not _can_decode(ds):
-        raise ImageError(name, f"compressed DICOM needs a decoder plugin: pip install {PLUGINS[syntax]}")
-
-
-def _can_decode(ds: Any) -> bool:
-    try:
-        ds.pixel_array  # noqa: B018 (decodes, or raises when no plugin handles the syntax)
-    except Exception:  # pydicom raises RuntimeError/NotImplementedError variants per version
-        return False
-    return True
 
 
 def _stored_pixels(ds: Any, name: str | os.PathLike[str]) -> np.ndarray:
     try:
         pixels = np.asarray(ds.pixel_array)
-    except Exception as err:  # corrupt or truncated pixel data
+    except Exception as err:  # no plugin for the syntax, or corrupt data: pydicom's error types vary by version
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+        if syntax in PLUGINS:
+            raise ImageError(name, f"compressed DICOM needs a decoder plugin: pip install {PLUGINS[syntax]}") from None
         raise ImageError(name, f"DICOM pixel data cannot be decoded ({type(err).__name__})") from None
     if pixels.ndim != 2:
         raise ImageError(name, f"DICOM pixel data has shape {pixels.shape}, expected one 2-D frame")

@@ -6,6 +6,7 @@ something is missing, so it must work when everything is missing.
 """
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,6 @@ def cpu_info() -> dict[str, Any]:
             flags.update(value.split())
         elif key in ("model name", "hardware") and value.strip():
             model = value.strip()
-    import os
-
     return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
             "int8_features": {flag: flag in flags for flag in CPU_FLAGS}}
 

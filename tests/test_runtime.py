@@ -282,7 +282,8 @@ def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) 
     with pytest.raises(KedgeError, match="has no onnx-fp16"):
         ship_bundle(source, tmp_path / "none", ["onnx-fp16"])
     shipped = tmp_path / "shipped"
-    manifest = ship_bundle(source, shipped, ["onnx-int8"])
+    manifest = ship_bundle(source, shipped, ["onnx-int8"], data_source="synthetic knees made by the tests")
+    assert manifest["card"]["training_data"]["source"] == "synthetic knees made by the tests"
     assert not any((tmp_path / n).exists() for n in ("early", "none", "refused"))  # nothing half-written
     assert set(manifest["artifacts"]) == {"onnx_int8_cpu"}  # the small provenance files it has (none here)
     assert not (shipped / "model.onnx").exists()
