@@ -25,7 +25,8 @@ LIMITATIONS = [
     "Trained on a small public set (a few hundred de-duplicated knee radiographs) with noisy labels; expect the "
     "accuracy to move by several points between splits (see the 95 % intervals).",
     "Class and file source are confounded in the public data: every Osteopenia image is a JPEG, and many Normal and "
-    "Osteoporosis images are PNGs from a second source. Accuracy per file format is reported for that reason.",
+    "Osteoporosis images are PNGs from a second source. Metrics per source and per file format are reported for "
+    "that reason, and `kedge audit` checks a model for answers that follow the source.",
     "Not validated on any clinic's images, scanners or population.",
 ]
 
@@ -71,7 +72,17 @@ def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], fo
 
 
 def _limitations(manifest: dict[str, Any]) -> list[str]:
+    from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, not_validated
+
     items = list(LIMITATIONS)
+    test = manifest.get("metrics", {}).get("test", {})
+    for name in not_validated(test):
+        row = test["by_source"][name]
+        items.insert(1, f"NOT VALIDATED for images like source {name}'s: on the test split its balanced accuracy is "
+                        f"{row['balanced_accuracy']:.2f}, within {NOT_VALIDATED_MARGIN:.2f} of chance "
+                        f"({row['chance']:.2f}), n={row['n']}.")
+    if not test.get("by_source"):
+        items.insert(1, "No sources were given in training: no per-source check was possible.")
     if manifest.get("model", {}).get("options", {}).get("weights") == "none":
         items.insert(2, "The ResNet50 backbone started from random weights (ImageNet weights could not be "
                         "downloaded where it was trained); the paper used a pretrained backbone.")
@@ -94,7 +105,8 @@ def _training_data(manifest: dict[str, Any], data_source: str | None) -> dict[st
         "deduplication": "byte-identical copies (sha256) and re-encoded/resized copies (DCT perceptual hash, "
                          "confirmed by thumbnail correlation >= 0.995); each duplicate group kept inside one split; "
                          f"{dataset.get('groups')} groups; excluded: {dataset.get('excluded') or 'none'}",
-        "split": "seeded, stratified by class, 70/15/15 of duplicate groups (split.csv)",
+        "split": "seeded, stratified by (source, class), 70/15/15 of duplicate groups (split.csv, with each "
+                 "file's source)",
     }
 
 

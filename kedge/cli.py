@@ -84,6 +84,30 @@ def models(as_json: bool) -> None:
                    f"{p['total']:>12,}{p['trainable']:>12,}{p['non_trainable']:>15,}")
 
 
+def source_options(function: Any) -> Any:
+    """--sources FILE (+ column names) or --source-rule: where each image came from."""
+    for option in reversed((
+        click.option("--sources", "sources_file", type=click.Path(path_type=Path),
+                     help="CSV naming each image's source (collection, site, scanner), paths relative to --data, "
+                          "e.g. ../shared/data/manifest.csv."),
+        click.option("--path-column", default="path", show_default=True, help="--sources column with the path."),
+        click.option("--source-column", default="source", show_default=True,
+                     help="--sources column with the source (e.g. collection)."),
+        click.option("--source-rule", help="Without a file: folder (first folder under --data), format, "
+                                           "regex:PATTERN (first group), or dicom:Manufacturer,InstitutionName "
+                                           "(hashed, never printed)."),
+    )):
+        function = option(function)
+    return function
+
+
+def _source_spec(options: dict[str, Any]) -> Any:
+    from kedge.runtime.sources import make_spec
+
+    return make_spec(options.pop("sources_file"), options.pop("source_rule"), options.pop("path_column"),
+                     options.pop("source_column"))
+
+
 @main.command()
 @click.argument("model", type=click.Choice(["resnet50-gru", "knee-cnn"]))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
@@ -107,23 +131,44 @@ def models(as_json: bool) -> None:
 @click.option("--bn-momentum", type=float,
               help="BatchNorm momentum (default 0.9; Keras' 0.99 lags on small data sets).")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on GPUs with tensor cores.")
-@click.option("--no-augment", is_flag=True, help="Turn off flips, shifts and rotations of the training images.")
+@click.option("--no-augment", is_flag=True, help="Turn off all augmentation of the training images.")
+@click.option("--no-source-augment", is_flag=True,
+              help="Keep flips, shifts and rotations but turn off the source-erasing changes (JPEG re-encoding, "
+                   "down/upscaling, blur, noise, exposure).")
+@source_options
+@click.option("--balance", type=click.Choice(["source-class", "class", "none"]),
+              help="Loss weights: every (source, class) cell, or every class, counts the same "
+                   "(default: source-class with sources, else none).")
+@click.option("--select", type=click.Choice(["mean-source", "worst-source", "val-loss"]),
+              help="Keep the epoch with the best mean (or worst) per-source validation balanced accuracy, or the "
+                   "lowest validation loss (default: mean-source with sources, else val-loss). worst-source is "
+                   "noisy on small sources: it can prefer an epoch that gives every image one answer.")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=float,
               help="Spread this much of each label over all classes (e.g. 0.1, for noisy labels).")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency (training split).")
+@click.option("--search", "search_run", is_flag=True,
+              help="Recipe search: score the validation split at the end, never the test split (which the "
+                   "final run reads once).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only once the new bundle is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle manifest as JSON at the end.")
 def train(model: str, data: Path, out: Path, classes: str | None, fractions: str, weights: str | None,
           freeze_backbone: bool | None, gru_units: int | None, width: float | None, dropout: float | None,
-          bn_momentum: float | None, no_augment: bool, quiet: bool, as_json: bool, **settings: Any) -> None:
+          bn_momentum: float | None, no_augment: bool, no_source_augment: bool, search_run: bool, quiet: bool,
+          as_json: bool, **settings: Any) -> None:
     """Train MODEL on a labelled folder and write a bundle (model, kedge.json, plots, split).
 
     \b
     Examples:
       kedge train knee-cnn --data ../shared/data/knee-3class --out runs/cnn
       kedge train resnet50-gru --data ../shared/data/knee-3class --out runs/gru --epochs 20
-    The binary resnet50-gru reads only the Normal and Osteoporosis folders.
+      kedge train knee-cnn --data ../shared/data --out runs/cnn \
+          --sources ../shared/data/manifest.csv --source-column collection
+    The binary resnet50-gru reads only the Normal and Osteoporosis folders. --data may
+    hold several class trees side by side (../shared/data/{knee-3class,knee-fullres}).
+    With sources, the split is stratified by (source, class), the loss weights make
+    every class count the same within each source, and the kept epoch is the one whose
+    worst source does best on validation: so a model cannot score by learning the source.
     Trains on a CUDA GPU when TensorFlow sees one, else on the CPU (and says which).
     """
     from kedge.runtime.folders import parse_classes
@@ -137,9 +182,11 @@ def train(model: str, data: Path, out: Path, classes: str | None, fractions: str
     wrong = sorted(set(options) - set(get_architecture(model).options))
     if wrong:
         raise KedgeError(f"{model} has no option {', '.join('--' + w.replace('_', '-') for w in wrong)}")
+    sources = _source_spec(settings)
     manifest = run_training(TrainSettings(
         model=model, data=data, out=out, classes=parse_classes(classes) if classes else None,
-        fractions=_fractions(fractions), augment=not no_augment, model_options=options,
+        fractions=_fractions(fractions), augment=not no_augment, source_augment=not no_source_augment,
+        sources=sources, model_options=options, score_test=not search_run,
         progress=not quiet, **settings), log=_log)
     if as_json:
         _emit_json(manifest)
@@ -160,20 +207,25 @@ def _fractions(text: str) -> tuple[float, float, float]:
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled class-per-folder tree.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]),
               help="Only the files the bundle's split manifest put in this split.")
+@source_options
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def evaluate(bundle: Path, data: Path, split: str | None, batch_size: int, quiet: bool, as_json: bool) -> None:
+def evaluate(bundle: Path, data: Path, split: str | None, batch_size: int, quiet: bool, as_json: bool,
+             **sources: Any) -> None:
     """Score BUNDLE's Keras model on a labelled folder.
 
     Reports accuracy with its 95 % Wilson interval, per-class and macro
-    precision/recall/F1, the confusion matrix, and accuracy per file format.
-    Unreadable images are listed and skipped; the exit status is then 1.
+    precision/recall/F1, the confusion matrix, and per source and per file format:
+    n, accuracy, balanced accuracy, recall per class and the share of the most
+    frequent answer (binary models: ROC AUC, sensitivity, specificity). Sources come
+    from --sources/--source-rule, else from the bundle's split.csv. Unreadable images
+    are listed and skipped; the exit status is then 1.
     """
     from kedge.runtime.evaluate import format_report
     from kedge.train.evaluate import evaluate_bundle
 
-    report = evaluate_bundle(bundle, data, split, batch_size, progress=not quiet)
+    report = evaluate_bundle(bundle, data, split, batch_size, progress=not quiet, sources=_source_spec(sources))
     if as_json:
         _emit_json(report)
     else:
@@ -243,31 +295,52 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
 @click.option("--split", "fractions", default="0.7,0.15,0.15", show_default=True, help="Train,val,test fractions.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--write-split", type=click.Path(path_type=Path), help="Also write the split manifest (CSV) here.")
+@source_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def dataset(data: Path, classes: str, fractions: str, seed: int, write_split: Path | None, as_json: bool) -> None:
+def dataset(data: Path, classes: str, fractions: str, seed: int, write_split: Path | None, as_json: bool,
+            **sources: Any) -> None:
     """Check a labelled folder the way `kedge train` will use it, without training.
 
     Decodes every image, finds duplicates (byte-identical, resized or re-encoded
     copies of one radiograph), drops groups with conflicting labels, and shows the
-    seeded stratified split. Exits 1 if any image is unreadable.
+    seeded split, stratified by (source, class). With sources it shows the class mix
+    of each source and warns when the source alone predicts the class better than the
+    class prior, or when a source lacks a class. Exits 1 if any image is unreadable.
+
+    \b
+    Example:
+      kedge dataset ../shared/data --sources ../shared/data/manifest.csv --source-column collection
     """
     from kedge.runtime.folders import parse_classes
+    from kedge.runtime.sources import class_mix, mix_warnings
     from kedge.train.data import SPLITS, prepare, write_split_manifest
 
-    prepared = prepare(data, parse_classes(classes), _fractions(fractions), seed, progress=not as_json)
+    prepared = prepare(data, parse_classes(classes), _fractions(fractions), seed, progress=not as_json,
+                       sources=_source_spec(sources))
+    kept = [e.item for e in prepared.entries if e.split != "excluded"]
+    mix = class_mix(kept, prepared.classes)
+    warnings = mix_warnings(mix)
     if write_split is not None:
         write_split_manifest(write_split, prepared)
     summary = prepared.summary()
     excluded = [{"path": e.relative, "class": e.item.class_name, "reason": e.note}
                 for e in prepared.entries if e.split == "excluded"]
     if as_json:
-        _emit_json({**summary, "excluded_files": excluded})
+        _emit_json({**summary, "class_mix_by_source": mix, "warnings": warnings, "excluded_files": excluded})
     else:
         click.echo(f"{data}: {len(prepared.entries)} images, {summary['groups']} distinct radiographs")
         click.echo(f"  {'split':<8}" + "".join(f"{c:>14}" for c in prepared.classes))
         for split in SPLITS:
             counts = summary["counts"][split]  # type: ignore[index]
             click.echo(f"  {split:<8}" + "".join(f"{counts.get(c, 0):>14}" for c in prepared.classes))
+        if len(mix) > 1:
+            click.echo(f"  {'source':<8}" + "".join(f"{c:>14}" for c in prepared.classes) + "   (all splits)")
+            for source, row in mix.items():
+                click.echo(f"  {source[:8]:<8}" + "".join(f"{row[c]:>14}" for c in prepared.classes))
+        else:
+            click.echo("  sources: none given (--sources or --source-rule): no per-source check")
+        for warning in warnings:
+            click.echo(f"  warning: {warning}")
         for row in excluded:
             click.echo(f"  excluded {row['path']}: {row['reason']}")
     if any(row["reason"].startswith("unreadable") for row in excluded):
@@ -895,6 +968,10 @@ def info(model: Path | None, as_json: bool) -> None:
         for e in engines:
             click.echo(f"  {e['engine']}: " + ("runs here" if e["compatible"] else f"not here ({e['problem']})"))
 
+
+from kedge import cli_audit  # noqa: E402 (commands in their own module)
+
+cli_audit.register(main, source_options, _source_spec, _emit_json)
 
 if __name__ == "__main__":
     main()

@@ -2,12 +2,16 @@
 
 Everything comes from the manifest, so the card can never disagree with the files
 beside it: intended use, training data, test metrics with 95 % intervals (overall,
-per class and per file format), parity of every exported form, calibration, shipped
-and left-out files, and known limitations.
+per source, per class and per file format), parity of every exported form,
+calibration, shipped and left-out files, and known limitations. The metrics lead with
+the worst source: a model is judged where it does worst, never on overall accuracy.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, group_table, not_validated
 
 
 def _pct(x: float | None) -> str:
@@ -38,6 +42,10 @@ def render_card(manifest: dict[str, Any]) -> str:
     for split, per_class in counts.items():
         lines.append(f"  {split:<14} " + ", ".join(f"{c} {n}" for c, n in per_class.items())
                      + f" (total {sum(per_class.values())})")
+    by_source = training.get("dataset", {}).get("counts_by_source", {}).get("train", {})
+    if len(by_source) > 1:
+        for source, per_class in by_source.items():
+            lines.append(f"  {'train, ' + source:<14} " + ", ".join(f"{c} {n}" for c, n in per_class.items()))
     for key in ("deduplication", "split"):
         if data.get(key):
             lines.append(f"  {key:<14} {data[key]}")
@@ -46,7 +54,11 @@ def render_card(manifest: dict[str, Any]) -> str:
                   f"  {training.get('epochs_run', '-')} epochs run of {training.get('epochs', '-')} (kept epoch "
                   f"{training.get('best_epoch', '-')}), batch {training.get('batch_size', '-')}, "
                   f"{training.get('optimizer', 'Adam')} lr {training.get('lr', '-')}, "
-                  f"seed {training.get('seed', '-')}, augmentation {'on' if training.get('augment') else 'off'}",
+                  f"seed {training.get('seed', '-')}, augmentation {'on' if training.get('augment') else 'off'}"
+                  + (", source-erasing augmentation" if training.get("augment") and training.get("source_augment")
+                     else ""),
+                  f"  sources        {_sources(training.get('sources'))}; loss weights "
+                  f"{training.get('balance', 'none')}; epoch chosen by {training.get('select', 'val-loss')}",
                   f"  device         {training.get('device', '-')}, {training.get('keras', '')}"]
     lines += _metrics(manifest.get("metrics", {}).get("test"))
     lines += _parity(manifest.get("parity"))
@@ -62,18 +74,44 @@ def render_card(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _sources(spec: dict[str, Any] | None) -> str:
+    if not spec or not (spec.get("file") or spec.get("rule")):
+        return "none given"
+    return f"rule {spec['rule']}" if spec.get("rule") else f"{spec['file']} (column {spec.get('source_column')})"
+
+
+def _by_source(test: dict[str, Any]) -> list[str]:
+    groups = test.get("by_source") or {}
+    if not groups:
+        return ["  per source     no sources were given: no per-source check was possible, so nothing here says "
+                "how the model does on any one collection, site or scanner"]
+    worst = min(groups.items(), key=lambda kv: (math.isnan(kv[1]["balanced_accuracy"]), kv[1]["balanced_accuracy"]))
+    lines = [f"  worst source   {worst[0]}: balanced accuracy {worst[1]['balanced_accuracy']:.3f} "
+             f"(chance {worst[1]['chance']:.3f}), n={worst[1]['n']}, top answer {worst[1]['top_answer']['class']} "
+             f"{_pct(worst[1]['top_answer']['share'])}"]
+    for name in not_validated(test):
+        lines.append(f"  NOT VALIDATED for images like source {name}'s: its balanced accuracy is within "
+                     f"{NOT_VALIDATED_MARGIN:.2f} of chance")
+    lines += group_table(groups, list(test.get("per_class", {})), "source")
+    return lines
+
+
 def _metrics(test: dict[str, Any] | None) -> list[str]:
     if not test:
         return ["", "Test metrics: none recorded"]
-    lines = ["", f"Test split (n={test['n']}, looked at once)",
-             f"  accuracy       {_pct(test['accuracy'])}{_ci(test.get('accuracy_ci95'))}, "
-             f"macro-F1 {test.get('macro_f1', 0):.3f}"]
+    lines = ["", f"Test split (n={test['n']}, looked at once)"] + _by_source(test)
+    lines.append(f"  accuracy       {_pct(test['accuracy'])}{_ci(test.get('accuracy_ci95'))}, "
+                 f"macro-F1 {test.get('macro_f1', 0):.3f}"
+                 + (f", balanced accuracy {test['balanced_accuracy']:.3f}" if "balanced_accuracy" in test else ""))
+    if test.get("roc_auc") is not None and not math.isnan(test["roc_auc"]):
+        low, high = test["roc_auc_ci95"]
+        lines.append(f"  ROC AUC        {test['roc_auc']:.3f} (95 % bootstrap CI {low:.3f}-{high:.3f}); sensitivity "
+                     f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at p >= 0.5")
     for name, row in test.get("per_class", {}).items():
         lines.append(f"  {name:<14} precision {row['precision']:.2f}  recall {row['recall']:.2f}  "
                      f"F1 {row['f1']:.2f}  (n={row['support']})")
-    for fmt, row in test.get("by_format", {}).items():
-        lines.append(f"  {fmt.upper() + ' files':<14} {_pct(row['accuracy'])}{_ci(row.get('accuracy_ci95'))}, "
-                     f"n={row['n']}")
+    if test.get("by_format"):
+        lines += group_table(test["by_format"], list(test.get("per_class", {})), "format")
     if test.get("confusion_matrix"):
         lines.append(f"  confusion      rows true, columns predicted: {test['confusion_matrix']}")
     return lines

@@ -7,6 +7,7 @@ knee sets the file format partly gives away the class (shared/data/README.md).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,11 @@ from tqdm import tqdm
 
 from kedge.runtime.errors import ImageError
 from kedge.runtime.folders import LabelledImage
-from kedge.runtime.metrics import classification_report, wilson_interval
+from kedge.runtime.metrics import classification_report, group_metrics, metrics_by, worst_group
 from kedge.runtime.preprocess import preprocess
+from kedge.runtime.sources import UNKNOWN
+
+NOT_VALIDATED_MARGIN = 0.10  # a source below chance + this is "not validated for images like it"
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -55,24 +59,52 @@ def predict_items(
 
 
 def score(predictions: Predictions, classes: Sequence[str]) -> dict[str, Any]:
-    """Classification report plus accuracy (with 95 % CI) per file format."""
+    """Classification report, plus the per-group metrics (runtime.metrics.group_metrics)
+    overall, per source and per file format: a model is judged per source, never on
+    overall accuracy alone."""
     y_true = np.array([i.label for i in predictions.items], dtype=np.int64)
-    y_pred = predictions.probabilities.argmax(axis=1) if len(y_true) else y_true
+    probs = predictions.probabilities
+    y_pred = probs.argmax(axis=1) if len(y_true) else y_true
     report = classification_report(y_true, y_pred, classes)
-    by_format: dict[str, Any] = {}
-    formats = np.array([i.format for i in predictions.items])
-    for fmt in sorted(set(formats.tolist())):
-        mask = formats == fmt
-        correct, total = int((y_true[mask] == y_pred[mask]).sum()), int(mask.sum())
-        by_format[fmt] = {
-            "n": total,
-            "accuracy": correct / total,
-            "accuracy_ci95": list(wilson_interval(correct, total)),
-            "class_counts": {c: int((y_true[mask] == k).sum()) for k, c in enumerate(classes)},
-        }
-    report["by_format"] = by_format
+    if len(y_true):
+        overall = group_metrics(y_true, probs, classes)
+        report.update({key: overall[key] for key in ("balanced_accuracy", "top_answer", "roc_auc", "roc_auc_ci95",
+                                                     "sensitivity", "specificity", "threshold") if key in overall})
+    sources = [i.source for i in predictions.items]
+    report["by_source"] = metrics_by(sources, y_true, probs, classes) if len(set(sources)) > 1 or \
+        (sources and sources[0] != UNKNOWN) else {}
+    report["by_format"] = metrics_by([i.format for i in predictions.items], y_true, probs, classes)
+    worst = worst_group(report["by_source"])
+    report["worst_source"] = worst[0] if worst else None
     report["failures"] = [{"path": p, "problem": m} for p, m in predictions.failures]
     return report
+
+
+def not_validated(report: dict[str, Any], margin: float = NOT_VALIDATED_MARGIN) -> list[str]:
+    """Sources whose balanced accuracy is below chance + margin: the model is not
+    validated for images like theirs."""
+    return [name for name, row in report.get("by_source", {}).items()
+            if not math.isnan(row["balanced_accuracy"]) and row["balanced_accuracy"] < row["chance"] + margin]
+
+
+def group_table(groups: dict[str, Any], classes: Sequence[str], label: str) -> list[str]:
+    """Rows of per-group metrics (per source or per format) for a terminal."""
+    binary = len(classes) == 2
+    head = f"  {label:<12}{'n':>5}{'acc':>7}{'bal.acc':>9}  {'top answer':<24}" + \
+        "".join(f"{'rec ' + c[:10]:>16}" for c in classes) + (f"{'AUC (95% CI)':>22}" if binary else "")
+    lines = [head]
+    for name, row in groups.items():
+        top = row["top_answer"]
+        recalls = "".join(f"{row['recall'][c]['recall']:>16.3f}" if c in row["recall"] else f"{'-':>16}"
+                          for c in classes)
+        auc = ""
+        if binary:
+            low, high = row["roc_auc_ci95"]
+            auc = f"{row['roc_auc']:>8.3f} ({low:.2f}-{high:.2f})" if not math.isnan(row["roc_auc"]) else f"{'-':>22}"
+            auc = f"{auc:>22}"
+        lines.append(f"  {name[:12]:<12}{row['n']:>5}{row['accuracy']:>7.3f}{row['balanced_accuracy']:>9.3f}  "
+                     f"{top['class'][:14] + ' ' + format(top['share'], '.0%'):<24}{recalls}{auc}")
+    return lines
 
 
 def format_report(report: dict[str, Any], title: str = "") -> str:
@@ -84,9 +116,23 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     lines.append(f"  {'class':<14}{'precision':>10}{'recall':>8}{'f1':>7}{'n':>6}")
     for name, row in report["per_class"].items():
         lines.append(f"  {name:<14}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['f1']:>7.3f}{row['support']:>6}")
+    if "balanced_accuracy" in report:
+        extra = ""
+        if "roc_auc" in report and not math.isnan(report["roc_auc"]):
+            low, high = report["roc_auc_ci95"]
+            extra = (f"   ROC AUC {report['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), sensitivity "
+                     f"{report['sensitivity']:.3f}, specificity {report['specificity']:.3f} at p>=0.5")
+        lines.append(f"balanced accuracy {report['balanced_accuracy']:.3f}{extra}")
+    classes = list(report["per_class"])
+    if report.get("by_source"):
+        lines.extend(group_table(report["by_source"], classes, "source"))
+        for name in not_validated(report):
+            lines.append(f"  NOT VALIDATED for images like source {name}'s: balanced accuracy within "
+                         f"{NOT_VALIDATED_MARGIN} of chance")
+    else:
+        lines.append("  no sources given: no per-source check was possible (--sources or --source-rule)")
     if len(report.get("by_format", {})) > 1:
-        parts = [f"{fmt} {v['accuracy']:.3f} (n={v['n']})" for fmt, v in report["by_format"].items()]
-        lines.append("  by format: " + ", ".join(parts))
+        lines.extend(group_table(report["by_format"], classes, "format"))
     matrix = report["confusion_matrix"]
     lines.append("  confusion (rows true, cols predicted): " + " | ".join(" ".join(map(str, r)) for r in matrix))
     for failure in report.get("failures", []):

@@ -15,17 +15,22 @@ from kedge.runtime.errors import KedgeError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 
 
+def file_format(path: Path) -> str:
+    """File format by extension, for per-format metrics ("jpeg", "png", ...)."""
+    suffix = path.suffix.lower().lstrip(".")
+    return {"jpg": "jpeg", "tif": "tiff", "dicom": "dcm"}.get(suffix, suffix) or "none"
+
+
 @dataclass(frozen=True)
 class LabelledImage:
     path: Path
     label: int  # index into the class list
     class_name: str
+    source: str = "all"  # where the image came from (kedge.runtime.sources); "all" when unknown
 
     @property
     def format(self) -> str:
-        """File format by extension, for per-format metrics ("jpeg", "png", ...)."""
-        suffix = self.path.suffix.lower().lstrip(".")
-        return {"jpg": "jpeg", "tif": "tiff"}.get(suffix, suffix)
+        return file_format(self.path)
 
 
 def parse_classes(text: str) -> list[str]:
@@ -44,25 +49,44 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def class_trees(root: Path, classes: Sequence[str]) -> list[Path]:
+    """The class-per-folder trees under root: root itself when it holds a class folder,
+    else each direct subfolder that does (e.g. data/{knee-3class,knee-fullres}/<class>/)."""
+    wanted = {c.lower() for c in classes}
+
+    def holds_class(folder: Path) -> bool:
+        return any(p.is_dir() and p.name.lower() in wanted for p in folder.iterdir())
+
+    if holds_class(root):
+        return [root]
+    return [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and holds_class(p)]
+
+
 def scan_labelled(root: str | os.PathLike[str], classes: Sequence[str]) -> list[LabelledImage]:
     """List the images of `classes` under root/<class>/ (recursively), label = class index.
 
-    Folders for other classes are ignored; a class with no folder or no image is an error.
+    A root may also hold several such trees side by side (one per resolution or
+    collection); all are read. Folders for other classes are ignored; a class with no
+    image in any tree is an error.
     """
     root = Path(root)
     if not root.is_dir():
         raise KedgeError(f"{root}: no such data folder")
-    folders = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
+    trees = class_trees(root, classes)
+    if not trees:
+        found = ", ".join(p.name for p in sorted(root.iterdir()) if p.is_dir()) or "none"
+        raise KedgeError(f"{root}: no class folder ({', '.join(classes)}) in it or in its subfolders "
+                         f"(folders found: {found})")
     images: list[LabelledImage] = []
     for label, name in enumerate(classes):
-        folder = folders.get(name.lower())
-        if folder is None:
-            found = ", ".join(p.name for p in folders.values()) or "none"
+        folders = [p for tree in trees for p in sorted(tree.iterdir()) if p.is_dir() and p.name.lower() == name.lower()]
+        if not folders:
+            found = ", ".join(sorted({p.name for t in trees for p in t.iterdir() if p.is_dir()})) or "none"
             raise KedgeError(f"{root}: no folder for class {name!r} (class folders found: {found})")
-        files = sorted((p for p in folder.rglob("*") if is_image_file(p)), key=lambda p: p.as_posix())
+        files = [p for folder in folders for p in folder.rglob("*") if is_image_file(p)]
         if not files:
-            raise KedgeError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        images.extend(LabelledImage(p, label, name) for p in files)
+            raise KedgeError(f"{', '.join(map(str, folders))}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        images.extend(LabelledImage(p, label, name) for p in sorted(files, key=lambda p: p.as_posix()))
     return images
 
 
@@ -106,3 +130,14 @@ def in_split(items: Sequence[LabelledImage], root: str | os.PathLike[str], assig
         raise KedgeError(f"{root}: no image of this folder is in the bundle's {split} split "
                          "(is it the folder the bundle was trained on?)")
     return chosen
+
+
+def read_split_sources(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A bundle's split.csv: relative path -> source ({} for bundles written before sources)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return {row["path"]: row["source"] for row in csv.DictReader(handle) if row.get("source")}
+    except (OSError, KeyError) as err:
+        raise KedgeError(f"{path}: cannot read split manifest ({err})") from None

@@ -63,3 +63,93 @@ def classification_report(
         },
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN without both classes."""
+    y_true = np.asarray(y_true, dtype=bool)
+    positives, negatives = int(y_true.sum()), int((~y_true).sum())
+    if not positives or not negatives:
+        return math.nan
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=float)
+    sorted_scores = np.asarray(scores)[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    u = ranks[y_true].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def bootstrap_auc_interval(y_true: np.ndarray, scores: np.ndarray, rounds: int = 1000,
+                           seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the ROC AUC (resampling images, seeded)."""
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    values = []
+    for _ in range(rounds):
+        pick = rng.integers(0, n, n)
+        value = roc_auc(y_true[pick], scores[pick])
+        if not math.isnan(value):
+            values.append(value)
+    if len(values) < rounds // 2:
+        return (math.nan, math.nan)
+    low, high = np.percentile(values, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+def group_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """What a group of images (one source, one format) needs to show a shortcut:
+    accuracy and balanced accuracy (mean recall over the classes present), recall per
+    class, and the share of the most frequent answer, each proportion with its 95 %
+    Wilson interval. Two classes add ROC AUC (bootstrap interval) and sensitivity and
+    specificity at the operating threshold (p >= 0.5 for the second class)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = probabilities.argmax(axis=1) if len(y_true) else y_true
+    n = len(y_true)
+    correct = int((y_true == y_pred).sum())
+    recalls = {}
+    for k, name in enumerate(classes):
+        mask = y_true == k
+        if mask.any():
+            hits = int((y_pred[mask] == k).sum())
+            recalls[name] = {"recall": hits / int(mask.sum()), "ci95": list(wilson_interval(hits, int(mask.sum()))),
+                             "n": int(mask.sum())}
+    answers = np.bincount(y_pred, minlength=len(classes)) if n else np.zeros(len(classes), np.int64)
+    top = int(answers.argmax())
+    result: dict[str, Any] = {
+        "n": n,
+        "accuracy": correct / n if n else math.nan,
+        "accuracy_ci95": list(wilson_interval(correct, n)),
+        "balanced_accuracy": float(np.mean([r["recall"] for r in recalls.values()])) if recalls else math.nan,
+        "chance": 1 / len(recalls) if recalls else math.nan,
+        "recall": recalls,
+        "class_counts": {name: int((y_true == k).sum()) for k, name in enumerate(classes)},
+        "top_answer": {"class": classes[top], "share": int(answers[top]) / n if n else math.nan,
+                       "ci95": list(wilson_interval(int(answers[top]), n))},
+    }
+    if len(classes) == 2:
+        positive = y_true == 1
+        auc = roc_auc(positive, probabilities[:, 1]) if n else math.nan
+        result["roc_auc"] = auc
+        result["roc_auc_ci95"] = list(bootstrap_auc_interval(positive, probabilities[:, 1])) if not math.isnan(auc) \
+            else [math.nan, math.nan]
+        result["sensitivity"] = recalls.get(classes[1], {}).get("recall", math.nan)
+        result["specificity"] = recalls.get(classes[0], {}).get("recall", math.nan)
+        result["threshold"] = 0.5
+    return result
+
+
+def metrics_by(keys: Sequence[str], y_true: np.ndarray, probabilities: np.ndarray,
+               classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """group_metrics for each distinct key (a source, a file format), keys sorted."""
+    keys_array = np.asarray(keys)
+    return {key: group_metrics(y_true[keys_array == key], probabilities[keys_array == key], classes)
+            for key in sorted(set(keys_array.tolist()))}
+
+
+def worst_group(groups: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """The group with the lowest balanced accuracy (NaN last), or None."""
+    scored = [(k, v) for k, v in groups.items() if not math.isnan(v["balanced_accuracy"])]
+    return min(scored, key=lambda kv: kv[1]["balanced_accuracy"]) if scored else None

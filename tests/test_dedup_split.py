@@ -71,7 +71,8 @@ def test_prepare_groups_conflicts_and_split(tmp_path) -> None:
     manifest = tmp_path / "split.csv"
     write_split_manifest(manifest, data)
     rows = list(csv.DictReader(manifest.open()))
-    assert set(rows[0]) == {"path", "class", "split", "group", "sha256", "note"}
+    assert set(rows[0]) == {"path", "class", "source", "split", "group", "sha256", "note"}
+    assert {row["source"] for row in rows} == {"all"}  # no sources given
     assert read_split_manifest(manifest) == split_of
 
 
@@ -83,3 +84,29 @@ def test_bad_fractions(tmp_path) -> None:
     write_knees(root, "Osteoporosis", range(3, 6))
     with pytest.raises(KedgeError, match="sum to 1"):
         prepare(root, ["Normal", "Osteoporosis"], (0.5, 0.2, 0.2), progress=False)
+
+
+def test_split_is_stratified_by_source_and_class(tmp_path) -> None:
+    """Two sources with different class mixes: every (source, class) cell is spread over
+    the splits, and split.csv records each file's source."""
+    from kedge.runtime.folders import read_split_sources
+    from kedge.runtime.sources import make_spec
+
+    root = tmp_path / "d"
+    for source, mix in (("siteA", {"Normal": 30, "Osteoporosis": 10}), ("siteB", {"Normal": 10, "Osteoporosis": 30})):
+        for name, n in mix.items():
+            folder = root / source / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(folder / f"{i}.png"), knee(hash((source, name, i)) % 10_000, class_density(name)))
+    data = prepare(root, ["Normal", "Osteoporosis"], (0.6, 0.2, 0.2), seed=0, progress=False,
+                   sources=make_spec(None, "folder"))
+    assert data.sources == ["siteA", "siteB"]
+    for source, name, n in (("siteA", "Normal", 30), ("siteA", "Osteoporosis", 10), ("siteB", "Normal", 10),
+                            ("siteB", "Osteoporosis", 30)):
+        cell = [e for e in data.entries if e.item.source == source and e.item.class_name == name]
+        counts = {s: sum(e.split == s for e in cell) for s in ("train", "val", "test")}
+        assert sum(counts.values()) == n and counts["test"] == round(0.2 * n) and counts["val"] == round(0.2 * n)
+    write_split_manifest(tmp_path / "split.csv", data)
+    recorded = read_split_sources(tmp_path / "split.csv")
+    assert recorded["siteA/Normal/0.png"] == "siteA" and recorded["siteB/Osteoporosis/0.png"] == "siteB"

@@ -120,15 +120,22 @@ def test_mixed_precision_option(tf_keras, synthetic_data, tmp_path) -> None:
 
 
 def test_label_smoothing_and_class_weights(tf_keras, synthetic_data, tmp_path) -> None:
+    from dataclasses import replace
+
     from kedge.runtime.folders import scan_labelled
-    from kedge.train.fit import _class_weights
+    from kedge.train.loop import sample_weights
 
     classes = ["Normal", "Osteopenia", "Osteoporosis"]
     scanned = scan_labelled(synthetic_data, classes)
     items = [i for i in scanned if i.class_name == "Normal"][:40] + [i for i in scanned
                                                                      if i.class_name == "Osteopenia"][:10]
-    weights = _class_weights(items, classes)  # 40 Normal, 10 Osteopenia, no Osteoporosis
-    assert weights == pytest.approx({0: 50 / (3 * 40), 1: 50 / (3 * 10)})
+    weights = sample_weights(items, "class")  # 40 Normal, 10 Osteopenia: each class weighs 25 in all
+    assert weights[:40].sum() == pytest.approx(25) and weights[40:].sum() == pytest.approx(25)
+    # per (source, class): source x holds 30 Normal + 10 Osteopenia, source y 10 Normal
+    sourced = [replace(i, source="x" if n < 30 or i.class_name == "Osteopenia" else "y") for n, i in enumerate(items)]
+    cells = sample_weights(sourced, "source-class")
+    assert cells[:30].sum() == pytest.approx(cells[30:40].sum()) == pytest.approx(cells[40:].sum())
+    assert sample_weights(items, "none").tolist() == [1.0] * 50
     out = tmp_path / "smoothed"
     result = run("train", "knee-cnn", "--data", synthetic_data, "--out", out, "--width", "0.125", "--epochs", "2",
                  "--label-smoothing", "0.1", "--class-weights", "--quiet")
@@ -139,3 +146,22 @@ def test_label_smoothing_and_class_weights(tf_keras, synthetic_data, tmp_path) -
     bad = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(synthetic_data), "--out", str(tmp_path / "x"),
                                     "--label-smoothing", "1.5"])
     assert bad.exit_code == 1 and "--label-smoothing 1.5: give a value in [0, 1)" in bad.output
+
+
+def test_same_seed_same_weights(tf_keras, synthetic_data, tmp_path) -> None:
+    """Op determinism plus seeded data order and augmentation: one seed, one machine, one
+    set of weights; another seed gives others."""
+    import numpy as np
+
+    from kedge.train.models import load_keras_model
+
+    def weights(seed: int, name: str) -> list:
+        out = tmp_path / name
+        result = run("train", "knee-cnn", "--data", synthetic_data, "--out", out, "--width", "0.0625",
+                     "--epochs", "2", "--patience", "0", "--seed", str(seed), "--quiet")
+        assert result.exit_code == 0, result.output
+        return load_keras_model(out / "model.keras").get_weights()
+
+    first, second, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(np.array_equal(a, c) for a, c in zip(first, other, strict=True))

@@ -3,8 +3,9 @@
 Steps: scan the folder (kedge.runtime.folders), fingerprint every image through the
 runtime's preprocessing (unreadable files are excluded and reported, not fatal),
 group duplicates, drop groups whose labels conflict, keep one file per set of
-byte-identical copies, then split whole groups per class so that each split keeps the
-class mix. The result is written as split.csv, and read back by `kedge evaluate --split`.
+byte-identical copies, then split whole groups per (source, class) so that each split
+keeps the class mix of every source. The result is written as split.csv (with each
+file's source), and read back by `kedge evaluate --split` and `kedge audit`.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from tqdm import tqdm
 from kedge.runtime.bundle import atomic_write_text
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.folders import LabelledImage, read_split_manifest, scan_labelled  # noqa: F401 (re-export)
+from kedge.runtime.sources import SourceSpec, class_mix, with_sources
 from kedge.train.dedup import duplicate_groups, fingerprint
 
 SPLITS = ("train", "val", "test")
-MANIFEST_FIELDS = ("path", "class", "split", "group", "sha256", "note")
+MANIFEST_FIELDS = ("path", "class", "source", "split", "group", "sha256", "note")
 
 
 @dataclass
@@ -47,11 +49,16 @@ class PreparedData:
     def items(self, split: str) -> list[LabelledImage]:
         return [e.item for e in self.entries if e.split == split]
 
+    @property
+    def sources(self) -> list[str]:
+        return sorted({e.item.source for e in self.entries})
+
     def summary(self) -> dict[str, object]:
         counts = {s: dict(Counter(e.item.class_name for e in self.entries if e.split == s)) for s in SPLITS}
         excluded = Counter(e.note.split(":")[0] for e in self.entries if e.split == "excluded")
-        return {"root": str(self.root), "counts": counts, "excluded": dict(excluded),
-                "groups": len({e.group for e in self.entries if e.group >= 0})}
+        by_source = {s: class_mix(self.items(s), self.classes) for s in SPLITS}
+        return {"root": str(self.root), "counts": counts, "counts_by_source": by_source,
+                "excluded": dict(excluded), "groups": len({e.group for e in self.entries if e.group >= 0})}
 
 
 def prepare(
@@ -60,10 +67,12 @@ def prepare(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     progress: bool = True,
+    sources: SourceSpec | None = None,
 ) -> PreparedData:
     """Scan, fingerprint, de-duplicate and split a labelled folder."""
     root = Path(root)
-    entries = [Entry(item, item.path.relative_to(root).as_posix()) for item in scan_labelled(root, classes)]
+    items = with_sources(scan_labelled(root, classes), root, sources or SourceSpec())
+    entries = [Entry(item, item.path.relative_to(root).as_posix()) for item in items]
     usable: list[Entry] = []
     prints = []
     for entry in tqdm(entries, desc="Checking images", unit="img", disable=None if progress else True, leave=False):
@@ -81,7 +90,7 @@ def prepare(
     kept = [e for e in usable if not e.note]
     if not kept:
         raise KedgeError(f"{root}: no usable images left after checks and de-duplication")
-    _split_groups(kept, len(classes), fractions, seed)
+    _split_groups(kept, fractions, seed)
     return PreparedData(root, list(classes), entries)
 
 
@@ -104,17 +113,20 @@ def _exclude_duplicates(entries: list[Entry]) -> None:
                 first_by_sha[entry.sha256] = entry
 
 
-def _split_groups(entries: list[Entry], n_classes: int, fractions: tuple[float, float, float], seed: int) -> None:
-    """Assign whole groups to train/val/test, class by class, to the given fractions."""
+def _split_groups(entries: list[Entry], fractions: tuple[float, float, float], seed: int) -> None:
+    """Assign whole duplicate groups to train/val/test, stratum by stratum (source, class),
+    to the given fractions. A group belongs to the stratum of its first member."""
     if abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise KedgeError(f"split fractions {fractions} must be non-negative and sum to 1")
     rng = np.random.default_rng(seed)
-    for label in range(n_classes):
-        groups: dict[int, list[Entry]] = defaultdict(list)
-        for entry in entries:
-            if entry.item.label == label:
-                groups[entry.group].append(entry)
-        order = [groups[g] for g in sorted(groups)]
+    members: dict[int, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        members[entry.group].append(entry)
+    strata: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for group, group_entries in sorted(members.items()):
+        strata[(group_entries[0].item.source, group_entries[0].item.label)].append(group)
+    for stratum in sorted(strata):
+        order = [members[g] for g in strata[stratum]]
         rng.shuffle(order)  # type: ignore[arg-type]
         total = sum(len(g) for g in order)
         want_test, want_val = round(total * fractions[2]), round(total * fractions[1])
@@ -136,57 +148,6 @@ def write_split_manifest(path: str | os.PathLike[str], data: PreparedData) -> No
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
     for e in data.entries:
-        writer.writerow({"path": e.relative, "class": e.item.class_name, "split": e.split,
+        writer.writerow({"path": e.relative, "class": e.item.class_name, "source": e.item.source, "split": e.split,
                          "group": e.group, "sha256": e.sha256, "note": e.note})
     atomic_write_text(path, buffer.getvalue())
-
-
-def tf_dataset(
-    items: Sequence[LabelledImage],
-    batch_size: int,
-    *,
-    training: bool,
-    seed: int,
-    augment: bool = True,
-    cache_limit_bytes: int = 3 << 30,
-):  # -> tf.data.Dataset
-    """Batches of (image, label) read with the runtime's `preprocess`, cached in memory
-    when they fit; the training part is shuffled and (optionally) augmented."""
-    from kedge.runtime.preprocess import INPUT_SHAPE, preprocess
-    from kedge.train.tfkeras import keras, tensorflow
-
-    tf = tensorflow()
-    paths = [str(i.path) for i in items]
-    labels = np.array([i.label for i in items], dtype=np.int32)
-
-    def load(path: bytes) -> np.ndarray:
-        return preprocess(path.decode())
-
-    def load_tf(path, label):  # type: ignore[no-untyped-def]
-        image = tf.numpy_function(load, [path], tf.float32, stateful=False)
-        return tf.ensure_shape(image, INPUT_SHAPE), label
-
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(load_tf, num_parallel_calls=tf.data.AUTOTUNE)
-    if len(items) * int(np.prod(INPUT_SHAPE)) * 4 <= cache_limit_bytes:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(len(items), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if training and augment:
-        augmenter = augmentation(keras(), seed)
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def augmentation(keras, seed: int):  # type: ignore[no-untyped-def]
-    """The papers' augmentation: horizontal flips (left/right knee), shifts up to 10 %,
-    rotations up to 10 degrees. Vertical flips are left out: no radiograph is upside down."""
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 1),
-            layers.RandomRotation(10 / 360, fill_mode="reflect", seed=seed + 2),
-        ],
-        name="augmentation",
-    )

@@ -11,7 +11,8 @@ from typing import Any
 from kedge.runtime.bundle import load_bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import predict_items, score
-from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+from kedge.runtime.shortcut import labelled_items
+from kedge.runtime.sources import SourceSpec
 from kedge.train.data import SPLITS
 from kedge.train.models import load_keras_model
 
@@ -22,13 +23,12 @@ def evaluate_bundle(
     split: str | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    sources: SourceSpec | None = None,
 ) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
-    items = scan_labelled(data_dir, bundle.classes)
-    if split is not None:
-        if split not in SPLITS:
-            raise KedgeError(f"--split {split}: choose from {', '.join(SPLITS)}")
-        items = in_split(items, data_dir, read_split_manifest(bundle.file("split_manifest")), split)
+    if split is not None and split not in SPLITS:
+        raise KedgeError(f"--split {split}: choose from {', '.join(SPLITS)}")
+    items = labelled_items(bundle, data_dir, split, sources or SourceSpec())
     model = load_keras_model(bundle.file("keras"))
     predictions = predict_items(lambda x: model(x, training=False).numpy(), items, batch_size, progress)
     report = score(predictions, bundle.classes)

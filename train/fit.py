@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,10 +23,12 @@ from kedge.runtime.bundle import (
     write_manifest,
 )
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.evaluate import predict_items, score
+from kedge.runtime.evaluate import format_report, predict_items, score
 from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
+from kedge.runtime.sources import SourceSpec, mix_warnings
 from kedge.train import data as datamod
-from kedge.train import plots
+from kedge.train import loop, plots
+from kedge.train.augment import AugmentSettings
 from kedge.train.models import build_model, get_architecture, parameter_counts
 from kedge.train.tfkeras import keras, tensorflow, training_device
 
@@ -46,12 +46,17 @@ class TrainSettings:
     patience: int = 10  # early stopping on validation loss; 0 turns it off
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: bool = True
+    source_augment: bool = True  # JPEG, resolution, blur/noise and exposure changes that erase the source
+    sources: SourceSpec = field(default_factory=SourceSpec)
+    balance: str | None = None  # default: "source-class" with sources, else "class" with --class-weights, else none
+    select: str | None = None  # default: "mean-source" with sources, else "val-loss"
     label_smoothing: float = 0.0  # 0.1 spreads 10 % of each label's mass over the classes (noisy labels)
-    class_weights: bool = False  # weight each class's loss by n / (classes x n_class) of the training split
+    class_weights: bool = False  # same as balance="class" (kept for the earlier option)
     mixed_precision: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     progress: bool = True
+    score_test: bool = True  # False for recipe search: the test split is read once, by the final run
 
 
 def _loss(k: Any, tf: Any, n_classes: int, smoothing: float) -> Any:
@@ -67,12 +72,6 @@ def _loss(k: Any, tf: Any, n_classes: int, smoothing: float) -> Any:
     return smoothed_cross_entropy
 
 
-def _class_weights(items: Any, classes: list[str]) -> dict[int, float]:
-    """Balanced weights, n / (classes x n_class), from the training split's counts."""
-    counts = np.bincount([classes.index(i.class_name) for i in items], minlength=len(classes))
-    return {i: float(counts.sum() / (len(classes) * c)) for i, c in enumerate(counts) if c}
-
-
 def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train one model and write its bundle; returns the manifest."""
     arch = get_architecture(settings.model)
@@ -84,7 +83,11 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
         raise KedgeError(f"--label-smoothing {settings.label_smoothing}: give a value in [0, 1)")
     # Output and data are checked before TensorFlow loads: their errors come fast and without TF's noise.
     check_output_folder(settings.out, settings.overwrite)
-    prepared = datamod.prepare(settings.data, classes, settings.fractions, settings.seed, settings.progress)
+    prepared = datamod.prepare(settings.data, classes, settings.fractions, settings.seed, settings.progress,
+                               settings.sources)
+    with_sources = len(prepared.sources) > 1
+    balance = settings.balance or ("source-class" if with_sources else "class" if settings.class_weights else "none")
+    select = settings.select or ("mean-source" if with_sources else "val-loss")
     counts = prepared.summary()["counts"]
     for split in datamod.SPLITS:
         missing = [c for c in classes if not counts[split].get(c)]  # type: ignore[index]
@@ -92,6 +95,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             raise KedgeError(f"{settings.data}: the {split} split has no {', '.join(missing)} image; "
                              "add images or change the split fractions")
     _log_data(prepared, log)
+    log(f"sources: {settings.sources.describe()}; loss weights: {balance}; checkpoint chosen by: {select}")
 
     k, tf = keras(), tensorflow()
     device = training_device()
@@ -101,6 +105,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
 
     with staged_folder(settings.out, overwrite=settings.overwrite) as stage:
         k.utils.set_random_seed(settings.seed)
+        tf.config.experimental.enable_op_determinism()
         k.mixed_precision.set_global_policy("mixed_float16" if settings.mixed_precision else "float32")
         try:
             model = build_model(arch.name, len(classes), **settings.model_options)
@@ -111,46 +116,29 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             optimizer = k.mixed_precision.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer, loss=_loss(k, tf, len(classes), settings.label_smoothing),
                       metrics=["accuracy"])
-        weights = _class_weights(prepared.items("train"), classes) if settings.class_weights else None
-        if weights:
-            log("class weights: " + ", ".join(f"{classes[i]} {w:.2f}" for i, w in weights.items()))
-        train_ds = datamod.tf_dataset(prepared.items("train"), settings.batch_size, training=True,
-                                      seed=settings.seed, augment=settings.augment)
-        val_ds = datamod.tf_dataset(prepared.items("val"), settings.batch_size, training=False, seed=settings.seed)
-        best_weights = stage / ".best.weights.h5"
-        timer = _epoch_timer(k)
-        callbacks = [timer, k.callbacks.ModelCheckpoint(str(best_weights), monitor="val_loss",
-                                                        save_best_only=True, save_weights_only=True)]
-        if settings.patience > 0:
-            callbacks.append(k.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience))
-        if settings.progress and sys.stderr.isatty():
-            from tqdm.keras import TqdmCallback
-
-            callbacks.append(TqdmCallback(verbose=1))
-        elif settings.progress:  # a log file or pipe: one line per epoch reads better than redrawn bars
-            timer.log = log
-        started = time.perf_counter()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0,
-                            class_weight=weights).history
-        fit_seconds = time.perf_counter() - started
-        best_epoch = int(np.argmin(history["val_loss"])) + 1
-        model.load_weights(str(best_weights))
-        best_weights.unlink()
+        augment = AugmentSettings(geometry=True, source_erasing=settings.source_augment) if settings.augment else None
+        loop_settings = loop.LoopSettings(epochs=epochs, batch_size=settings.batch_size, seed=settings.seed,
+                                          patience=settings.patience, balance=balance, select=select,
+                                          augment=augment)
+        result = loop.run(model, prepared.items("train"), prepared.items("val"), classes, loop_settings,
+                          log=log if settings.progress else None, progress=settings.progress)
+        history, best_epoch = result.history, result.best_epoch
+        fit_seconds = float(sum(result.seconds))
         log(f"trained {len(history['loss'])} epochs in {fit_seconds:.0f} s "
-            f"({np.mean(timer.seconds):.1f} s/epoch); kept epoch {best_epoch} (lowest validation loss)")
+            f"({np.mean(result.seconds):.1f} s/epoch); kept epoch {best_epoch} (best {select} on validation)")
 
         predict = lambda x: model(x, training=False).numpy()  # noqa: E731
-        test_report = score(predict_items(predict, prepared.items("test"), progress=settings.progress), classes)
-        log(f"test split: accuracy {test_report['accuracy']:.3f} "
-            f"(95% CI {test_report['accuracy_ci95'][0]:.3f}-{test_report['accuracy_ci95'][1]:.3f}, "
-            f"n={test_report['n']}), macro-F1 {test_report['macro_f1']:.3f}")
+        scored = "test" if settings.score_test else "val"
+        test_report = score(predict_items(predict, prepared.items(scored), progress=settings.progress), classes)
+        log(format_report(test_report, f"{scored} split (n={test_report['n']}), Keras"))
 
         model.save(stage / "model.keras")
         datamod.write_split_manifest(stage / "split.csv", prepared)
-        _write_history(stage / "history.csv", history, timer.seconds)
-        plots.plot_history(history, best_epoch, stage / "curves.png", f"{arch.name} training")
+        _write_history(stage / "history.csv", history, result.seconds, result.val_by_source)
+        plots.plot_history(history, best_epoch, stage / "curves.png", f"{arch.name} training",
+                           result.val_by_source if with_sources else None)
         plots.plot_confusion(test_report["confusion_matrix"], classes, stage / "confusion_matrix.png",
-                             f"{arch.name}, test split (n={test_report['n']})")
+                             f"{arch.name}, {scored} split (n={test_report['n']})")
         options = {**arch.options, **settings.model_options}
         manifest = write_manifest(stage, {
             "kedge_version": kedge.__version__,
@@ -163,50 +151,33 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
                           "curves": "curves.png", "confusion_matrix": "confusion_matrix.png"},
             "training": {
                 **{key: value for key, value in asdict(settings).items()
-                   if key not in ("out", "progress", "overwrite", "model_options", "data")},
+                   if key not in ("out", "progress", "overwrite", "model_options", "data", "sources", "score_test")},
                 "data": str(settings.data), "classes": classes, "epochs": epochs, "epochs_run": len(history["loss"]),
+                "sources": settings.sources.to_json(), "balance": balance, "select": select,
                 "best_epoch": best_epoch, "seconds": round(fit_seconds, 1),
-                "seconds_per_epoch": round(float(np.mean(timer.seconds)), 2), "device": device,
+                "seconds_per_epoch": round(float(np.mean(result.seconds)), 2), "device": device,
                 "tensorflow": tf.__version__, "keras": f"tf_keras {k.__version__}",
                 "optimizer": "Adam", "loss": "categorical cross-entropy" + (
                     f", label smoothing {settings.label_smoothing}" if settings.label_smoothing else ""),
                 "dataset": prepared.summary(),
             },
-            "metrics": {"test": test_report},
+            "metrics": {scored: test_report},
             "intended_use": INTENDED_USE,
         })
     log(f"bundle written: {settings.out}")
     return manifest
 
 
-def _epoch_timer(k: Any) -> Any:
-    """A Keras callback recording wall time per epoch (the class needs Keras, so it is built here)."""
-
-    class EpochTimer(k.callbacks.Callback):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.seconds: list[float] = []
-            self.log: Callable[[str], None] | None = None
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            self.seconds.append(time.perf_counter() - self._start)
-            if self.log is not None:
-                values = " ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items())
-                self.log(f"epoch {epoch + 1}/{self.params.get('epochs', '?')}: {values} ({self.seconds[-1]:.1f} s)")
-
-    return EpochTimer()
-
-
-def _write_history(path: Path, history: dict[str, list[float]], seconds: list[float]) -> None:
+def _write_history(path: Path, history: dict[str, list[float]], seconds: list[float],
+                   by_source: list[dict[str, float]]) -> None:
     keys = list(history)
+    sources = sorted(by_source[0]) if by_source else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", *keys, "seconds"])
+    writer.writerow(["epoch", *keys, *(f"val_balanced_accuracy[{s}]" for s in sources), "seconds"])
     for i in range(len(history["loss"])):
-        writer.writerow([i + 1, *(f"{history[key][i]:.6f}" for key in keys), f"{seconds[i]:.2f}"])
+        writer.writerow([i + 1, *(f"{history[key][i]:.6f}" for key in keys),
+                         *(f"{by_source[i][s]:.6f}" for s in sources), f"{seconds[i]:.2f}"])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -216,6 +187,12 @@ def _log_data(prepared: datamod.PreparedData, log: Callable[[str], None]) -> Non
     log(f"data: {', '.join(parts)} images in {summary['groups']} radiographs")
     for reason, count in summary["excluded"].items():  # type: ignore[union-attr]
         log(f"  excluded {count}: {reason}")
+    mix = summary["counts_by_source"]["train"]  # type: ignore[index]
+    if len(mix) > 1:
+        for source, row in mix.items():
+            log(f"  train source {source}: " + ", ".join(f"{c} {n}" for c, n in row.items()))
+        for warning in mix_warnings(mix):
+            log(f"  warning: {warning}")
     for entry in prepared.entries:
         if entry.note.startswith("unreadable"):
             log(f"  skipped {entry.item.path}: {entry.note.split(': ', 1)[1]}")

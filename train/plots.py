@@ -21,12 +21,26 @@ def _pyplot() -> Any:
 
 
 def plot_history(
-    history: dict[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str], title: str
+    history: dict[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str], title: str,
+    val_by_source: Sequence[dict[str, float]] | None = None,
 ) -> None:
-    """Loss and accuracy per epoch, training vs validation, with the kept epoch marked."""
+    """Loss and accuracy per epoch, training vs validation, with the kept epoch marked;
+    with sources, a third panel of validation balanced accuracy per source (where a
+    shortcut shows: one source climbs while another stays at chance)."""
     plt = _pyplot()
     epochs = range(1, len(history["loss"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    panels = 3 if val_by_source else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    if val_by_source:
+        ax = axes[2]
+        for source in sorted(val_by_source[0]):
+            ax.plot(epochs, [row[source] for row in val_by_source], marker=".", label=f"source {source}")
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation balanced accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         ax.plot(epochs, history[key], label="train", color="tab:blue")
         if f"val_{key}" in history:

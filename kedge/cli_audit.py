@@ -1,0 +1,103 @@
+"""`kedge audit`: the shortcut audit of a bundle on labelled images with sources."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kedge.runtime.errors import KedgeError
+
+
+def register(main: click.Group, source_options: Any, source_spec: Any, emit_json: Any) -> None:
+    @main.command()
+    @click.argument("bundle", type=click.Path(path_type=Path))
+    @click.option("--data", required=True, type=click.Path(path_type=Path),
+                  help="Labelled class-per-folder tree (or several side by side).")
+    @click.option("--split", type=click.Choice(["train", "val", "test"]),
+                  help="Only the files the bundle's split.csv put in this split.")
+    @source_options
+    @click.option("--backend", default="auto", show_default=True,
+                  help="auto, onnxruntime, tensorrt, or keras (the original; needs the [train] extra).")
+    @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Form precision.")
+    @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+    @click.option("--plot", type=click.Path(path_type=Path), help="Write a per-source chart (PNG; needs matplotlib).")
+    @click.option("--quiet", is_flag=True, help="No progress bar.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def audit(bundle: Path, data: Path, split: str | None, backend: str, precision: str | None, batch_size: int,
+              plot: Path | None, quiet: bool, as_json: bool, **sources: Any) -> None:
+        """Check whether BUNDLE answers from the image's source instead of the bone.
+
+        \b
+        Per source: n, accuracy, balanced accuracy, recall per class and the share of
+        the most frequent answer (binary models: ROC AUC and sensitivity/specificity).
+        Flags any source (n >= 5) where one answer takes 90 % or more of the images,
+        and runs a cue test: if a small classifier predicts the source from the
+        model's outputs better than from the true labels, the outputs carry the
+        source. Also prints the per-format table. Exit status 1 when anything is
+        flagged, so CI can gate on it.
+
+        \b
+        Sources come from --sources/--source-rule, else from the bundle's split.csv.
+        Examples:
+          kedge audit runs/cnn --data ../shared/data --split test
+          kedge audit runs/cnn --data ../shared/data --sources ../shared/data/manifest.csv \\
+              --source-column collection --plot audit.png
+        """
+        from kedge.runtime.bundle import load_bundle
+        from kedge.runtime.evaluate import predict_items
+        from kedge.runtime.shortcut import audit as run_audit
+        from kedge.runtime.shortcut import format_audit, labelled_items
+
+        spec = source_spec(sources)
+        if plot is not None:
+            _need_matplotlib()
+        loaded = load_bundle(bundle)
+        items = labelled_items(loaded, data, split, spec)
+        with _open(loaded, backend, precision) as (runner, description):
+            predictions = predict_items(runner, items, batch_size, progress=not quiet and not as_json)
+        report = run_audit(predictions, loaded.classes)
+        report.update({"bundle": str(loaded.path), "model": loaded.name, "data": str(data),
+                       "split": split or "all", "backend": description})
+        if plot is not None:
+            from kedge.runtime.shortcut_plot import plot_audit
+
+            plot_audit(report, plot)
+        if as_json:
+            emit_json(report)
+        else:
+            click.echo(format_audit(report))
+            for failure in report["failures"]:
+                click.echo(f"kedge: error: {failure['path']}: {failure['problem']}", err=True)
+        if report["flags"] or report["failures"]:
+            sys.exit(1)
+
+
+def _need_matplotlib() -> None:
+    from importlib.util import find_spec
+
+    if find_spec("matplotlib") is None:
+        raise KedgeError("--plot needs matplotlib: pip install 'kedge[explain]'")
+
+
+class _open:
+    """The bundle on the chosen backend, as (callable, description); Keras on request."""
+
+    def __init__(self, bundle: Any, backend: str, precision: str | None) -> None:
+        self.bundle, self.backend, self.precision = bundle, backend, precision
+
+    def __enter__(self) -> tuple[Any, str]:
+        if self.backend == "keras":
+            from kedge.train.backend import open_keras
+
+            self.runner = open_keras(self.bundle, "--backend keras")
+            return self.runner, "keras"
+        from kedge.runtime.infer import Predictor
+
+        self.predictor = Predictor(self.bundle, self.backend, self.precision)
+        self.runner = self.predictor.backend
+        return self.runner, f"{self.predictor.backend_name} {self.predictor.choice.form.name}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.close()
