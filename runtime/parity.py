@@ -20,6 +20,7 @@ picks a pair whose row PASSED (`status`).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -196,8 +197,8 @@ def bundle_parity(
             raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
                              f"ONNX (run `kedge export {bundle.path}`)")
         ref_pair = pair("onnxruntime", "onnx-fp32")
-        reference = Candidate("onnx-fp32", "onnxruntime", "fp32", lambda: ref_pair.open(bundle))
-    compared = [Candidate(p.form.name, p.backend, p.precision, (lambda p=p: p.open(bundle))) for p in runnable
+        reference = Candidate("onnx-fp32", "onnxruntime", "fp32", functools.partial(ref_pair.open, bundle))
+    compared = [Candidate(p.form.name, p.backend, p.precision, functools.partial(p.open, bundle)) for p in runnable
                 if (p.backend, p.form.name, p.precision) != (reference.backend, reference.form, reference.precision)]
     if not compared:
         raise KedgeError(f"{bundle.path}: no exported form to compare; run `kedge export` first")

@@ -207,3 +207,17 @@ def test_infer_says_which_pair_runs_and_why(verified, small_data) -> None:
     line = next(line for line in run.stderr.splitlines() if line.startswith("tiny: "))
     assert line.startswith(f"tiny: {auto} (") and "passed parity" in line
     assert run.stdout.split(": ", 1)[1].split()[0] in CLASSES
+
+
+def test_engine_plans_and_export_names_agree_with_the_table_of_forms() -> None:
+    from kedge.export.engine import build_plan
+    from kedge.export.pipeline import FP16_NAME, INT8_CPU_NAME, INT8_QDQ_NAME, ONNX_NAME
+    from kedge.runtime.forms import FORMS, form_of_artifact
+
+    assert [ONNX_NAME, FP16_NAME, INT8_CPU_NAME, INT8_QDQ_NAME] == [
+        FORMS[n].file for n in ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")]
+    for precision in ("fp32", "fp16", "int8"):
+        for major in (10, 11):
+            key, _ = build_plan(precision, major)
+            source = form_of_artifact(key)
+            assert source is not None and source.name in FORMS[f"trt-{precision}"].built_from
