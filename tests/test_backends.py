@@ -214,8 +214,8 @@ def test_engine_plans_and_export_names_agree_with_the_table_of_forms() -> None:
     from kedge.export.pipeline import FP16_NAME, INT8_CPU_NAME, INT8_QDQ_NAME, ONNX_NAME
     from kedge.runtime.forms import FORMS, form_of_artifact
 
-    assert [ONNX_NAME, FP16_NAME, INT8_CPU_NAME, INT8_QDQ_NAME] == [
-        FORMS[n].file for n in ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")]
+    names = [FORMS[n].file for n in ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")]
+    assert names == [ONNX_NAME, FP16_NAME, INT8_CPU_NAME, INT8_QDQ_NAME]
     for precision in ("fp32", "fp16", "int8"):
         for major in (10, 11):
             key, _ = build_plan(precision, major)

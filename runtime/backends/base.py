@@ -52,6 +52,9 @@ class Session(abc.ABC):
         self.close()
 
 
+EVERY_ONNX_FORM = ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")  # for backends that read any ONNX
+
+
 class Backend(abc.ABC):
     """One (backend, form, precision) of one bundle, opened lazily.
 
@@ -75,9 +78,18 @@ class Backend(abc.ABC):
 
     # --- what the plug-in declares --------------------------------------------------------
 
+    @staticmethod
+    def runtime() -> Any:
+        """Import the runtime library: a one-line KedgeError saying how to install it when missing."""
+        return None
+
     @classmethod
     def problem(cls) -> str | None:
         """None when this machine can run the backend, else one line saying what is missing."""
+        try:
+            cls.runtime()
+        except KedgeError as err:
+            return str(err)
         return None
 
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend, Session
+from kedge.runtime.backends.base import EVERY_ONNX_FORM, Backend, Session
 from kedge.runtime.errors import KedgeError
 
 CPU = "CPUExecutionProvider"
@@ -86,17 +86,8 @@ class OnnxRuntime(Backend):
     """The plug-in: every ONNX form, on CUDA when onnxruntime-gpu sees a GPU, else the CPU.
     Options: `device` (auto|cpu|cuda), `optimization` (basic|extended|all)."""
 
-    name = "onnxruntime"
-    device = "cpu or cuda"
-    forms = ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")
-
-    @classmethod
-    def problem(cls) -> str | None:
-        try:
-            _ort()
-        except KedgeError as err:
-            return str(err)
-        return None
+    name, device, forms = "onnxruntime", "cpu or cuda", EVERY_ONNX_FORM
+    runtime = staticmethod(_ort)
 
     @classmethod
     def version(cls) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend, Session, cache_root
+from kedge.runtime.backends.base import EVERY_ONNX_FORM, Backend, Session, cache_root
 from kedge.runtime.errors import KedgeError
 
 # Our precision names -> OpenVINO's inference-precision hint (None: OpenVINO's own default).
@@ -104,17 +104,8 @@ def cache_folder() -> Path:
 class OpenVINO(Backend):
     """The plug-in: every ONNX form, on the CPU. Option `cache` (default True)."""
 
-    name = "openvino"
-    device = "cpu"
-    forms = ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")
-
-    @classmethod
-    def problem(cls) -> str | None:
-        try:
-            _openvino()
-        except KedgeError as err:
-            return str(err)
-        return None
+    name, device, forms = "openvino", "cpu", EVERY_ONNX_FORM
+    runtime = staticmethod(_openvino)
 
     @classmethod
     def precisions(cls, form: Any) -> tuple[str, ...]:

@@ -121,9 +121,7 @@ class TensorRT(Backend):
     """The plug-in: this machine's engines of the bundle (see runtime/engines.py for discovery).
     Option: `cuda_graph`."""
 
-    name = "tensorrt"
-    device = "cuda"
-    forms = ("trt-fp32", "trt-fp16", "trt-int8")
+    name, device, forms = "tensorrt", "cuda", ("trt-fp32", "trt-fp16", "trt-int8")
 
     @classmethod
     def problem(cls) -> str | None:
