@@ -345,7 +345,7 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
       kedge export runs/cnn --fp16 --int8 --calib ../shared/data/knee-3class
       kedge export runs/cnn --engine --int8 --workspace 1024     # on the Jetson
     Calibration is cached in the bundle; the same model and images reuse it.
-    Exit status 1 if the parity gate fails.
+    Exit status 1 if the parity gate fails: a form that no backend here reproduces.
     """
     from kedge.export.pipeline import ExportReport, ExportSettings, export_bundle
 

@@ -114,8 +114,8 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
               "included).")
 @click.option("--images", "image_paths", multiple=True,
               help="Files/folders whose bytes end_to_end decodes (default: a synthetic 2048 px JPEG).")
-@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0, 100_000))
-@click.option("--iterations", default=30, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, 100_000))
+@click.option("--iterations", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
 @threads_option
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay captured CUDA graphs.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Also write a PNG bar chart here (one per model).")

@@ -121,7 +121,7 @@ def add_ratios(rows: list[BenchRow]) -> None:
             r.speedup_vs_keras = keras / r.mean_ms if keras is not None else None
 
 
-def time_preprocess(images: Sequence[bytes], warmup: int = 3, iterations: int = 30) -> list[dict[str, Any]]:
+def time_preprocess(images: Sequence[bytes], warmup: int = 2, iterations: int = 10) -> list[dict[str, Any]]:
     """Decode + preprocess of each image, full JPEG decode vs reduced, side by side."""
     rows: list[dict[str, Any]] = []
     for reduced in (False, True):

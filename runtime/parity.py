@@ -207,6 +207,7 @@ def bundle_parity(
         "data": str(data), "split": split or "all", "reference": reference.form, "n": rows[0].n,
         "thresholds": THRESHOLDS, "rows": [r.to_json() for r in rows],
         "passed": all(r.passed for r in rows),
+        "forms_passed": forms_passed([r.to_json() for r in rows]),
         "unreadable": [{"path": p, "problem": m} for p, m in failures],
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "forms": {name: spec.description for name, spec in FORMS.items() if name in {p.form.name for p in runnable}},
@@ -230,9 +231,18 @@ def record_parity(bundle: Any, result: dict[str, Any]) -> None:
         kept = [r for r in old.get("rows", []) if _row_key(r) not in keys]
         result["rows"] = result["rows"][:1] + kept + result["rows"][1:]
         result["passed"] = all(r["passed"] for r in result["rows"])
+        result["forms_passed"] = forms_passed(result["rows"])
     manifest = {**bundle.manifest, "parity": result}
     atomic_write_json(bundle.path / MANIFEST_NAME, manifest)
     bundle.manifest = manifest
+
+
+def forms_passed(rows: Sequence[dict[str, Any]]) -> bool:
+    """Every form checked has at least one (backend, precision) that PASSED."""
+    by_form: dict[str, bool] = {}
+    for row in rows:
+        by_form[row["form"]] = by_form.get(row["form"], False) or bool(row["passed"])
+    return all(by_form.values())
 
 
 def _row_key(row: dict[str, Any]) -> str:

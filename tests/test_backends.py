@@ -221,3 +221,12 @@ def test_engine_plans_and_export_names_agree_with_the_table_of_forms() -> None:
             key, _ = build_plan(precision, major)
             source = form_of_artifact(key)
             assert source is not None and source.name in FORMS[f"trt-{precision}"].built_from
+
+
+def test_export_gate_needs_each_form_to_pass_on_some_backend() -> None:
+    from kedge.runtime.parity import forms_passed
+
+    rows = [{"form": "onnx-fp32", "passed": True}, {"form": "onnx-int8", "passed": True},
+            {"form": "onnx-int8", "passed": False}]  # OpenVINO's INT8 FAILED, ONNX Runtime's PASSED
+    assert forms_passed(rows)
+    assert not forms_passed([*rows[:1], rows[2]])  # no backend reproduces the INT8 file
