@@ -243,12 +243,12 @@ def auto_vs_baseline(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
 
 
 def format_rows(rows: Sequence[BenchRow]) -> list[str]:
-    lines = [f"{'backend':<12}{'form':<14}{'prec':<8}{'parity':<12}{'batch':>5}  {'mode':<11}{'mean':>8}{'p50':>8}"
+    lines = [f"{'backend':<12}{'form':<14}{'prec':<8}{'parity':<13}{'batch':>5}  {'mode':<11}{'mean':>8}{'p50':>8}"
              f"{'p90':>8}{'p99':>8}{'img/s':>8}{'x fastest':>10}{'vs keras':>9}"]
     for r in sorted(rows, key=lambda r: (r.mode != "engine", r.batch_size)):
         keras = f"{r.speedup_vs_keras:.2f}x" if r.speedup_vs_keras is not None else "-"
         mark = "*" if r.auto else " "
-        lines.append(f"{r.backend:<12}{r.form:<14}{r.precision:<8}{r.parity[:10] + mark:<12}{r.batch_size:>5}  "
+        lines.append(f"{r.backend:<12}{r.form:<14}{r.precision:<8}{r.parity + mark:<13}{r.batch_size:>5}  "
                      f"{r.mode:<11}{r.mean_ms:>8.2f}{r.p50_ms:>8.2f}{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}"
                      f"{r.throughput:>8.1f}{r.vs_fastest:>9.2f}x{keras:>9}")
     return lines
