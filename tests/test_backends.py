@@ -230,3 +230,23 @@ def test_export_gate_needs_each_form_to_pass_on_some_backend() -> None:
             {"form": "onnx-int8", "passed": False}]  # OpenVINO's INT8 FAILED, ONNX Runtime's PASSED
     assert forms_passed(rows)
     assert not forms_passed([*rows[:1], rows[2]])  # no backend reproduces the INT8 file
+
+
+def test_a_shipped_bundle_takes_back_the_model_keras_it_was_shipped_without(tmp_path) -> None:
+    import hashlib
+
+    from kedge.export.parity import keras_file
+    from kedge.runtime.bundle import Bundle
+
+    original = b"the Keras model this bundle was shipped from"
+    manifest = {"model": {"name": "tiny", "classes": CLASSES}, "artifacts": {},
+                "shipped": {"left_out": {"keras": {"file": "model.keras", "bytes": len(original),
+                                                   "sha256": hashlib.sha256(original).hexdigest()}}}}
+    bundle = Bundle(tmp_path, manifest)
+    with pytest.raises(KedgeError, match=r"model.keras \(keras\) was left out when this bundle was shipped"):
+        keras_file(bundle)
+    (tmp_path / "model.keras").write_bytes(b"another model")
+    with pytest.raises(KedgeError, match="not the model.keras this bundle was shipped from"):
+        keras_file(bundle)
+    (tmp_path / "model.keras").write_bytes(original)
+    assert keras_file(bundle) == tmp_path / "model.keras"

@@ -46,7 +46,7 @@ def openvino_session(path: str, hint: str | None) -> Callable[[np.ndarray], obje
     return lambda x: request.infer({0: x})
 
 
-def main(paths: list[str], rounds: int = 5, runs: int = 15) -> None:
+def main(paths: list[str], rounds: int = 3, runs: int = 10) -> None:
     x = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
     for path in paths:
         configs = {
