@@ -45,7 +45,10 @@ def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], fo
     parity = bundle.manifest.get("parity")
     if parity is None:
         raise KedgeError(f"{bundle.path}: no parity record; run `kedge parity` on the test split before shipping")
-    rows = {row["form"]: row for row in parity["rows"]}
+    rows: dict[str, dict[str, Any]] = {}  # per form: a row that passed, else the last that failed
+    for row in parity["rows"]:
+        if row["form"] not in rows or not rows[row["form"]]["passed"]:
+            rows[row["form"]] = row
     unchecked = [f for f in forms if f != parity["reference"] and f not in rows]
     failed = [f for f in forms if f in rows and f != parity["reference"] and not rows[f]["passed"]]
     if unchecked or failed:

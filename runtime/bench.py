@@ -1,4 +1,4 @@
-"""Latency and throughput of a bundle's forms, side by side in one run.
+"""Latency and throughput of a bundle's (backend, form, precision) pairs, side by side in one run.
 
 trtexec's practice: warm up, then time many iterations, and report mean, p50, p90,
 p99 and throughput. Two modes are timed separately:
@@ -9,11 +9,14 @@ p99 and throughput. Two modes are timed separately:
 
 Every target is timed in the same process, one after another on the same inputs, so
 the ratios (against the fastest, and against Keras where TensorFlow is installed)
-compare like with like on this machine. `time_preprocess` times the full and the
-reduced JPEG decode the same way.
+compare like with like on this machine. Each row says its parity status and which
+row `auto` picks; OpenVINO's out-of-the-box setting (LATENCY hint, no precision
+hint) is timed on every ONNX file as the baseline a CPU user would reach for.
+`time_preprocess` times the full and the reduced JPEG decode the same way.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,16 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends.base import Backend, Session
+from kedge.runtime.bundle import Bundle
+from kedge.runtime.errors import KedgeError
 from kedge.runtime.preprocess import preprocess
 
 MODES = ("engine", "end_to_end")
+BASELINE = "default"  # OpenVINO's own precision choice: the baseline precision label
 
 
 @dataclass
 class BenchRow:
     backend: str
     form: str
+    precision: str
+    parity: str  # passed, FAILED, not checked, reference, or baseline
+    auto: bool  # the pair `kedge infer` picks by itself
     batch_size: int
     mode: str
     iterations: int
@@ -66,11 +75,14 @@ def summarize(ms: np.ndarray, batch_size: int) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to time: a form of the bundle, or the Keras original."""
+    """One thing to time: a pair of the bundle, OpenVINO's default on a file, or the Keras original."""
 
     form: str
     backend: str
-    open: Callable[[], Backend]
+    open: Callable[[], Backend | Session]
+    precision: str = "fp32"
+    parity: str = "reference"
+    auto: bool = False
 
 
 def run_bench(targets: Sequence[Target], images: Sequence[bytes], batch_sizes: Sequence[int],
@@ -90,10 +102,10 @@ def run_bench(targets: Sequence[Target], images: Sequence[bytes], batch_sizes: S
                          "end_to_end": lambda f=files: backend.infer(np.stack([preprocess(d) for d in f]))}
                 for mode in modes:
                     if progress is not None:
-                        progress(f"{target.form} batch {batch_size} {mode}")
+                        progress(f"{target.backend} {target.form} {target.precision} batch {batch_size} {mode}")
                     ms = time_calls(calls[mode], warmup, iterations)
-                    rows.append(BenchRow(target.backend, target.form, batch_size, mode, iterations,
-                                         **summarize(ms, batch_size)))
+                    rows.append(BenchRow(target.backend, target.form, target.precision, target.parity,
+                                         target.auto, batch_size, mode, iterations, **summarize(ms, batch_size)))
     add_ratios(rows)
     return rows
 
@@ -109,7 +121,7 @@ def add_ratios(rows: list[BenchRow]) -> None:
             r.speedup_vs_keras = keras / r.mean_ms if keras is not None else None
 
 
-def time_preprocess(images: Sequence[bytes], warmup: int = 3, iterations: int = 30) -> list[dict[str, Any]]:
+def time_preprocess(images: Sequence[bytes], warmup: int = 2, iterations: int = 10) -> list[dict[str, Any]]:
     """Decode + preprocess of each image, full JPEG decode vs reduced, side by side."""
     rows: list[dict[str, Any]] = []
     for reduced in (False, True):
@@ -126,13 +138,17 @@ def time_preprocess(images: Sequence[bytes], warmup: int = 3, iterations: int = 
 
 
 def synthetic_jpeg(side: int = 2048, seed: int = 0) -> bytes:
-    """A clinic-sized synthetic knee radiograph as a JPEG (quality 95), for end-to-end timing."""
+    """A clinic-sized greyscale radiograph-like JPEG (quality 95) for end-to-end timing: smooth
+    bright shapes on a dark field plus film grain, so the JPEG is as costly to decode as a real
+    one. (The runtime never imports kedge.train, which makes the training images.)"""
     import cv2
 
-    from kedge.train.synthetic import knee_radiograph
-
-    image = knee_radiograph(0.5, np.random.default_rng(seed), size=side)
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    image = 40 + 150 * np.exp(-((x - 0.5) ** 2) / 0.02) * (0.6 + 0.4 * np.cos(6 * y))  # a bone-like band
+    image += 60 * np.exp(-(((x - 0.5) ** 2) + ((y - 0.5) ** 2)) / 0.01)  # the joint
+    image += rng.normal(0, 12, (side, side))
+    ok, encoded = cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok, "OpenCV could not encode a JPEG"
     return encoded.tobytes()
 
@@ -151,13 +167,13 @@ def plot(rows: Sequence[BenchRow], path: Any, title: str) -> None:
     from kedge.runtime.bundle import atomic_path
 
     modes = [m for m in MODES if any(r.mode == m for r in rows)]
-    forms = list(dict.fromkeys(r.form for r in rows))
+    forms = list(dict.fromkeys(_row_label(r) for r in rows))
     sizes = sorted({r.batch_size for r in rows})
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
     width = 0.8 / len(sizes)
     for ax, mode in zip(axes[0], modes, strict=True):
         for j, size in enumerate(sizes):
-            values = [next((r.mean_ms / size for r in rows if (r.form, r.mode, r.batch_size) == (f, mode, size)),
+            values = [next((r.mean_ms / size for r in rows if (_row_label(r), r.mode, r.batch_size) == (f, mode, size)),
                            np.nan) for f in forms]
             ax.bar(np.arange(len(forms)) + j * width, values, width, label=f"batch {size}")
         ax.set_xticks(np.arange(len(forms)) + width * (len(sizes) - 1) / 2, forms, rotation=20)
@@ -169,3 +185,70 @@ def plot(rows: Sequence[BenchRow], path: Any, title: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _row_label(row: BenchRow) -> str:
+    return row.form if row.form == "keras" else f"{row.backend}\n{row.form} {row.precision}"
+
+
+def bundle_targets(bundle: Bundle, backends: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
+                   forms: Sequence[str] | None = None, threads: int | None = None, cuda_graph: bool = False,
+                   keras: Target | None = None, baseline: bool = True) -> list[Target]:
+    """What `kedge bench` times for one bundle: Keras (when given), every pair this machine
+    can run from the bundle's forms, and OpenVINO's default on each ONNX file, filtered by
+    backend, precision and form names. Marks the pair `auto` picks."""
+    from kedge.runtime.backends import backend_class
+    from kedge.runtime.choice import choose
+    from kedge.runtime.forms import Pair, has_form, runnable_pairs
+    from kedge.runtime.forms import form as form_spec
+    from kedge.runtime.parity import status
+
+    try:
+        auto = choose(bundle, threads=threads).pair.key
+    except KedgeError:
+        auto = None  # nothing passed parity: no row is auto's
+    pairs = [(p, status(bundle, p.key)[0]) for p in runnable_pairs(bundle)]
+    if baseline and backend_class("openvino").problem() is None:
+        pairs += [(Pair("openvino", f, BASELINE), "baseline")
+                  for f in (form_spec(n) for n in backend_class("openvino").forms) if has_form(bundle, f)]
+
+    def wanted(backend: str, form: str, precision: str) -> bool:
+        return ((backends is None or backend in backends) and (forms is None or form in forms)
+                and (precisions is None or precision in precisions))
+
+    targets = [keras] if keras is not None and wanted("keras", "keras", "fp32") else []
+    for p, state in pairs:
+        if wanted(p.backend, p.form.name, p.precision):
+            targets.append(Target(p.form.name, p.backend, functools.partial(p.open, bundle, threads,
+                                                                            cuda_graph=cuda_graph),
+                                  p.precision, state, p.key == auto))
+    if not targets:
+        raise KedgeError(f"{bundle.path}: nothing to time for those filters (see `kedge info` and `kedge export`)")
+    return targets
+
+
+def auto_vs_baseline(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
+    """Per mode at batch 1: auto's p50 against the fastest OpenVINO-default row's (below 1: auto is faster)."""
+    found = []
+    for mode in MODES:
+        group = [r for r in rows if r.mode == mode and r.batch_size == 1]
+        auto = next((r for r in group if r.auto), None)
+        base = min((r for r in group if r.parity == "baseline"), key=lambda r: r.p50_ms, default=None)
+        if auto is not None and base is not None:
+            found.append({"mode": mode, "auto": f"{auto.backend} {auto.form} {auto.precision}",
+                          "auto_p50_ms": auto.p50_ms,
+                          "baseline": f"openvino {base.form} (LATENCY hint, no precision hint)",
+                          "baseline_p50_ms": base.p50_ms, "ratio": auto.p50_ms / base.p50_ms})
+    return found
+
+
+def format_rows(rows: Sequence[BenchRow]) -> list[str]:
+    lines = [f"{'backend':<12}{'form':<14}{'prec':<8}{'parity':<13}{'batch':>5}  {'mode':<11}{'mean':>8}{'p50':>8}"
+             f"{'p90':>8}{'p99':>8}{'img/s':>8}{'x fastest':>10}{'vs keras':>9}"]
+    for r in sorted(rows, key=lambda r: (r.mode != "engine", r.batch_size)):
+        keras = f"{r.speedup_vs_keras:.2f}x" if r.speedup_vs_keras is not None else "-"
+        mark = "*" if r.auto else " "
+        lines.append(f"{r.backend:<12}{r.form:<14}{r.precision:<8}{r.parity + mark:<13}{r.batch_size:>5}  "
+                     f"{r.mode:<11}{r.mean_ms:>8.2f}{r.p50_ms:>8.2f}{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}"
+                     f"{r.throughput:>8.1f}{r.vs_fastest:>9.2f}x{keras:>9}")
+    return lines

@@ -6,7 +6,8 @@ beside it (`.engine.json`): TensorRT version, GPU name, compute capability,
 precision, the sha256 of the ONNX it came from, the batch profile and the build
 time. The runtime reads the sidecar before it deserializes anything, and refuses an
 engine that does not match this machine with a one-line error that says how to
-rebuild it (in the spirit of jetson-inference's engine cache key).
+rebuild it (in the spirit of jetson-inference's engine cache key). Engine discovery
+(which engine of a bundle runs on this machine) lives here too.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import atomic_write_json
+from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
 
 ENGINE_DIR = "engines"
@@ -105,3 +106,55 @@ def rebuild_command(engine: str | os.PathLike[str], precision: str) -> str:
 def _precision_in_name(engine: str | os.PathLike[str]) -> str:
     parts = Path(engine).name.split(".")
     return parts[1] if len(parts) > 2 and parts[1] in PRECISIONS else "fp32"
+
+
+def tensorrt_usable() -> bool:
+    """TensorRT and pycuda importable and a CUDA GPU visible (all needed to run an engine)."""
+    from importlib.util import find_spec
+
+    from kedge.runtime.backends.tensorrt import tensorrt_module
+    from kedge.runtime.cuda import has_gpu
+
+    try:
+        tensorrt_module()
+    except KedgeError:
+        return False
+    return find_spec("pycuda") is not None and has_gpu()
+
+
+def bundle_engines(bundle: Bundle, precision: str) -> list[Path]:
+    """The bundle's engine files of one precision, whatever they were built for."""
+    paths = [bundle.path / rel for rel in bundle.manifest.get("engines", {}).values()]
+    found = []
+    for path in paths:
+        try:
+            if path.is_file() and read_sidecar(path).precision == precision:
+                found.append(path)
+        except KedgeError:
+            continue
+    return found
+
+
+def engine_path(bundle: Bundle, precision: str) -> Path | None:
+    """This machine's engine of `precision`, checked against its sidecar (TensorRT version,
+    GPU, source ONNX sha256). None when the bundle has no engine of that precision; a
+    one-line KedgeError saying what differs when it has one but not for this machine."""
+    from kedge.runtime.backends.tensorrt import tensorrt_module
+    from kedge.runtime.cuda import device
+
+    candidates = bundle_engines(bundle, precision)
+    if not candidates:
+        return None
+    trt = tensorrt_module()
+    capability = device().compute_capability
+    wanted = engine_file_name(bundle.name, precision, trt.__version__, capability)
+    path = next((p for p in candidates if p.name == wanted), candidates[0])
+    info = read_sidecar(path)
+    check_compatible(path, info, trt.__version__, capability, source_sha256(bundle, info.source_onnx))
+    return path
+
+
+def source_sha256(bundle: Bundle, relative: str) -> str | None:
+    """The sha256 kedge.json records for an engine's source ONNX."""
+    value = bundle.manifest.get("files", {}).get(relative)
+    return str(value) if value is not None else None

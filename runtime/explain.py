@@ -9,12 +9,14 @@ ONNX Runtime and Keras alike, on the device that runs the model.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.errors import KedgeError
 
 
@@ -27,7 +29,7 @@ class Explanation:
     stride: int
 
 
-def occlusion(backend: Backend, image: np.ndarray, class_index: int | None = None, patch: int = 32,
+def occlusion(backend: Backend | Session, image: np.ndarray, class_index: int | None = None, patch: int = 32,
               stride: int = 16, batch_size: int = 32) -> Explanation:
     """Occlusion map of one preprocessed image (224, 224, 3) for `class_index` (default: the predicted)."""
     if not 0 < stride <= patch <= image.shape[0]:
@@ -94,3 +96,42 @@ def render(image: np.ndarray, heatmap: np.ndarray, title: str, path: str | os.Pa
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+Explainer = Callable[[Any, np.ndarray, "int | None"], Explanation]  # (opened runner, image, class) -> map
+
+
+def explain_image(image: Path, bundles: Sequence[Any], out: Path | None, open_runner: Callable[[Any], tuple[Any, str]],
+                  explainer: Explainer, method: str, class_name: str | None = None,
+                  log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One PNG per bundle for `image`: `open_runner(bundle)` gives (runner, form name),
+    `explainer` makes the map. Returns what was written, one dict per model."""
+    from kedge.runtime.preprocess import preprocess
+
+    x = preprocess(image)
+    written = []
+    for bundle in bundles:
+        classes = bundle.classes
+        if class_name is not None and class_name not in classes:
+            raise KedgeError(f"--class {class_name!r}: {bundle.name} has {', '.join(classes)}")
+        runner, form_name = open_runner(bundle)
+        with runner:
+            result = explainer(runner, x, classes.index(class_name) if class_name else None)
+        target = explain_path(image, out, bundle.name, several=len(bundles) > 1)
+        title = (f"{image.name}: {bundle.name} says {classes[result.class_index]} "
+                 f"(p = {result.probability:.2f}; {form_name})")
+        render(x, result.heatmap, title, target, method)
+        peak = np.unravel_index(int(np.argmax(result.heatmap)), result.heatmap.shape)
+        written.append({"image": str(image), "model": bundle.name, "form": form_name, "png": str(target),
+                        "class": classes[result.class_index], "probability": result.probability,
+                        "method": method, "peak_yx": [int(peak[0]), int(peak[1])]})
+        if log is not None:
+            log(f"{target}: {title}")
+    return written
+
+
+def explain_path(image: Path, out: Path | None, model: str, several: bool) -> Path:
+    """--out as given for one model; with several, one file each, named after the model."""
+    if out is None:
+        return Path(f"{image.stem}.{model}.explain.png")
+    return out.with_name(f"{out.stem}.{model}{out.suffix}") if several else out

@@ -1,4 +1,4 @@
-"""Images in, class probabilities out: the path `kedge infer` takes.
+"""Images in, class probabilities out: the path `kedge infer` takes, for one model or several.
 
 Files are decoded and preprocessed on a small thread pool while the backend runs the
 previous batch (OpenCV and the inference engines release the GIL, so the two
@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends import backend_class
+from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.bundle import Bundle
+from kedge.runtime.choice import Choice, choose
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.forms import Choice, Form, choose_form, open_form
+from kedge.runtime.forms import Form, Pair
 from kedge.runtime.preprocess import preprocess, read_bytes
 
 
@@ -85,7 +87,7 @@ def _decode(path: Path, reduced: bool = True) -> Decoded:
         return err.problem
 
 
-TRITON_FORM = Form("triton", "served", None, "whatever form the Triton server runs")
+TRITON_FORM = Form("triton", "served", "", None, "whatever form the Triton server runs")
 
 
 def _kedge_version() -> str:
@@ -95,27 +97,34 @@ def _kedge_version() -> str:
 
 
 class Predictor:
-    """A bundle opened on one backend and form (chosen by `choose_form`)."""
+    """A bundle opened on one (backend, form, precision), chosen by `choose`, or on a
+    Triton server. The backend kind comes from the chosen pair, never from a display string."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", precision: str | None = None,
-                 threads: int | None = None, cuda_graph: bool = False, triton_url: str | None = None) -> None:
+                 threads: int | None = None, cuda_graph: bool = False, triton_url: str | None = None,
+                 allow_unverified: bool = False) -> None:
         self.bundle = bundle
         self.triton_url = triton_url
+        self.runner: Backend | Session
         if triton_url is not None:  # the model runs on a Triton server; decoding and preprocessing stay here
             from kedge.runtime.backends.triton import TritonBackend
 
-            self.choice = Choice(TRITON_FORM, f"Triton server at {triton_url}, model {bundle.name}")
-            self.backend: Backend = TritonBackend(triton_url, bundle.name)
+            self.choice = Choice(Pair("triton", TRITON_FORM, "served"),
+                                 f"Triton server at {triton_url}, model {bundle.name}")
+            self.runner = TritonBackend(triton_url, bundle.name)
         else:
-            self.choice = choose_form(bundle, backend, precision)
-            self.backend = open_form(bundle, self.choice.form, threads=threads, cuda_graph=cuda_graph)
+            self.choice = choose(bundle, backend, precision, allow_unverified, threads)
+            self.runner = self.choice.pair.open(bundle, threads, cuda_graph=cuda_graph).activate()
         self.classes = bundle.classes
 
     @property
     def backend_name(self) -> str:
-        if self.triton_url is not None:
-            return "triton"
-        return "tensorrt" if self.choice.form.backend == "tensorrt" else self.backend.name.split()[0]
+        return self.choice.pair.backend
+
+    @property
+    def description(self) -> str:
+        """What runs, for the line on stderr: 'openvino onnx-int8 int8' or the Triton server."""
+        return str(self.choice.pair) if self.triton_url is None else self.runner.name
 
     def predict(self, paths: Sequence[Path], batch_size: int = 8, workers: int | None = None,
                 progress: Any = None, reduced: bool = True) -> Iterator[Prediction | Failure]:
@@ -133,7 +142,7 @@ class Predictor:
 
     def _flush(self, pending: list[tuple[Path, Decoded]], progress: Any) -> Iterable[Prediction | Failure]:
         tensors = [x[0] for _, x in pending if not isinstance(x, str)]
-        probabilities = iter(self.backend.infer(np.stack(tensors)) if tensors else [])
+        probabilities = iter(self.runner.infer(np.stack(tensors)) if tensors else [])
         results: list[Prediction | Failure] = []
         for path, item in pending:
             if isinstance(item, str):
@@ -151,40 +160,94 @@ class Predictor:
         """What the audit trail records for one reading (no pixels, no identifiers)."""
         return {"input_sha256": prediction.input_sha256, "model": self.bundle.name,
                 "form": prediction.form, "form_sha256": self.form_sha256, "backend": prediction.backend,
-                "precision": self.choice.form.precision, "runtime": self.runtime_version(),
-                "label": prediction.label, "probabilities": prediction.probabilities,
-                "kedge": _kedge_version()}
+                "precision": self.choice.pair.precision, "verified": self.choice.verified,
+                "runtime": self.runtime_version(), "label": prediction.label,
+                "probabilities": prediction.probabilities, "kedge": _kedge_version()}
 
     @functools.cached_property
     def form_sha256(self) -> str | None:
         """sha256 of the file the form runs from (hashed once: an engine can be large)."""
         if self.triton_url is not None:
             return None  # the server's file; see its model repository
-        info = getattr(self.backend, "info", None)  # an engine: its file, from the sidecar's name
-        if info is not None:
-            from kedge.runtime.bundle import sha256_file
-            from kedge.runtime.engines import ENGINE_DIR
-
-            return sha256_file(self.bundle.path / ENGINE_DIR / info.file_name)
         relative = self.bundle.manifest.get("artifacts", {}).get(self.choice.form.artifact or "")
-        return self.bundle.manifest.get("files", {}).get(relative) if relative else None
+        if relative:
+            return self.bundle.manifest.get("files", {}).get(relative)
+        from kedge.runtime.bundle import sha256_file
+
+        assert isinstance(self.runner, Backend)
+        return sha256_file(self.runner.locate())
 
     def runtime_version(self) -> str:
         if self.triton_url is not None:
             return f"Triton server {self.triton_url}"
-        if self.choice.form.backend == "tensorrt":
-            from kedge.runtime.backends.tensorrt import tensorrt_module
-
-            return f"TensorRT {tensorrt_module().__version__}"
-        import onnxruntime
-
-        return f"ONNX Runtime {onnxruntime.__version__}"
+        return backend_class(self.choice.pair.backend).version()
 
     def close(self) -> None:
-        self.backend.close()
+        self.runner.close()
 
     def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class Readings:
+    """What `kedge infer` found: per image, one Prediction per model (in model order)."""
+
+    models: list[str]
+    classes: list[str]  # every model's classes, in first-seen order (the CSV columns)
+    per_image: list[list[Prediction]]
+    failures: list[Failure]
+
+
+def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "auto", precision: str | None = None,
+             threads: int | None = None, batch_size: int = 8, workers: int | None = None, cuda_graph: bool = False,
+             triton_url: str | None = None, allow_unverified: bool = False, reduced: bool = True,
+             audit: Any = None, progress: Any = None, log: Any = None) -> Readings:
+    """Every image through every bundle, one model at a time (one model's memory at once).
+    `log` gets one line per model saying what runs and why; `audit` is an AuditLog."""
+    results: list[list[Prediction | Failure]] = []
+    for bundle in bundles:
+        with Predictor(bundle, backend, precision, threads, cuda_graph, triton_url, allow_unverified) as predictor:
+            if log is not None:
+                log(f"{bundle.name}: {predictor.description} ({predictor.choice.reason})")
+            found = []
+            for result in predictor.predict(paths, batch_size, workers, progress=progress, reduced=reduced):
+                if audit is not None and isinstance(result, Prediction):
+                    audit.record(predictor.audit_entry(result))
+                found.append(result)
+            results.append(found)
+    failures = [r for r in results[0] if isinstance(r, Failure)]  # decoding failures are the same for every model
+    per_image = [[r for r in row if isinstance(r, Prediction)] for row in zip(*results, strict=True)]
+    return Readings([b.name for b in bundles], list(dict.fromkeys(c for b in bundles for c in b.classes)),
+                    [row for row in per_image if row], failures)
+
+
+def render(readings: Readings, fmt: str) -> str:
+    """The readings as `json`, `csv` or `text` (one line per image, every model's answer)."""
+    import csv
+    import io
+    import json
+
+    rows = [(p, name) for row in readings.per_image for p, name in zip(row, readings.models, strict=True)]
+    if fmt == "json":
+        return json.dumps([{**p.as_dict(), "model": name} for p, name in rows], indent=2, default=str)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["path", "model", "label", *(f"p_{c}" for c in readings.classes), "backend", "form"])
+        for p, name in rows:
+            writer.writerow([p.path, name, p.label, *(f"{p.probabilities[c]:.6f}" if c in p.probabilities else ""
+                                                      for c in readings.classes), p.backend, p.form])
+        return out.getvalue().rstrip("\n")
+    lines = []
+    for row in readings.per_image:
+        answers = [f"{p.label}  ({'  '.join(f'{c} {v:.3f}' for c, v in p.probabilities.items())})" for p in row]
+        if len(row) == 1:
+            lines.append(f"{row[0].path}: {answers[0]}")
+        else:
+            lines.append(f"{row[0].path}: " + "; ".join(f"{name} {a}" for name, a in zip(readings.models, answers,
+                                                                                       strict=True)))
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Any
 
 # x86 flags that matter for ONNX Runtime's INT8 kernels: AVX2 (baseline), AVX512-VNNI and
 # AVX-VNNI (int8 dot products); ARM's asimddp (dot product) and i8mm on Jetson-class CPUs.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimddp", "i8mm")
 
 
 def _version(module: str) -> str | None:
@@ -62,6 +62,32 @@ def tensorrt_info() -> dict[str, Any] | None:
         return {"version": tensorrt_module().__version__}
     except (KedgeError, OSError) as err:  # OSError: tensorrt installed but its libraries do not load
         return {"version": None, "problem": str(err)}
+
+
+def openvino_info() -> dict[str, Any] | None:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return None
+    from kedge.runtime.backends.openvino import OpenVINO, cache_folder, cpu_capabilities
+
+    return {"version": OpenVINO.version().split()[-1], "cpu_capabilities": list(cpu_capabilities()),
+            "cache": str(cache_folder())}
+
+
+def pairs_info(bundle_path: str | Path) -> list[dict[str, Any]]:
+    """Each (backend, form, precision) this machine can run from the bundle, with its parity status."""
+    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.forms import runnable_pairs
+    from kedge.runtime.parity import status
+
+    bundle = load_bundle(bundle_path)
+    rows = []
+    for pair in runnable_pairs(bundle):
+        state, detail = status(bundle, pair.key)
+        rows.append({"backend": pair.backend, "form": pair.form.name, "precision": pair.precision,
+                     "parity": state, "detail": detail})
+    return rows
 
 
 def gpu_info() -> dict[str, Any] | None:
@@ -113,10 +139,41 @@ def collect(bundle: str | Path | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "kedge": kedge.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "numpy": np.__version__, "opencv": cv2.__version__, "preprocess_version": PREPROCESS_VERSION,
-        "onnxruntime": onnxruntime_info(), "tensorrt": tensorrt_info(), "pycuda": _version("pycuda"),
+        "onnxruntime": onnxruntime_info(), "openvino": openvino_info(), "tensorrt": tensorrt_info(),
+        "pycuda": _version("pycuda"),
         "tensorflow": _version("tensorflow"), "gpu": gpu_info(), "cpu": cpu_info(),
     }
     if bundle is not None:
         info["bundle"] = str(bundle)
+        info["pairs"] = pairs_info(bundle)
         info["engines"] = engines_info(bundle)
     return info
+
+
+def format_info(data: dict[str, Any]) -> str:
+    """`kedge info` as text."""
+    ort, ov, trt, gpu, cpu = data["onnxruntime"], data["openvino"], data["tensorrt"], data["gpu"], data["cpu"]
+    lines = [
+        f"kedge          {data['kedge']} (preprocessing v{data['preprocess_version']}), Python {data['python']}",
+        f"numpy          {data['numpy']}",
+        f"OpenCV         {data['opencv']}",
+        "ONNX Runtime   " + (f"{ort['version']}, providers {', '.join(ort['providers'])}; kedge uses "
+                            f"{', '.join(ort['would_use'])}" if ort else "not installed (pip install kedge[cpu])"),
+        "OpenVINO       " + (f"{ov['version']}, CPU {', '.join(ov['cpu_capabilities'])}; compiled-model cache "
+                            f"{ov['cache']}" if ov else "not installed (pip install kedge[cpu])"),
+        "TensorRT       " + (trt["version"] or f"not available ({trt['problem']})"),
+        f"pycuda         {data['pycuda'] or 'not installed'}",
+        f"TensorFlow     {data['tensorflow'] or 'not installed (not needed to run models)'}",
+        "GPU            " + (f"{gpu['name']}, compute capability {gpu['compute_capability']}, "
+                            f"{gpu['total_memory_mib']} MiB" if gpu else "none visible"),
+        f"CPU            {cpu['model']}, {cpu['cores']} cores, {cpu['machine']}",
+        "CPU INT8/BF16  " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["int8_features"].items()),
+    ]
+    if "pairs" in data:
+        lines.append(f"pairs in {data['bundle']} (backend, form, precision: parity):")
+        lines += [f"  {p['backend']:<12}{p['form']:<15}{p['precision']:<6}{p['parity']}: {p['detail']}"
+                  for p in data["pairs"]] or ["  none runnable here"]
+        lines.append(f"engines in {data['bundle']}: " + ("none" if not data["engines"] else ""))
+        lines += [f"  {e['engine']}: " + ("runs here" if e["compatible"] else f"not here ({e['problem']})")
+                  for e in data["engines"]]
+    return "\n".join(lines)

@@ -1,29 +1,33 @@
-"""Parity: every exported form against a reference, on one labelled folder.
+"""Parity: every (backend, form, precision) pair against a reference, on one labelled folder.
 
-For each form: accuracy and macro-F1 on the labels, top-1 agreement with the
-reference, and the max and mean |dp| of the class probabilities. Each row passes or
-fails against the thresholds below, which depend on the form's precision:
+Two backends can answer differently from one file (OpenVINO's and ONNX Runtime's
+INT8 kernels round differently), so each pair gets its own row. For each pair:
+accuracy and macro-F1 on the labels, top-1 agreement with the reference, and the
+max and mean |dp| of the class probabilities. Each row passes or fails against the
+thresholds below, which depend on the precision it runs at:
 
 | precision | agreement with the reference | max abs diff | accuracy vs reference |
 |---|---|---|---|
 | fp32 | 100 % | at most 1e-4 | - |
-| fp16 | at least 99.5 % | - | - |
+| fp16, bf16 | at least 99.5 % | - | - |
 | int8 | at least 98 % | - | within 1 point |
 
 The reference is the Keras original where TensorFlow is installed, else the FP32
-ONNX, so parity runs on a lean install too. Forms are loaded one at a time (the
-Jetson has little memory); each reads the images through the one preprocessing
-function.
+ONNX (run by ONNX Runtime), so parity runs on a lean install too. Pairs are loaded
+one at a time (the Jetson has little memory); each reads the images through the one
+preprocessing function. The rows are recorded in kedge.json, and `auto` only ever
+picks a pair whose row PASSED (`status`).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions, predict_items
 from kedge.runtime.folders import LabelledImage
@@ -32,6 +36,7 @@ from kedge.runtime.metrics import classification_report
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"min_agreement": 1.0, "max_abs_diff": 1e-4},
     "fp16": {"min_agreement": 0.995},
+    "bf16": {"min_agreement": 0.995},
     "int8": {"min_agreement": 0.98, "max_accuracy_drop": 0.01},
 }
 
@@ -50,9 +55,14 @@ class ParityRow:
     passed: bool
     reference: bool = False
     problems: list[str] | None = None
+    runner: str = ""  # what ran, as the backend describes itself (e.g. 'openvino:cpu onnx-int8 int8')
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}/{self.form}/{self.precision}"
 
 
 def compare(form: str, backend: str, precision: str, predictions: Predictions, reference: Predictions,
@@ -89,40 +99,59 @@ def _problems(row: ParityRow, ref_accuracy: float) -> list[str]:
     return problems
 
 
-Opener = Callable[[], Backend]
+Opener = Callable[[], Backend | Session]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One thing parity runs: its form, registry backend, precision and how to open it."""
+
+    form: str
+    backend: str
+    precision: str
+    open: Opener
 
 
 def run_parity(
-    reference: tuple[str, Opener],
-    forms: Sequence[tuple[str, str, Opener]],
+    reference: Candidate,
+    forms: Sequence[Candidate],
     items: Sequence[LabelledImage],
     classes: Sequence[str],
     batch_size: int = 16,
     progress: bool = True,
 ) -> tuple[list[ParityRow], list[tuple[str, str]]]:
-    """Run the reference, then each (form, precision, opener) in turn; returns rows and unreadable files."""
+    """Run the reference, then each candidate in turn; returns rows and unreadable files."""
     if not items:
         raise KedgeError("parity needs at least one labelled image")
-    ref_name, open_reference = reference
-    with open_reference() as backend:
+    with reference.open() as backend:
         ref = predict_items(backend, items, batch_size, progress)
-        rows = [compare(ref_name, backend.name, "fp32", ref, ref, classes, is_reference=True)]
+        rows = [compare(reference.form, reference.backend, reference.precision, ref, ref, classes,
+                        is_reference=True)]
+        rows[0].runner = _runner(backend)
     if not ref.items:
         raise KedgeError("none of the parity images could be read")
-    for form, precision, opener in forms:
-        with opener() as backend:
+    for candidate in forms:
+        with candidate.open() as backend:
             predictions = predict_items(backend, ref.items, batch_size, progress)
-        rows.append(compare(form, backend.name, precision, predictions, ref, classes))
+            runner = _runner(backend)
+        rows.append(compare(candidate.form, candidate.backend, candidate.precision, predictions, ref, classes))
+        rows[-1].runner = runner
     return rows, ref.failures
 
 
+def _runner(backend: Backend | Session) -> str:
+    session = backend.session if isinstance(backend, Backend) else backend
+    return session.name if session is not None else ""
+
+
 def format_table(rows: Sequence[ParityRow]) -> str:
-    header = f"{'form':<15}{'n':>5}{'accuracy':>10}{'macro-F1':>10}{'agree':>9}{'max|dp|':>10}{'mean|dp|':>10}  result"
+    header = (f"{'backend':<13}{'form':<15}{'prec':<6}{'n':>5}{'accuracy':>10}"
+              f"{'macro-F1':>10}{'agree':>9}{'max|dp|':>10}{'mean|dp|':>10}  result")
     lines = [header, "-" * len(header)]
     for r in rows:
         result = "reference" if r.reference else ("PASSED" if r.passed else "FAILED: " + "; ".join(r.problems or []))
-        lines.append(f"{r.form:<15}{r.n:>5}{r.accuracy:>10.4f}{r.macro_f1:>10.4f}{r.agreement:>9.2%}"
-                     f"{r.max_abs_diff:>10.2e}{r.mean_abs_diff:>10.2e}  {result}")
+        lines.append(f"{r.backend:<13}{r.form:<15}{r.precision:<6}{r.n:>5}{r.accuracy:>10.4f}{r.macro_f1:>10.4f}"
+                     f"{r.agreement:>9.2%}{r.max_abs_diff:>10.2e}{r.mean_abs_diff:>10.2e}  {result}")
     return "\n".join(lines)
 
 
@@ -130,57 +159,116 @@ def bundle_parity(
     bundle_dir: Any,
     data: Any,
     split: str | None,
-    reference: tuple[str, Opener] | None = None,
+    reference: Candidate | None = None,
     forms: Sequence[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
     record: bool = True,
+    backends: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Parity of a bundle's forms on a labelled folder; recorded in its kedge.json.
+    """Parity of every runnable (backend, form, precision) pair of a bundle on a labelled
+    folder, recorded in its kedge.json (rows of pairs not run this time are kept when
+    the reference, data and split are the same).
 
-    `reference` defaults to the FP32 ONNX (the lean reference); the CLI passes the
-    Keras original where TensorFlow is installed.
+    `reference` defaults to the FP32 ONNX on ONNX Runtime (the lean reference); the CLI
+    passes the Keras original where TensorFlow and model.keras are present.
     """
     import datetime
 
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
-    from kedge.runtime.forms import available_forms, open_form
+    from kedge.runtime.forms import FORMS, pair, runnable_pairs
 
     bundle = load_bundle(bundle_dir)
     items = scan_labelled(data, bundle.classes)
     if split is not None:
         items = in_split(items, data, read_split_manifest(bundle.file("split_manifest")), split)
-    runnable = available_forms(bundle)
+    runnable = runnable_pairs(bundle, list(backends) if backends else None)
     if forms:
-        unknown = [f for f in forms if f not in {r.name for r in runnable}]
+        unknown = [f for f in forms if f not in {p.form.name for p in runnable}]
         if unknown:
             raise KedgeError(f"{bundle.path}: cannot run {', '.join(unknown)} here "
-                             f"(available: {', '.join(r.name for r in runnable) or 'none'})")
-        runnable = [r for r in runnable if r.name in forms]
+                             f"(available: {', '.join(sorted({p.form.name for p in runnable})) or 'none'})")
+        runnable = [p for p in runnable if p.form.name in forms]
     if reference is None:
         if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
             if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
                 bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
-            raise KedgeError(f"{bundle.path}: no FP32 ONNX to use as the reference; run `kedge export` first")
-        reference = ("onnx-fp32", lambda: open_form(bundle, "onnx-fp32"))
-    compared = [(f.name, f.precision, (lambda f=f: open_form(bundle, f))) for f in runnable
-                if f.name != reference[0]]
+            raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
+                             f"ONNX (run `kedge export {bundle.path}`)")
+        ref_pair = pair("onnxruntime", "onnx-fp32")
+        reference = Candidate("onnx-fp32", "onnxruntime", "fp32", functools.partial(ref_pair.open, bundle))
+    compared = [Candidate(p.form.name, p.backend, p.precision, functools.partial(p.open, bundle)) for p in runnable
+                if (p.backend, p.form.name, p.precision) != (reference.backend, reference.form, reference.precision)]
     if not compared:
         raise KedgeError(f"{bundle.path}: no exported form to compare; run `kedge export` first")
     rows, failures = run_parity(reference, compared, items, bundle.classes, batch_size, progress)
     result = {
-        "data": str(data), "split": split or "all", "reference": reference[0], "n": rows[0].n,
+        "data": str(data), "split": split or "all", "reference": reference.form, "n": rows[0].n,
         "thresholds": THRESHOLDS, "rows": [r.to_json() for r in rows],
         "passed": all(r.passed for r in rows),
+        "forms_passed": forms_passed([r.to_json() for r in rows]),
         "unreadable": [{"path": p, "problem": m} for p, m in failures],
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "forms": {f.name: f.description for f in runnable},
+        "forms": {name: spec.description for name, spec in FORMS.items() if name in {p.form.name for p in runnable}},
     }
-    # A shipped bundle's card keeps the parity it shipped with (against Keras, on its test split).
-    result["recorded"] = record and "shipped" not in bundle.manifest
-    if result["recorded"]:
-        manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
-        manifest["parity"] = result
-        write_manifest(bundle.path, manifest)
+    result["recorded"] = record
+    if record:
+        record_parity(bundle, result)
     return result
+
+
+def record_parity(bundle: Any, result: dict[str, Any]) -> None:
+    """Write the parity result into kedge.json atomically, merging with earlier rows of the
+    same reference, data and split. Only kedge.json changes, so the sha256 of every other
+    file ("files") stays as recorded (a file beside a shipped bundle, such as the model.keras
+    a reference was read from, is not added)."""
+    from kedge.runtime.bundle import MANIFEST_NAME, atomic_write_json
+
+    old = bundle.manifest.get("parity") or {}
+    if all(old.get(k) == result[k] for k in ("reference", "data", "split")):
+        keys = {_row_key(r) for r in result["rows"]}
+        kept = [r for r in old.get("rows", []) if _row_key(r) not in keys]
+        result["rows"] = result["rows"][:1] + kept + result["rows"][1:]
+        result["passed"] = all(r["passed"] for r in result["rows"])
+        result["forms_passed"] = forms_passed(result["rows"])
+    manifest = {**bundle.manifest, "parity": result}
+    atomic_write_json(bundle.path / MANIFEST_NAME, manifest)
+    bundle.manifest = manifest
+
+
+def forms_passed(rows: Sequence[dict[str, Any]]) -> bool:
+    """Every form checked has at least one (backend, precision) that PASSED."""
+    by_form: dict[str, bool] = {}
+    for row in rows:
+        by_form[row["form"]] = by_form.get(row["form"], False) or bool(row["passed"])
+    return all(by_form.values())
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    """backend/form/precision of a recorded row. Rows written before backends were plug-ins
+    name a display string as their backend; then, ONNX forms ran only on ONNX Runtime and
+    engines only on TensorRT."""
+    from kedge.runtime.backends import names
+
+    backend = str(row.get("backend", ""))
+    if backend not in (*names(), "keras"):
+        backend = "keras" if row.get("form") == "keras" else (
+            "tensorrt" if str(row.get("form", "")).startswith("trt-") else "onnxruntime")
+    return f"{backend}/{row.get('form')}/{row.get('precision')}"
+
+
+PASSED, FAILED, UNCHECKED = "passed", "FAILED", "not checked"
+
+
+def status(bundle: Any, pair_key: str) -> tuple[str, str]:
+    """(PASSED | FAILED | UNCHECKED, detail) of one backend/form/precision in the bundle's
+    recorded parity. The reference itself counts as passed."""
+    parity = bundle.manifest.get("parity") or {}
+    for row in parity.get("rows", []):
+        if _row_key(row) == pair_key:
+            where = f"vs {parity.get('reference')} on {parity.get('split')} split, n={row.get('n')}"
+            if row.get("passed"):
+                return PASSED, ("the reference" if row.get("reference") else where)
+            return FAILED, f"{'; '.join(row.get('problems') or [])} ({where})"
+    return UNCHECKED, "no parity row; run `kedge parity BUNDLE --data DIR --split test`"

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.bundle import Bundle
+from kedge.runtime.choice import choose
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import choose_form, open_form
 
 
 def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
@@ -38,10 +38,10 @@ def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 800
         config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
         with Triton(config=config) as triton:
             for bundle in bundles:
-                choice = choose_form(bundle, backend, precision)
-                runner = open_form(bundle, choice.form)
+                choice = choose(bundle, backend, precision)
+                runner = choice.pair.open(bundle).activate()
                 opened.append(runner)
-                log(f"serving {bundle.name}: {runner.name} ({choice.reason})")
+                log(f"serving {bundle.name}: {choice.pair} ({choice.reason})")
                 triton.bind(model_name=bundle.name, infer_func=batch(_infer_function(runner)),
                             inputs=[Tensor(name="image", dtype=np.float32, shape=(224, 224, 3))],
                             outputs=[Tensor(name="probabilities", dtype=np.float32, shape=(len(bundle.classes),))],

@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCK_TF = "import sys; [sys.modules.__setitem__(m, None) for m in ('tensorflow', 'tf_keras', 'keras')]; "
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kedge_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Per-machine caches (OpenVINO blobs, auto's timings) go to a fresh folder, never ~/.cache."""
+    folder = tmp_path_factory.mktemp("kedge-cache")
+    os.environ["KEDGE_CACHE"] = str(folder)
+    return folder
+
+
 def real_data_root() -> Path | None:
     """The one setting for the real radiographs: KEDGE_REAL_DATA, else ../shared/data."""
     configured = os.environ.get("KEDGE_REAL_DATA")

@@ -67,7 +67,9 @@ def lesion_onnx(path: Path, threshold: float = 0.8) -> Path:
     return path
 
 
-def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True) -> Path:
+def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, parity: bool = True) -> Path:
+    """`parity`: also check every runnable pair against the FP32 ONNX on `calibration_images`
+    (all of them, no split) and record the rows, as `kedge export --data` does."""
     from kedge.calibration.images import select_images
     from kedge.calibration.qdq import quantize
     from kedge.calibration.ranges import calibrate
@@ -85,4 +87,8 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True) 
                                                               "classes": CLASSES},
                             "input": {"name": "image", "shape": [None, 224, 224, 3], "layout": "NHWC"},
                             "artifacts": artifacts})
+    if parity:
+        from kedge.runtime.parity import bundle_parity
+
+        bundle_parity(folder, calibration_images, None, progress=False)
     return folder

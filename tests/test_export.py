@@ -104,7 +104,7 @@ def test_int8_forms_are_symmetric_for_tensorrt_and_uint8_for_cpu(exported) -> No
 def test_int8_forms_keep_the_output_softmax_in_float(exported, parity_data) -> None:
     import onnx
 
-    from kedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
     from kedge.runtime.preprocess import preprocess
 
     bundle, _ = exported
@@ -113,7 +113,7 @@ def test_int8_forms_keep_the_output_softmax_in_float(exported, parity_data) -> N
         graph = onnx.load(bundle / name).graph
         producer = next(n for n in graph.node if graph.output[0].name in n.output)
         assert producer.op_type == "Softmax", name  # not a DequantizeLinear of a uint8/int8 softmax
-        with OnnxRuntimeBackend(bundle / name) as backend:
+        with OnnxRuntimeSession(bundle / name) as backend:
             sums = backend.infer(batch).sum(axis=1)
         assert np.allclose(sums, 1.0, atol=1e-5), (name, sums)  # quantized, they drift by up to 1/255 per class
 

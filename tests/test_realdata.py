@@ -102,13 +102,13 @@ def test_export_and_parity_on_real_data(real_data, tf_keras, tmp_path) -> None:
 
     # The reduced JPEG decode keeps every full-resolution radiograph's class, in FP32 and INT8.
     from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.forms import open_form
+    from kedge.runtime.forms import pair
 
     bundle = load_bundle(out)
     fast = np.stack([preprocess(real_data / full) for full, _ in twins(real_data)])
     exact = np.stack([preprocess(real_data / full, reduced=False) for full, _ in twins(real_data)])
     for form in ("onnx-fp32", "onnx-int8"):
-        with open_form(bundle, form) as backend:
+        with pair("onnxruntime", form).open(bundle) as backend:
             assert np.array_equal(backend.infer(fast).argmax(1), backend.infer(exact).argmax(1)), form
 
 

@@ -49,19 +49,23 @@ def kedge(*args: str, block_tf: bool = False) -> subprocess.CompletedProcess:
 
 # --- choosing a form ----------------------------------------------------------------------
 
-def test_auto_picks_int8_on_the_cpu_and_says_why(lean) -> None:
-    from kedge.runtime.forms import choose_form, tensorrt_usable
+def test_auto_picks_the_fastest_pair_that_passed_parity_and_says_why(lean) -> None:
+    from kedge.runtime.choice import choose
+    from kedge.runtime.engines import tensorrt_usable
+    from kedge.runtime.parity import PASSED, status
 
     if tensorrt_usable():
         pytest.skip("this machine has TensorRT and a GPU; the CPU choice does not apply")
     bundle = load_bundle(lean)
-    choice = choose_form(bundle)
-    assert choice.form.name == "onnx-int8" and "CPU" in choice.reason
-    assert choose_form(bundle, "onnxruntime", "fp32").form.name == "onnx-fp32"
+    choice = choose(bundle)
+    assert status(bundle, choice.pair.key)[0] == PASSED and choice.verified
+    assert "passed parity" in choice.reason and "ms at batch 1" in choice.reason
+    assert "measured earlier on this machine" in choose(bundle).reason  # the timing is cached per machine
+    assert choose(bundle, "onnxruntime", "fp32").pair.form.name == "onnx-fp32"
     with pytest.raises(KedgeError, match=r"no fp16 ONNX form; make it with `kedge export .* --fp16`"):
-        choose_form(bundle, precision="fp16")
+        choose(bundle, precision="fp16")
     with pytest.raises(KedgeError, match="--backend tensorrt: needs TensorRT"):
-        choose_form(bundle, "tensorrt")
+        choose(bundle, "tensorrt")
 
 
 def test_onnxruntime_providers_are_explicit_and_cpu_without_a_gpu() -> None:
@@ -124,7 +128,10 @@ def test_infer_json_without_tensorflow_and_one_bad_file(lean, images) -> None:
     assert len(rows) == 9 and {tuple(sorted(r)) for r in rows} == {
         ("backend", "form", "label", "model", "path", "probabilities")}
     assert {r["model"] for r in rows} == {"tiny"}
-    assert {r["form"] for r in rows} == {"onnx-int8"} and {r["backend"] for r in rows} == {"onnxruntime:cpu"}
+    from kedge.runtime.choice import choose
+
+    auto = choose(load_bundle(lean)).pair  # the pair infer picks by itself, named in every row
+    assert {r["form"] for r in rows} == {auto.form.name} and {r["backend"] for r in rows} == {auto.backend}
     for r in rows:
         assert list(r["probabilities"]) == CLASSES and abs(sum(r["probabilities"].values()) - 1) < 1e-5
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
@@ -132,11 +139,11 @@ def test_infer_json_without_tensorflow_and_one_bad_file(lean, images) -> None:
 
 
 def test_infer_runs_with_tensorflow_unimportable(lean, images) -> None:
-    result = kedge("infer", str(images / "knee0.png"), "--model", str(lean), "--precision", "fp32",
-                   block_tf=True)
+    result = kedge("infer", str(images / "knee0.png"), "--model", str(lean), "--backend", "onnxruntime",
+                   "--precision", "fp32", block_tf=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{images / 'knee0.png'}: ")
-    assert "onnxruntime:cpu onnx-fp32" in result.stderr  # the backend and form are always said
+    assert "tiny: onnxruntime onnx-fp32 fp32 (requested" in result.stderr  # the backend and form are always said
 
 
 def test_infer_csv_and_glob(lean, images) -> None:
@@ -173,7 +180,7 @@ def test_batching_and_decode_threads_do_not_change_results(lean, images) -> None
     from kedge.runtime.infer import Failure, Predictor
 
     paths = expand_inputs([images])
-    with Predictor(load_bundle(lean), precision="fp32") as predictor:
+    with Predictor(load_bundle(lean), "onnxruntime", precision="fp32") as predictor:
         runs = [list(predictor.predict(paths, batch_size=b, workers=w)) for b, w in ((1, 0), (4, 2), (16, 4))]
     for run in runs:
         assert [r.path for r in run] == [str(p) for p in paths]  # input order, failures in place
@@ -193,12 +200,23 @@ def test_bench_json_rows_ratios_and_chart(lean, tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "TENSORFLOW_LOADED=False" in result.stderr  # the lean bundle has no Keras model to compare
     report = json.loads(result.stdout)
-    rows = report["rows"]
+    assert [m["model"] for m in report["models"]] == ["tiny"]
+    rows = report["models"][0]["rows"]
     assert {(r["form"], r["batch_size"], r["mode"]) for r in rows} == {
         (f, b, m) for f in ("onnx-fp32", "onnx-int8") for b in (1, 2) for m in ("engine", "end_to_end")}
+    from kedge.runtime.forms import runnable_pairs
+
+    pairs = {(p.backend, p.form.name, p.precision) for p in runnable_pairs(load_bundle(lean))}
+    timed = {(r["backend"], r["form"], r["precision"]) for r in rows if r["parity"] != "baseline"}
+    assert timed == pairs  # every runnable pair gets its own row
+    for key in {(r["mode"], r["batch_size"]) for r in rows}:
+        assert sum(r["auto"] for r in rows if (r["mode"], r["batch_size"]) == key) == 1  # auto's pair is marked
+    if any(r["backend"] == "openvino" for r in rows):  # OpenVINO's default is the baseline, on each ONNX file
+        assert {r["form"] for r in rows if r["parity"] == "baseline"} == {"onnx-fp32", "onnx-int8"}
+        assert {c["mode"] for c in report["models"][0]["auto_vs_openvino_default"]} == {"engine", "end_to_end"}
     for r in rows:
-        assert {"backend", "form", "batch_size", "mode", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
-                "throughput"} <= set(r)
+        assert {"backend", "form", "precision", "parity", "auto", "batch_size", "mode", "mean_ms", "p50_ms",
+                "p90_ms", "p99_ms", "throughput"} <= set(r)
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput"] > 0 and r["vs_fastest"] >= 1.0
     for key in {(r["mode"], r["batch_size"]) for r in rows}:
         assert min(r["vs_fastest"] for r in rows if (r["mode"], r["batch_size"]) == key) == 1.0
@@ -267,6 +285,8 @@ def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) 
 
     source = tmp_path / "source"
     shutil.copytree(lean, source)
+    unchecked = load_bundle(source).manifest  # as trained and exported without --data: no parity yet
+    write_manifest(source, {k: v for k, v in unchecked.items() if k not in ("files", "schema", "parity")})
     with pytest.raises(KedgeError, match="no parity record"):
         ship_bundle(source, tmp_path / "early", ["onnx-int8"])
     assert parity_for_bundle(source, synthetic_data, reference="onnx-fp32", progress=False)["passed"]
@@ -298,11 +318,15 @@ def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) 
         assert expected in text.stdout
     with pytest.raises(KedgeError, match=r"model.onnx \(onnx_fp32\) was left out when this bundle was shipped"):
         parity_for_bundle(shipped, synthetic_data, reference="onnx-fp32", progress=False)
-    both = tmp_path / "both"  # with its FP32 reference, parity runs but leaves the shipped card as it was
+    both = tmp_path / "both"  # with its FP32 reference, parity runs and records its rows in the shipped bundle
     ship_bundle(source, both, ["onnx-fp32", "onnx-int8"])
-    card_before = (both / "kedge.json").read_bytes()
+    before = load_bundle(both).manifest
+    (both / "model.keras").write_bytes(b"beside the bundle, not part of it")
     result = parity_for_bundle(both, synthetic_data, reference="onnx-fp32", progress=False)
-    assert result["passed"] and result["recorded"] is False and (both / "kedge.json").read_bytes() == card_before
+    after = load_bundle(both).manifest
+    assert result["recorded"] is True and after["parity"]["rows"] == result["rows"]
+    assert after["files"] == before["files"]  # only kedge.json changed: the sha256 bookkeeping stays right
+    assert {k: v for k, v in after.items() if k != "parity"} == {k: v for k, v in before.items() if k != "parity"}
     result = kedge("infer", str(next(synthetic_data.rglob("*.png"))), "--model", str(shipped), "--json")
     assert result.returncode == 0 and json.loads(result.stdout)[0]["form"] == "onnx-int8"
 
@@ -374,12 +398,17 @@ def test_audit_trail_survives_a_kill_and_appends(lean, synthetic_data, tmp_path)
     assert data.endswith(b"\n")  # whole lines only
     entries = [json.loads(line) for line in data.splitlines()]
     assert 5 <= len(entries) < 600  # killed part-way
+    from kedge.runtime.choice import choose
+
+    auto = choose(load_bundle(lean)).pair  # what infer runs by itself
+    runtime = {"onnxruntime": "ONNX Runtime ", "openvino": "OpenVINO "}[auto.backend]
     for entry in entries:
         assert set(entry) == {"time_utc", "input_sha256", "model", "form", "form_sha256", "backend", "precision",
-                              "runtime", "label", "probabilities", "kedge"}
-        assert entry["input_sha256"] in digests and entry["model"] == "tiny" and entry["form"] == "onnx-int8"
-        assert entry["form_sha256"] == load_bundle(lean).manifest["files"]["model.int8.cpu.onnx"]
-        assert entry["runtime"].startswith("ONNX Runtime ") and entry["time_utc"].endswith("+00:00")
+                              "verified", "runtime", "label", "probabilities", "kedge"}
+        assert entry["input_sha256"] in digests and entry["model"] == "tiny" and entry["form"] == auto.form.name
+        assert entry["form_sha256"] == load_bundle(lean).manifest["files"][auto.form.file]
+        assert entry["backend"] == auto.backend and entry["precision"] == auto.precision and entry["verified"]
+        assert entry["runtime"].startswith(runtime) and entry["time_utc"].endswith("+00:00")
     one = next(synthetic_data.rglob("*.png"))
     again = kedge("infer", str(one), "--model", str(lean), "--audit", str(audit), "--quiet")
     assert again.returncode == 0, again.stderr
@@ -394,14 +423,14 @@ def test_audit_file_that_cannot_be_opened(lean, synthetic_data, tmp_path) -> Non
 
 
 def test_full_decode_flag_uses_the_exact_jpeg_decode(lean, tmp_path) -> None:
-    from kedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
     from kedge.runtime.preprocess import preprocess
     from kedge.train.synthetic import knee_radiograph
 
     image = cv2.resize(knee_radiograph(0.4, np.random.default_rng(5), size=512), (2000, 1700))
     path = tmp_path / "large.jpg"
     cv2.imwrite(str(path), image)
-    with OnnxRuntimeBackend(lean / "model.onnx") as backend:
+    with OnnxRuntimeSession(lean / "model.onnx") as backend:
         exact, fast = (backend.infer(preprocess(path, reduced=r)[None])[0] for r in (False, True))
     assert not np.array_equal(exact, fast)  # the two decodes really differ on a 2000 px JPEG
     for flag, expected in ((["--full-decode"], exact), ([], fast)):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends.base import Session
 from kedge.runtime.errors import KedgeError
 
 
@@ -23,7 +23,7 @@ def open_keras(bundle: Any, what: str = "the Keras reference") -> KerasBackend:
     return KerasBackend(bundle.file("keras"))
 
 
-class KerasBackend(Backend):
+class KerasBackend(Session):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         from kedge.train.models import load_keras_model
 

@@ -12,10 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends.base import EVERY_ONNX_FORM, Backend, Session
 from kedge.runtime.errors import KedgeError
 
 CPU = "CPUExecutionProvider"
+OPTIMIZATION_LEVELS = {
+    "basic": lambda ort: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": lambda ort: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": lambda ort: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 CUDA = "CUDAExecutionProvider"
 
 
@@ -45,9 +50,12 @@ def choose_providers(device: str = "auto") -> list[str]:
     return [CUDA, CPU] if cuda_usable else [CPU]
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeSession(Session):
+    """One ONNX file in an InferenceSession. `optimization` is ONNX Runtime's graph
+    optimisation level (default: all, ORT's own default)."""
+
     def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None,
-                 threads: int | None = None, label: str | None = None) -> None:
+                 threads: int | None = None, label: str | None = None, optimization: str = "all") -> None:
         ort = _ort()
         path = Path(path)
         if not path.is_file():
@@ -56,6 +64,7 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
         if threads:
             options.intra_op_num_threads = threads
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization](ort)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers or [CPU])
         except Exception as err:  # ORT raises its own exception types for corrupt or unsupported models
@@ -71,3 +80,19 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self._session = None
+
+
+class OnnxRuntime(Backend):
+    """The plug-in: every ONNX form, on CUDA when onnxruntime-gpu sees a GPU, else the CPU.
+    Options: `device` (auto|cpu|cuda), `optimization` (basic|extended|all)."""
+
+    name, device, forms = "onnxruntime", "cpu or cuda", EVERY_ONNX_FORM
+    runtime = staticmethod(_ort)
+
+    @classmethod
+    def version(cls) -> str:
+        return f"ONNX Runtime {_ort().__version__}"
+
+    def open(self) -> Session:
+        return OnnxRuntimeSession(self.locate(), choose_providers(self.options.get("device", "auto")), self.threads,
+                                  label=self.form.name, optimization=self.options.get("optimization", "all"))

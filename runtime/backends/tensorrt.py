@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.engines import check_compatible, read_sidecar, rebuild_command
 from kedge.runtime.errors import KedgeError
 
@@ -31,7 +31,7 @@ def tensorrt_module() -> Any:
     return trt
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(Session):
     """One engine, one execution context, one stream; buffers allocated once.
 
     `onnx_sha256` is the bundle's current source ONNX: an engine built from another
@@ -115,3 +115,37 @@ class TensorRTBackend(Backend):
             self._dev_out.free()
             self._cuda.close()
             self._cuda = None
+
+
+class TensorRT(Backend):
+    """The plug-in: this machine's engines of the bundle (see runtime/engines.py for discovery).
+    Option: `cuda_graph`."""
+
+    name, device, forms = "tensorrt", "cuda", ("trt-fp32", "trt-fp16", "trt-int8")
+
+    @classmethod
+    def problem(cls) -> str | None:
+        from kedge.runtime.engines import tensorrt_usable
+
+        return None if tensorrt_usable() else "needs TensorRT, pycuda and a visible NVIDIA GPU (see `kedge info`)"
+
+    @classmethod
+    def version(cls) -> str:
+        return f"TensorRT {tensorrt_module().__version__}"
+
+    def locate(self) -> Path:
+        from kedge.runtime.engines import engine_path
+
+        path = engine_path(self.bundle, self.form.precision)
+        if path is None:
+            flag = "" if self.form.precision == "fp32" else f" --{self.form.precision}"
+            raise KedgeError(f"{self.bundle.path}: no {self.form.precision} engine; build one on this device with "
+                             f"`kedge export {self.bundle.path} --engine{flag}`")
+        return path
+
+    def open(self) -> Session:
+        from kedge.runtime.engines import source_sha256
+
+        path = self.locate()
+        return TensorRTBackend(path, source_sha256(self.bundle, read_sidecar(path).source_onnx),
+                               bool(self.options.get("cuda_graph", False)))

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend
+from kedge.runtime.backends.base import Session
 from kedge.runtime.errors import KedgeError
 
 
-class TritonBackend(Backend):
+class TritonBackend(Session):
     def __init__(self, url: str, model: str, timeout_s: float = 60.0) -> None:
         try:
             import tritonclient.http as http

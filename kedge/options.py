@@ -1,0 +1,118 @@
+"""Options and helpers every `kedge` command shares, declared once.
+
+Each decorator adds one option with the same name, help and checks wherever it is
+used; the helpers print (`log` on stderr, `emit_json` on stdout) and turn option
+text into values with one-line errors.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kedge.runtime.backends import names as backend_names
+from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import PRECISIONS
+
+Decorator = Callable[[Any], Any]
+
+
+def json_option(help: str = "Print JSON.") -> Decorator:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def model_option(f: Any) -> Any:
+    return click.option("--model", "-m", "model", envvar="KEDGE_MODEL", type=click.Path(path_type=Path),
+                        help="Bundle folder (default: $KEDGE_MODEL, else the models shipped with kedge).")(f)
+
+
+def backend_option(extra: tuple[str, ...] = (), help: str = "") -> Decorator:
+    return click.option("--backend", type=click.Choice(["auto", *backend_names(), *extra]), default="auto",
+                        show_default=True, help=help or "auto: the fastest (backend, form) pair that passed parity "
+                        "for the bundle, measured once on this machine and cached.")
+
+
+def precision_option(help: str = "") -> Decorator:
+    return click.option("--precision", type=click.Choice(list(PRECISIONS)),
+                        help=help or "Only pairs of this precision (bf16: OpenVINO on the FP32 file, where the CPU "
+                        "has BF16).")
+
+
+def threads_option(f: Any) -> Any:
+    return click.option("--threads", type=click.IntRange(1, 1024),
+                        help="Intra-op threads for ONNX Runtime and OpenVINO (default: all cores).")(f)
+
+
+def allow_unverified_option(f: Any) -> Any:
+    return click.option("--allow-unverified", is_flag=True,
+                        help="Run a pair named with --backend/--precision even though its parity FAILED or was "
+                        "never checked (refused otherwise; auto never picks one).")(f)
+
+
+def log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def load_models(model: Path | None) -> list[Any]:
+    """--model (or $KEDGE_MODEL) when given, else every model shipped with kedge."""
+    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.shipped import shipped_bundles
+
+    if model is not None:
+        return [load_bundle(model)]
+    shipped = shipped_bundles()
+    if not shipped:
+        raise KedgeError("no model: pass --model BUNDLE (a folder made by `kedge train`) or set KEDGE_MODEL")
+    return [load_bundle(path) for path in shipped]
+
+
+def csv_list(text: str | None, option: str, allowed: tuple[str, ...] | None = None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if not items or bad:
+        raise KedgeError(f"{option} {text!r}: choose from {', '.join(allowed or ())}")
+    return items
+
+
+def positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise KedgeError(f"{option} {text!r}: give a positive number or 'all'")
+    return value
+
+
+def positive_ints(text: str, option: str) -> list[int]:
+    values = [positive_int(t.strip(), option) for t in text.split(",") if t.strip()]
+    if not values:
+        raise KedgeError(f"{option} {text!r}: give positive numbers, e.g. 1,8")
+    return values
+
+
+def echo_parity(result: dict[str, Any]) -> None:
+    from kedge.runtime.parity import ParityRow, format_table
+
+    click.echo(f"parity on {result['data']} ({result['split']}, n={result['n']}), reference {result['reference']}")
+    click.echo(format_table([ParityRow(**row) for row in result["rows"]]))
+    for failure in result["unreadable"]:
+        click.echo(f"  skipped {failure['path']}: {failure['problem']}")
+    click.echo("PASSED" if result["passed"] else "FAILED")
+
+
+def machine() -> str:
+    from kedge.runtime.info import cpu_info, gpu_info
+
+    cpu = cpu_info()
+    gpu = gpu_info()
+    return f"{cpu['model']} ({cpu['cores']} cores)" + (f", {gpu['name']}" if gpu else ", no GPU")
