@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from kedge.runtime.bundle import sha256_file
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.folders import expand_inputs, is_image_file
+from kedge.runtime.folders import class_trees, expand_inputs, is_image_file
 from kedge.runtime.preprocess import PREPROCESS_VERSION, preprocess
 
 DEFAULT_SIZE = 300
@@ -57,16 +57,18 @@ def select_images(
     only: Collection[str] | None = None,
 ) -> CalibrationSet:
     """Choose up to `size` readable images (None: all) from `root`, stratified by class
-    folder when `root` has one per class in `classes`. `only`: paths relative to `root`
-    allowed (a split of the bundle's split.csv, so test images never calibrate)."""
+    folder when `root` has one per class in `classes` (or several such class trees side
+    by side). `only`: paths relative to `root` allowed (a split of the bundle's
+    split.csv, so test images never calibrate)."""
     root = Path(root)
     if not root.is_dir():
         raise KedgeError(f"{root}: no such calibration folder")
-    folders = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    labelled = all(c.lower() in folders for c in classes)
-    groups = (
-        [_images_under(folders[c.lower()]) for c in classes] if labelled else [_images_under(root)]
-    )
+    trees = class_trees(root, classes)
+    per_class = [[p for tree in trees for folder in sorted(tree.iterdir())
+                  if folder.is_dir() and folder.name.lower() == c.lower() for p in _images_under(folder)]
+                 for c in classes]
+    labelled = bool(trees) and all(per_class)
+    groups = per_class if labelled else [_images_under(root)]
     if only is not None:
         allowed = set(only)
         groups = [[p for p in group if p.relative_to(root).as_posix() in allowed] for group in groups]

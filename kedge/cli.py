@@ -14,13 +14,14 @@ import click
 
 import kedge
 from kedge import cli_run
-from kedge.options import backend_option, precision_option
+from kedge.options import backend_option, precision_option, source_options
 from kedge.options import csv_list as _csv_list
 from kedge.options import echo_parity as _echo_parity
 from kedge.options import emit_json as _emit_json
 from kedge.options import load_models as _load_models
 from kedge.options import log as _log
 from kedge.options import positive_int as _positive_int
+from kedge.options import source_spec as _source_spec
 from kedge.runtime.errors import KedgeError
 
 
@@ -81,30 +82,6 @@ def models(as_json: bool) -> None:
         p = row["parameters"]
         click.echo(f"{row['name']:<14}{', '.join(row['classes']):<36}{'x'.join(map(str, row['input_shape'])):<13}"
                    f"{p['total']:>12,}{p['trainable']:>12,}{p['non_trainable']:>15,}")
-
-
-def source_options(function: Any) -> Any:
-    """--sources FILE (+ column names) or --source-rule: where each image came from."""
-    for option in reversed((
-        click.option("--sources", "sources_file", type=click.Path(path_type=Path),
-                     help="CSV naming each image's source (collection, site, scanner), paths relative to --data, "
-                          "e.g. ../shared/data/manifest.csv."),
-        click.option("--path-column", default="path", show_default=True, help="--sources column with the path."),
-        click.option("--source-column", default="source", show_default=True,
-                     help="--sources column with the source (e.g. collection)."),
-        click.option("--source-rule", help="Without a file: folder (first folder under --data), format, "
-                                           "regex:PATTERN (first group), or dicom:Manufacturer,InstitutionName "
-                                           "(hashed, never printed)."),
-    )):
-        function = option(function)
-    return function
-
-
-def _source_spec(options: dict[str, Any]) -> Any:
-    from kedge.runtime.sources import make_spec
-
-    return make_spec(options.pop("sources_file"), options.pop("source_rule"), options.pop("path_column"),
-                     options.pop("source_column"))
 
 
 @main.command()
@@ -537,7 +514,7 @@ for _command in (cli_run.infer, cli_run.bench, cli_run.explain, cli_run.parity, 
 
 from kedge import cli_audit  # noqa: E402 (commands in their own module)
 
-cli_audit.register(main, source_options, _source_spec, _emit_json)
+cli_audit.register(main)
 
 if __name__ == "__main__":
     main()

@@ -7,26 +7,39 @@ from typing import Any
 
 import click
 
+from kedge.options import (
+    allow_unverified_option,
+    backend_option,
+    emit_json,
+    json_option,
+    precision_option,
+    source_options,
+    source_spec,
+)
 from kedge.runtime.errors import KedgeError
 
 
-def register(main: click.Group, source_options: Any, source_spec: Any, emit_json: Any) -> None:
+def register(main: click.Group) -> None:
     @main.command()
     @click.argument("bundle", type=click.Path(path_type=Path))
     @click.option("--data", required=True, type=click.Path(path_type=Path),
                   help="Labelled class-per-folder tree (or several side by side).")
     @click.option("--split", type=click.Choice(["train", "val", "test"]),
                   help="Only the files the bundle's split.csv put in this split.")
+    @click.option("--split-manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Take --split (and sources) from this split.csv, e.g. another bundle's, to compare two "
+                       "models on one held-out split.")
     @source_options
-    @click.option("--backend", default="auto", show_default=True,
-                  help="auto, onnxruntime, tensorrt, or keras (the original; needs the [train] extra).")
-    @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Form precision.")
+    @backend_option(extra=("keras",), help="keras: the original (needs the [train] extra).")
+    @precision_option()
+    @allow_unverified_option
     @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
     @click.option("--plot", type=click.Path(path_type=Path), help="Write a per-source chart (PNG; needs matplotlib).")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-    def audit(bundle: Path, data: Path, split: str | None, backend: str, precision: str | None, batch_size: int,
-              plot: Path | None, quiet: bool, as_json: bool, **sources: Any) -> None:
+    @json_option()
+    def audit(bundle: Path, data: Path, split: str | None, split_manifest: Path | None, backend: str,
+              precision: str | None, allow_unverified: bool, batch_size: int, plot: Path | None, quiet: bool,
+              as_json: bool, **sources: Any) -> None:
         """Check whether BUNDLE answers from the image's source instead of the bone.
 
         \b
@@ -44,6 +57,7 @@ def register(main: click.Group, source_options: Any, source_spec: Any, emit_json
           kedge audit runs/cnn --data ../shared/data --split test
           kedge audit runs/cnn --data ../shared/data --sources ../shared/data/manifest.csv \\
               --source-column collection --plot audit.png
+          kedge audit old-bundle --data ../shared/data --split test --split-manifest runs/cnn/split.csv
         """
         from kedge.runtime.bundle import load_bundle
         from kedge.runtime.evaluate import predict_items
@@ -54,8 +68,8 @@ def register(main: click.Group, source_options: Any, source_spec: Any, emit_json
         if plot is not None:
             _need_matplotlib()
         loaded = load_bundle(bundle)
-        items = labelled_items(loaded, data, split, spec)
-        with _open(loaded, backend, precision) as (runner, description):
+        items = labelled_items(loaded, data, split, spec, split_manifest)
+        with _open(loaded, backend, precision, allow_unverified) as (runner, description):
             predictions = predict_items(runner, items, batch_size, progress=not quiet and not as_json)
         report = run_audit(predictions, loaded.classes)
         report.update({"bundle": str(loaded.path), "model": loaded.name, "data": str(data),
@@ -84,8 +98,8 @@ def _need_matplotlib() -> None:
 class _open:
     """The bundle on the chosen backend, as (callable, description); Keras on request."""
 
-    def __init__(self, bundle: Any, backend: str, precision: str | None) -> None:
-        self.bundle, self.backend, self.precision = bundle, backend, precision
+    def __init__(self, bundle: Any, backend: str, precision: str | None, allow_unverified: bool) -> None:
+        self.bundle, self.backend, self.precision, self.allow = bundle, backend, precision, allow_unverified
 
     def __enter__(self) -> tuple[Any, str]:
         if self.backend == "keras":
@@ -95,9 +109,9 @@ class _open:
             return self.runner, "keras"
         from kedge.runtime.infer import Predictor
 
-        self.predictor = Predictor(self.bundle, self.backend, self.precision)
-        self.runner = self.predictor.backend
-        return self.runner, f"{self.predictor.backend_name} {self.predictor.choice.form.name}"
+        predictor = Predictor(self.bundle, self.backend, self.precision, allow_unverified=self.allow)
+        self.runner = predictor.runner
+        return self.runner, predictor.description
 
     def __exit__(self, *exc: object) -> None:
         self.runner.close()

@@ -116,3 +116,28 @@ def machine() -> str:
     cpu = cpu_info()
     gpu = gpu_info()
     return f"{cpu['model']} ({cpu['cores']} cores)" + (f", {gpu['name']}" if gpu else ", no GPU")
+
+
+def source_options(function: Any) -> Any:
+    """--sources FILE (+ column names) or --source-rule: where each image came from."""
+    for option in reversed((
+        click.option("--sources", "sources_file", type=click.Path(path_type=Path),
+                     help="CSV naming each image's source (collection, site, scanner), paths relative to --data, "
+                          "e.g. ../shared/data/manifest.csv."),
+        click.option("--path-column", default="path", show_default=True, help="--sources column with the path."),
+        click.option("--source-column", default="source", show_default=True,
+                     help="--sources column with the source (e.g. collection)."),
+        click.option("--source-rule", help="Without a file: folder (first folder under --data), format, "
+                                           "regex:PATTERN (first group), or dicom:Manufacturer,InstitutionName "
+                                           "(hashed, never printed)."),
+    )):
+        function = option(function)
+    return function
+
+
+def source_spec(options: dict[str, Any]) -> Any:
+    """Pop the source_options values from a command's kwargs into a SourceSpec."""
+    from kedge.runtime.sources import make_spec
+
+    return make_spec(options.pop("sources_file"), options.pop("source_rule"), options.pop("path_column"),
+                     options.pop("source_column"))

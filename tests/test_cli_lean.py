@@ -121,7 +121,7 @@ def test_dataset_command(synthetic_data, tmp_path) -> None:
     summary = json.loads(result.stdout)
     assert summary["groups"] == 180 and summary["excluded"] == {"conflicting labels": 2}  # 181 files
     assert sum(sum(c.values()) for c in summary["counts"].values()) == 179
-    assert (tmp_path / "split.csv").read_text().startswith("path,class,split,group,sha256,note")
+    assert (tmp_path / "split.csv").read_text().startswith("path,class,source,split,group,sha256,note")
     (data / "Normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     assert kedge_cli("dataset", data).returncode == 1
 
