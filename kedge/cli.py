@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 import kedge
-from kedge.runtime.errors import KedgeError
+from kedge.runtime.errors import KedgeError, safe_name
 
 
 class _Group(click.Group):
@@ -22,7 +22,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except KedgeError as err:
-            click.echo(f"kedge: error: {' '.join(str(err).split())}", err=True)
+            click.echo(f"kedge: error: {' '.join(safe_name(str(err)).split())}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("kedge: interrupted", err=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle import Bundle
-from kedge.runtime.errors import ImageError, KedgeError
+from kedge.runtime.errors import ImageError, KedgeError, safe_name
 from kedge.runtime.forms import Choice, Form, choose_form, open_form
 from kedge.runtime.preprocess import preprocess, read_bytes
 
@@ -83,6 +83,10 @@ def _decode(path: Path, reduced: bool = True) -> Decoded:
         return preprocess(data, str(path), reduced), hashlib.sha256(data).hexdigest()
     except ImageError as err:
         return err.problem
+    except MemoryError:
+        return "needs more memory than is free"
+    except Exception as err:  # a decoder bug must cost one file, not the run; its text may quote file bytes
+        return f"cannot be decoded ({type(err).__name__})"
 
 
 TRITON_FORM = Form("triton", "served", None, "whatever form the Triton server runs")
@@ -137,10 +141,10 @@ class Predictor:
         results: list[Prediction | Failure] = []
         for path, item in pending:
             if isinstance(item, str):
-                results.append(Failure(str(path), item))
+                results.append(Failure(safe_name(path), item))
             else:
                 p = next(probabilities)
-                results.append(Prediction(str(path), self.classes[int(np.argmax(p))],
+                results.append(Prediction(safe_name(path), self.classes[int(np.argmax(p))],
                                           {c: float(v) for c, v in zip(self.classes, p, strict=True)},
                                           self.backend_name, self.choice.form.name, item[1]))
             if progress is not None:
