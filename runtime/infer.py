@@ -23,7 +23,7 @@ from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import ImageError, KedgeError, safe_name
 from kedge.runtime.forms import Choice, Form, choose_form, open_form
-from kedge.runtime.preprocess import preprocess, read_bytes
+from kedge.runtime.preprocess import INPUT_SHAPE, preprocess, read_bytes
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,19 @@ def _decode(path: Path, reduced: bool = True) -> Decoded:
 TRITON_FORM = Form("triton", "served", None, "whatever form the Triton server runs")
 
 
+def check_outputs(backend: Backend, bundle: Bundle) -> None:
+    """Run one blank image through a freshly opened form: a model whose output does not
+    match kedge.json's class list is refused at load, before any file is classified."""
+    try:
+        outputs = np.asarray(backend.infer(np.zeros((1, *INPUT_SHAPE), np.float32)))
+    except Exception as err:  # the engines raise their own types for a graph that does not fit
+        raise KedgeError(f"{bundle.path}: the model does not run on one {INPUT_SHAPE} image "
+                         f"({type(err).__name__})") from None
+    if outputs.shape != (1, len(bundle.classes)):
+        raise KedgeError(f"{bundle.path}: the model gives outputs of shape {outputs.shape[1:]}, "
+                         f"kedge.json lists {len(bundle.classes)} classes; refused")
+
+
 def _kedge_version() -> str:
     import kedge
 
@@ -113,6 +126,11 @@ class Predictor:
         else:
             self.choice = choose_form(bundle, backend, precision)
             self.backend = open_form(bundle, self.choice.form, threads=threads, cuda_graph=cuda_graph)
+            try:
+                check_outputs(self.backend, bundle)
+            except BaseException:
+                self.backend.close()
+                raise
         self.classes = bundle.classes
 
     @property
