@@ -217,7 +217,7 @@ def test_cli_keeps_the_good_rows_and_names_every_failure(campaign, tmp_path, syn
     paths.append(str(folder / "x.png"))
     try:
         result = subprocess.run([sys.executable, "-m", "kedge.cli", "infer", *paths, "--model", str(bundle),
-                                 "--precision", "fp32", "--json", "--quiet"], capture_output=True, timeout=120)
+                                 "--precision", "fp32", "--json", "--quiet"], capture_output=True, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("kedge infer hung on the fuzz inputs")
     out, err = result.stdout.decode(), result.stderr.decode("utf-8", "backslashreplace")
