@@ -299,7 +299,7 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--fp16", is_flag=True, help="Also write the FP16 ONNX (FP32 I/O) and, with --engine, an FP16 engine.")
 @click.option("--int8", is_flag=True, help="Also write INT8 Q/DQ ONNX forms from --calib images (and an INT8 engine "
-              "with --engine).")
+              "with --engine; a bundle that already holds its Q/DQ ONNX needs no --calib for that).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration images: class folders (sampled per class) or any folder of images.")
 @click.option("--calib-size", default="300", show_default=True,
@@ -339,7 +339,8 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
                                   (TensorRT's symmetric form and a faster uint8
                                   form for CPUs) and a TensorRT 10 calibration cache.
     On the device (TensorRT):     --engine builds engines from those ONNX files.
-    Anything this machine cannot do is skipped and said so.
+    Anything this machine cannot do is skipped and said so; without TensorFlow,
+    --fp16 and --int8 need the [export] extra (onnx, onnxconverter-common).
 
     \b
     Examples:
