@@ -45,7 +45,7 @@ def main() -> None:
     \b
     Right away, with the two models shipped in kedge:
       kedge infer knee.png scans/                    # osteoporosis probability + 3-class result
-      kedge explain knee.png                         # what drove each answer (PNG maps)
+      kedge explain knee.png                         # what drove each answer (PNG maps; [explain] extra)
       kedge card                                     # the models' cards: data, metrics, limits
     \b
     Your own model:
@@ -62,17 +62,16 @@ def main() -> None:
 def models(as_json: bool) -> None:
     """List the architectures with classes, input shape and parameter counts.
 
-    Builds each full-size model with random weights to count its parameters
-    (needs the [train] extra; takes a few seconds).
+    The counts are those of the full-size models (checked against the built models
+    in the test suite), so this needs no TensorFlow.
     """
     from kedge.runtime.preprocess import INPUT_SHAPE
-    from kedge.train.models import ARCHITECTURES, build_model, parameter_counts
+    from kedge.train.models import ARCHITECTURES
 
     rows = []
     for arch in ARCHITECTURES.values():
-        counts = parameter_counts(build_model(arch.name))
         rows.append({"name": arch.name, "classes": list(arch.classes), "input_shape": list(INPUT_SHAPE),
-                     "parameters": counts, "default_epochs": arch.epochs, "options": arch.options,
+                     "parameters": arch.parameters, "default_epochs": arch.epochs, "options": arch.options,
                      "paper": arch.paper})
     if as_json:
         _emit_json(rows)
@@ -765,10 +764,11 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
     """
     import numpy as np
 
-    from kedge.runtime.explain import Explanation, occlusion, render
+    from kedge.runtime.explain import Explanation, occlusion, render, require_matplotlib
     from kedge.runtime.forms import choose_form, open_form
     from kedge.runtime.preprocess import preprocess as run_preprocess
 
+    require_matplotlib()
     x = run_preprocess(image)
     bundles = _load_models(model)
     written = []

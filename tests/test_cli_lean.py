@@ -189,3 +189,21 @@ def test_readme_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic
     assert result.returncode == 0
     assert "skipped  engines: TensorRT is not installed; build them on the device that will run them" \
         in result.stdout.splitlines()
+
+
+def test_models_lists_counts_without_tensorflow() -> None:
+    import json
+
+    result = python(BLOCK_TF + "from kedge.cli import main; main(['models', '--json'])")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["knee-cnn"]["parameters"]["total"] == 15_610_499  # tests/test_models.py checks the built models
+    assert rows["resnet50-gru"]["parameters"]["total"] == 24_424_322
+
+
+def test_explain_checks_matplotlib_before_anything_else(tmp_path) -> None:
+    result = python("import sys; sys.modules['matplotlib'] = None; from kedge.cli import main; "
+                    f"main(['explain', {str(tmp_path / 'missing.png')!r}])")
+    assert result.returncode == 1  # the image does not exist either: matplotlib is reported first
+    assert result.stderr.splitlines() == ["kedge: error: kedge explain needs matplotlib to draw: "
+                                          "pip install 'kedge[explain]'"]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kedge.runtime.errors import KedgeError
+from kedge.train.models import ARCHITECTURES
 
 pytestmark = pytest.mark.tensorflow
 
@@ -14,6 +15,7 @@ def test_knee_cnn_matches_published_count(tf_keras) -> None:
 
     model = build_model("knee-cnn")
     assert parameter_counts(model) == {"total": 15_610_499, "trainable": 15_604_099, "non_trainable": 6_400}
+    assert ARCHITECTURES["knee-cnn"].parameters == parameter_counts(model)  # what `kedge models` prints
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 3)
     assert model.get_layer("conv1").output_shape == (None, 73, 73, 128)
     assert model.get_layer("pool4").output_shape == (None, 3, 3, 512)
@@ -26,6 +28,7 @@ def test_resnet50_gru_counts(tf_keras) -> None:
     # GRU(128) on 2048 features, reset_after: 3*(2048*128 + 128*128 + 2*128) = 836,352; Dense: 258.
     model = build_model("resnet50-gru")
     assert parameter_counts(model) == {"total": 24_424_322, "trainable": 24_371_202, "non_trainable": 53_120}
+    assert ARCHITECTURES["resnet50-gru"].parameters == parameter_counts(model)  # what `kedge models` prints
     frozen = build_model("resnet50-gru", freeze_backbone=True, gru_units=64)
     head = 3 * (2048 * 64 + 64 * 64 + 2 * 64) + 64 * 2 + 2
     assert parameter_counts(frozen)["trainable"] == head
