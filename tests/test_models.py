@@ -85,3 +85,18 @@ def test_backbone_batchnorm_momentum_is_set(tf_keras) -> None:
 
     assert momenta(build_model("resnet50-gru", width=0.125, gru_units=8, bn_momentum=0.8)) == {0.8}
     assert momenta(build_model("resnet50-gru", width=0.125, gru_units=8)) == {0.9}  # not Keras' 0.99
+
+
+def test_tensorflow_start_up_is_silent(tf_keras) -> None:
+    """absl's pre-init lines, oneDNN notes and `E0000 ... cuInit` are dropped for kedge commands."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code = ("from kedge.train.tfkeras import keras, training_device; k = keras(); training_device(); "
+            "import numpy as np; k.Sequential([k.layers.Dense(2, input_shape=(3,))]).predict(np.zeros((1, 3)), "
+            "verbose=0); print('ran')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ran"
+    assert result.stderr == ""

@@ -44,8 +44,10 @@ def keras() -> ModuleType:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         with quiet_start():
-            import tensorflow  # noqa: F401
+            import tensorflow
             import tf_keras
+
+            tensorflow.config.list_physical_devices("GPU")  # CUDA's probe (cuInit) prints here, once
     except ImportError as err:
         missing = f"{err.name} is missing"
         raise KedgeError(f"this command needs TensorFlow and tf_keras ({missing}): {INSTALL_HINT}") from None
@@ -62,8 +64,7 @@ def tensorflow() -> ModuleType:
 def training_device() -> str:
     """A human name for what TensorFlow will train on, e.g. 'GPU: NVIDIA RTX 4090' or 'CPU'."""
     tf = tensorflow()
-    with quiet_start():
-        gpus = tf.config.list_physical_devices("GPU")
+    gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         more = f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else ""
