@@ -20,10 +20,9 @@ def summary(bundle_dir: Path, predictions: Path) -> str:
     parity = manifest.get("parity") or {}
     with open(predictions, newline="", encoding="utf-8") as handle:
         labels = collections.Counter(row["label"] for row in csv.DictReader(handle))
-    forms = [f for f in manifest.get("artifacts", {}) if f.startswith("onnx")]
+    forms = [file for key, file in manifest.get("artifacts", {}).items() if key.startswith("onnx")]
     lines = ["", "quickstart: done",
-             f"  bundle      {bundle_dir}  ({bundle.name}, classes {', '.join(bundle.classes)}; forms "
-             f"{', '.join(forms)})"]
+             f"  bundle      {bundle_dir}  ({bundle.name}: {', '.join(forms)})"]
     if test:
         lines.append(f"  test split  accuracy {test['accuracy']:.3f} on n={test['n']} synthetic images")
     if parity:
