@@ -3,6 +3,7 @@ each was made from (tensor within 1e-3, same prediction)."""
 from __future__ import annotations
 
 import io
+import os
 import json
 import subprocess
 import sys
@@ -122,3 +123,13 @@ def test_dicom_and_png_give_the_same_prediction_and_no_identifier_leaks(tmp_path
                        atol=1e-3)
     for text in (result.stdout, result.stderr, audit.read_text()):
         assert not any(p in text for p in PATIENT)
+
+
+def test_folder_scans_find_extensionless_dicoms_by_their_marker(tmp_path) -> None:
+    from kedge.runtime.folders import expand_inputs
+
+    (tmp_path / "IM0001").write_bytes(dicom(knee(12), 12))
+    (tmp_path / "README").write_bytes(b"not an image, no marker" * 10)
+    (tmp_path / "knee.png").write_bytes(png(knee(8)))
+    os.mkfifo(tmp_path / "IM0002")  # never opened by a scan
+    assert [p.name for p in expand_inputs([tmp_path])] == ["IM0001", "knee.png"]
