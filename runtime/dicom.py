@@ -31,6 +31,7 @@ import os
 import threading
 import warnings
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,9 @@ def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
         if total > MAX_BYTES:
             raise ImageError(name, f"DICOM deflated data inflates past kedge's limit ({MAX_BYTES >> 20} MiB)")
         if not out and not tail:
-            return
+            break
+    if not inflater.eof:
+        raise ImageError(name, "DICOM deflated data is cut short")
 
 
 def _display(ds: Any, name: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
@@ -137,7 +140,7 @@ def _number(ds: Any, keyword: str, default: float, name: str | os.PathLike[str])
     if keyword not in ds or ds[keyword].value in (None, ""):
         return default
     value = ds[keyword].value
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # pydicom's MultiValue
         value = value[0] if len(value) else default
     try:
         number = float(value)

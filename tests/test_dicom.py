@@ -3,8 +3,8 @@ each was made from (tensor within 1e-3, same prediction)."""
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import subprocess
 import sys
 
