@@ -73,18 +73,15 @@ elif hasattr(cv2, "setLogLevel"):
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """Read a whole regular file, turning OS errors into a one-line ImageError.
 
-    The file is checked with stat before it is opened: a FIFO, device or socket named
-    like an image is refused (opening a FIFO would block forever), and so is a file
-    over MAX_FILE_BYTES."""
+    A FIFO, device or socket named like an image is refused from stat, before it is
+    opened (opening a FIFO would block forever); the file is then opened non-blocking
+    and checked again, so one swapped in meanwhile is refused too. So is a file over
+    MAX_FILE_BYTES."""
     try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageError(path, "is a folder, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageError(path, "not a regular file (a FIFO, device or socket), refused")
-        if info.st_size > MAX_FILE_BYTES:
-            raise ImageError(path, f"file is over kedge's limit of {MAX_FILE_BYTES >> 20} MiB")
-        with open(path, "rb") as handle:
+        _check_regular(os.stat(path), path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            _check_regular(os.fstat(handle.fileno()), path)
             return handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
@@ -92,6 +89,15 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         raise ImageError(path, "permission denied") from None
     except OSError as err:
         raise ImageError(path, f"cannot be read ({err.strerror or type(err).__name__})") from None
+
+
+def _check_regular(info: os.stat_result, path: str | os.PathLike[str]) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(path, "is a folder, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(path, "not a regular file (a FIFO, device or socket), refused")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageError(path, f"file is over kedge's limit of {MAX_FILE_BYTES >> 20} MiB")
 
 
 def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
