@@ -21,14 +21,16 @@ def parity_for_bundle(
     log: Callable[[str], None] | None = None,
     backends: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run parity, choosing the reference: `keras` or `onnx-fp32` (default: keras if TensorFlow is here)."""
+    """Run parity, choosing the reference: `keras` or `onnx-fp32` (default: keras if TensorFlow is
+    here and the bundle has its Keras model, else the FP32 ONNX)."""
     from kedge.export.pipeline import tensorflow_available
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.parity import Candidate, bundle_parity
 
     if reference not in (None, "keras", "onnx-fp32"):
         raise KedgeError(f"--reference {reference}: choose keras or onnx-fp32")
-    chosen = reference or ("keras" if tensorflow_available() else "onnx-fp32")
+    has_keras = "keras" in load_bundle(bundle_dir).manifest.get("artifacts", {})
+    chosen = reference or ("keras" if tensorflow_available() and has_keras else "onnx-fp32")
     if chosen == "keras" and not tensorflow_available():
         raise KedgeError("--reference keras needs TensorFlow (the [train] extra); use --reference onnx-fp32")
     opener = None

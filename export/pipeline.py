@@ -81,16 +81,44 @@ def tensorflow_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("tf_keras", "tf2onnx"))
 
 
+# What each step imports beyond the lean runtime, and the extra that brings it.
+STEP_NEEDS = {"--fp16": (("onnx", "onnxconverter_common", "onnxruntime"), "export"),
+              "--int8": (("onnx", "onnxruntime"), "export")}
+
+
+def require(step: str) -> None:
+    """One line saying which extra a step needs, before any work, instead of an ImportError later."""
+    modules, extra = STEP_NEEDS[step]
+    missing = [m for m in modules if not _importable(m)]
+    if missing:
+        names = ", ".join(m.replace("_", "-") for m in missing)
+        raise KedgeError(f"{step} needs {names}: pip install 'kedge[{extra}]'")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
     bundle = load_bundle(s.bundle)
     report = ExportReport(str(bundle.path))
-    if s.int8 and s.calib is None:
-        raise KedgeError("--int8 needs --calib DIR: a folder of calibration images (class folders, or flat)")
-    images = _select_calibration(bundle, s, log) if s.int8 else None
+    calibrate = s.int8 and not (s.calib is None and s.engine and _has_int8_source(bundle, s.int8_source))
+    if calibrate and s.calib is None:
+        raise KedgeError("--int8 needs --calib DIR: a folder of calibration images (class folders, or flat); "
+                         "with --engine, a bundle that already has its INT8 Q/DQ ONNX needs none")
+    for step, on in (("--fp16", s.fp16), ("--int8", calibrate)):
+        if on:
+            require(step)
+    images = _select_calibration(bundle, s, log) if calibrate else None
+    if s.int8 and not calibrate:
+        report.skipped.append("onnx-int8: no --calib; the engine is built from the bundle's INT8 Q/DQ ONNX")
     _export_fp32(bundle, s, report, log, images)
     if s.fp16:
         _export_fp16(bundle, report, log, images)
-    if s.int8 and images is not None:
+    if calibrate and images is not None:
         _export_int8(bundle, s, report, log, images)
     if s.engine:
         _build_engines(bundle, s, report, log)
@@ -105,6 +133,14 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
 
         report.parity = parity_for_bundle(bundle.path, data, s.split, s.reference, progress=s.progress, log=log)
     return report
+
+
+def _has_int8_source(bundle: Bundle, int8_source: str) -> bool:
+    """Whether an INT8 engine can be built from what the bundle already holds."""
+    artifacts = bundle.manifest.get("artifacts", {})
+    if int8_source == "calibration-cache":
+        return "trt_calibration_cache" in artifacts and "onnx_fp32" in artifacts
+    return "onnx_int8_qdq" in artifacts
 
 
 def _select_calibration(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
@@ -154,12 +190,16 @@ def _save(bundle: Bundle, artifacts: dict[str, str | None], exports: dict[str, A
 def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log, images: Any) -> None:
     exports = bundle.manifest.get("exports", {})
     artifacts = bundle.manifest.get("artifacts", {})
-    if not tensorflow_available():
-        if "onnx_fp32" not in artifacts:
-            raise KedgeError(f"{bundle.path}: no ONNX form yet, and converting from Keras needs TensorFlow "
-                             "(install kedge[train] on the desktop, export there, then copy the bundle)")
-        bundle.file("onnx_fp32")
-        report.skipped.append("keras->onnx: TensorFlow not installed here; using the bundle's FP32 ONNX")
+    if not tensorflow_available() or "keras" not in artifacts:
+        why = "TensorFlow not installed here" if not tensorflow_available() else "the bundle has no Keras model"
+        if "onnx_fp32" in artifacts:
+            bundle.file("onnx_fp32")
+            report.skipped.append(f"keras->onnx: {why}; using the bundle's FP32 ONNX")
+        elif s.fp16 or images is not None:
+            raise KedgeError(f"{bundle.path}: no FP32 ONNX, and converting from Keras needs TensorFlow and the "
+                             "Keras model (install kedge[train] on the desktop, export there, then copy the bundle)")
+        else:
+            report.skipped.append(f"keras->onnx: {why}; no FP32 ONNX needed for this export")
         return
     keras_path = bundle.file("keras")
     keras_sha = sha256_file(keras_path)

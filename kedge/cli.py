@@ -22,7 +22,7 @@ from kedge.options import load_models as _load_models
 from kedge.options import log as _log
 from kedge.options import positive_int as _positive_int
 from kedge.options import source_spec as _source_spec
-from kedge.runtime.errors import KedgeError
+from kedge.runtime.errors import KedgeError, safe_name
 
 
 class _Group(click.Group):
@@ -30,7 +30,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except KedgeError as err:
-            click.echo(f"kedge: error: {' '.join(str(err).split())}", err=True)
+            click.echo(f"kedge: error: {' '.join(safe_name(str(err)).split())}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("kedge: interrupted", err=True)
@@ -45,7 +45,7 @@ def main() -> None:
     \b
     Right away, with the two models shipped in kedge:
       kedge infer knee.png scans/                    # osteoporosis probability + 3-class result
-      kedge explain knee.png                         # what drove each answer (PNG maps)
+      kedge explain knee.png                         # what drove each answer (PNG maps; [explain] extra)
       kedge card                                     # the models' cards: data, metrics, limits
     \b
     Your own model:
@@ -62,17 +62,16 @@ def main() -> None:
 def models(as_json: bool) -> None:
     """List the architectures with classes, input shape and parameter counts.
 
-    Builds each full-size model with random weights to count its parameters
-    (needs the [train] extra; takes a few seconds).
+    The counts are those of the full-size models (checked against the built models
+    in the test suite), so this needs no TensorFlow.
     """
     from kedge.runtime.preprocess import INPUT_SHAPE
-    from kedge.train.models import ARCHITECTURES, build_model, parameter_counts
+    from kedge.train.models import ARCHITECTURES
 
     rows = []
     for arch in ARCHITECTURES.values():
-        counts = parameter_counts(build_model(arch.name))
         rows.append({"name": arch.name, "classes": list(arch.classes), "input_shape": list(INPUT_SHAPE),
-                     "parameters": counts, "default_epochs": arch.epochs, "options": arch.options,
+                     "parameters": arch.parameters, "default_epochs": arch.epochs, "options": arch.options,
                      "paper": arch.paper})
     if as_json:
         _emit_json(rows)
@@ -348,7 +347,7 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--fp16", is_flag=True, help="Also write the FP16 ONNX (FP32 I/O) and, with --engine, an FP16 engine.")
 @click.option("--int8", is_flag=True, help="Also write INT8 Q/DQ ONNX forms from --calib images (and an INT8 engine "
-              "with --engine).")
+              "with --engine; a bundle that already holds its Q/DQ ONNX needs no --calib for that).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration images: class folders (sampled per class) or any folder of images.")
 @click.option("--calib-size", default="300", show_default=True,
@@ -388,7 +387,8 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
                                   (TensorRT's symmetric form and a faster uint8
                                   form for CPUs) and a TensorRT 10 calibration cache.
     On the device (TensorRT):     --engine builds engines from those ONNX files.
-    Anything this machine cannot do is skipped and said so.
+    Anything this machine cannot do is skipped and said so; without TensorFlow,
+    --fp16 and --int8 need the [export] extra (onnx, onnxconverter-common).
 
     \b
     Examples:

@@ -40,9 +40,10 @@ from kedge.runtime.errors import KedgeError
 @click.option("--workers", type=click.IntRange(0, 64),
               help="Threads decoding the next files while a batch runs (default: up to 4; 0: decode inline).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay a captured CUDA graph for each batch size.")
-@json_option("Print a JSON list: path, model, label, probabilities, backend, form.")
+@json_option("Print a JSON list: path, label, probabilities, backend, form, model (one object per image and "
+             "model).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, model, label, one p_<class> column per class, "
-              "backend, form.")
+              "backend, form (one row per image and model).")
 @click.option("--full-decode", is_flag=True, help="Decode large JPEGs in full instead of from their DCT at 1/2-1/8 "
               "scale: slower, bit-for-bit preprocessing v1 (a borderline image can flip between the two).")
 @click.option("--triton", "triton_url", metavar="URL",
@@ -57,9 +58,10 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
           full_decode: bool, triton_url: str | None, audit: Path | None, quiet: bool) -> None:
     """Classify knee radiographs: the predicted class and every class's probability.
 
-    INPUTS are files, folders (searched recursively) and glob patterns. A file that
-    cannot be used gets one line on stderr naming it and the problem; the others are
-    still classified, and the exit status is 1 at the end. Each model runs on the
+    INPUTS are files, folders (searched recursively; extensionless DICOMs found by
+    content) and glob patterns. A file that cannot be used gets one line on stderr
+    naming it and the problem; the others are still classified (--json/--csv keep
+    their rows), and the exit status is 1 at the end. Each model runs on the
     fastest (backend, form) pair that passed parity for it; the pair and the reason
     are printed on stderr (and the backend and form are in every JSON/CSV row).
 
@@ -235,8 +237,9 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
       kedge explain knee.png --model runs/cnn --out knee-cnn.png --patch 24 --stride 8
     """
     from kedge.runtime.choice import choose
-    from kedge.runtime.explain import Explanation, explain_image, occlusion
+    from kedge.runtime.explain import Explanation, explain_image, occlusion, require_matplotlib
 
+    require_matplotlib()
     if method == "gradcam":
         backend = "keras"
 

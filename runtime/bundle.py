@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
+from kedge.runtime.schema import SCHEMA_VERSION, check_inside, parse_manifest, validate
 
 MANIFEST_NAME = "kedge.json"
-SCHEMA_VERSION = 1
 INTENDED_USE = "Research use only, not a diagnostic device."
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -117,11 +118,13 @@ class Bundle:
                              f"(size budget; sha256 {str(left_out['sha256'])[:12]}); use the full exported bundle")
         if relative is None:
             raise KedgeError(f"{self.path}: the bundle has no {key} (kedge.json artifacts)")
-        path = self.path / relative
+        path = check_inside(self.path, relative, self.path / MANIFEST_NAME)
         if not path.is_file():
             raise KedgeError(f"{path}: missing from the bundle")
         expected = self.manifest.get("files", {}).get(relative)
-        if expected and sha256_file(path) != expected:
+        if not expected:  # load_bundle refuses this too; kept here for manifests edited in memory
+            raise KedgeError(f"{path}: no sha256 in kedge.json; refused")
+        if sha256_file(path) != expected:
             raise KedgeError(f"{path}: sha256 differs from kedge.json (file changed or corrupted)")
         return path
 
@@ -134,12 +137,11 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if not manifest_path.is_file():
         raise KedgeError(f"{folder}: not a kedge bundle (no {MANIFEST_NAME})")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise KedgeError(f"{manifest_path}: not valid JSON ({err})") from None
-    schema = manifest.get("schema") if isinstance(manifest, dict) else None
-    if schema != SCHEMA_VERSION:
-        raise KedgeError(f"{manifest_path}: unsupported manifest schema {schema!r} (expected {SCHEMA_VERSION})")
+        text = manifest_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KedgeError(f"{manifest_path}: not valid JSON (not UTF-8 text)") from None
+    manifest = parse_manifest(text, manifest_path)
+    validate(manifest, folder, manifest_path)
     return Bundle(folder, manifest)
 
 
@@ -153,5 +155,8 @@ def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> 
     }
     manifest = {"schema": SCHEMA_VERSION, **manifest, "files": files}
     manifest.setdefault("intended_use", INTENDED_USE)
+    manifest.setdefault("input", {"name": "image", "shape": [None, *INPUT_SHAPE], "layout": "NHWC",
+                                  "dtype": "float32", "range": [0.0, 1.0]})
+    manifest.setdefault("preprocessing", {"version": PREPROCESS_VERSION, "interpolation": INTERPOLATION})
     atomic_write_json(folder / MANIFEST_NAME, manifest)
     return manifest

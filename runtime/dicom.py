@@ -13,18 +13,43 @@ resize/scale step.
 Only single-frame greyscale images are read. Nothing from the header except the
 pixel-describing attributes is used, and no error message ever quotes a header
 value: patient identifiers never reach a log or a terminal.
+
+The decoder is a wall: everything pydicom, numpy or zlib may raise becomes one line
+naming the file and the kind of problem (never the exception's text, which can quote
+header bytes); pydicom's warnings are swallowed and its logger silenced. Sizes
+(rows x columns x frames x bytes) are checked against the image limits before the
+pixel data is decoded, and a deflated body is inflated in bounded steps first, so a
+small file cannot claim gigabytes. Non-finite or nonsensical rescale and window
+values are refused instead of producing NaN pixels.
 """
 from __future__ import annotations
 
 import io
+import logging
+import math
 import os
+import threading
+import warnings
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from kedge.runtime.errors import ImageError
+from kedge.runtime.preprocess import MAX_PIXELS, size_problem
 
 FULL_SCALE = 65535
+DEFLATED = b"1.2.840.10008.1.2.1.99"
+MAX_BYTES = 2 * MAX_PIXELS + (16 << 20)  # 16-bit pixels at the pixel limit, plus room for the header
+_INFLATE_STEP = 1 << 20
+_LOCK = threading.Lock()  # warnings filters are process-wide: one DICOM decode at a time
+
+# pydicom logs parse problems, sometimes with raw header bytes: never let them through.
+_pydicom_log = logging.getLogger("pydicom")
+_pydicom_log.addHandler(logging.NullHandler())
+_pydicom_log.propagate = False
+_pydicom_log.setLevel(logging.CRITICAL + 1)
 
 # Transfer syntaxes pydicom decodes only with a plugin, and the plugin to install.
 PLUGINS = {
@@ -42,45 +67,147 @@ PLUGINS = {
 
 
 def decode_dicom(data: bytes, name: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """A DICOM file's bytes to (grey uint16 image, full-scale value)."""
+    """A DICOM file's bytes to (grey uint16 image, full-scale value), or one ImageError."""
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:
         raise ImageError(name, "DICOM needs pydicom: pip install 'kedge[dicom]'") from None
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, OSError) as err:
-        raise ImageError(name, f"DICOM cannot be read ({type(err).__name__})") from None
+    with _LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            _check_deflated_size(data, name)
+            ds = pydicom.dcmread(io.BytesIO(data))
+            return _display(ds, name)
+        except ImageError:
+            raise
+        except MemoryError:
+            raise ImageError(name, "DICOM needs more memory than is free") from None
+        except Exception as err:  # pydicom, numpy and zlib raise many types; their text may quote header bytes
+            raise ImageError(name, f"DICOM cannot be read ({type(err).__name__})") from None
+
+
+def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
+    """Inflate a Deflated Explicit VR body in 1 MiB steps, discarding the output, and
+    refuse it once it passes MAX_BYTES (pydicom would inflate it all at once)."""
+    meta = data[132:132 + 12]
+    if len(meta) < 12 or meta[:4] != b"\x02\x00\x00\x00":
+        return  # no group length: pydicom decides (and the wall catches what it raises)
+    body = 132 + 12 + int.from_bytes(meta[8:12], "little")
+    if DEFLATED not in data[132:body]:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    tail, total = data[body:], 0
+    while True:
+        try:
+            out = inflater.decompress(tail, _INFLATE_STEP)
+        except zlib.error:
+            raise ImageError(name, "DICOM deflated data is corrupt") from None
+        total += len(out)
+        tail = inflater.unconsumed_tail
+        if total > MAX_BYTES:
+            raise ImageError(name, f"DICOM deflated data inflates past kedge's limit ({MAX_BYTES >> 20} MiB)")
+        if not out and not tail:
+            break
+    if not inflater.eof:
+        raise ImageError(name, "DICOM deflated data is cut short")
+
+
+def _display(ds: Any, name: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """The PS3.3 display pipeline (module docstring) on a parsed dataset."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     _check_supported(ds, name)
-    pixels = _stored_pixels(ds, name)
+    bits = _integer(ds, "BitsStored", 16, name, 1, 32)
+    pixels = _stored_pixels(ds, name, bits)
+    _check_luts(ds, name)
     values = apply_modality_lut(pixels, ds).astype(np.float64)
-    low, high = _display_range(ds)
+    low, high = _display_range(ds, name, bits)
     if _has_voi(ds):
         values = apply_voi_lut(values, ds, index=0).astype(np.float64)
-        low, high = _voi_output_range(ds)
+        low, high = _voi_output_range(ds, name, bits)
+    if not np.isfinite(values).all() or not (math.isfinite(low) and math.isfinite(high)):
+        raise ImageError(name, "DICOM pixel values are not finite after rescaling and windowing")
     unit = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         unit = 1.0 - unit
-    if int(getattr(ds, "BitsStored", 16)) <= 8:  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
+    if bits <= 8:  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
         return np.round(unit * 255).astype(np.uint8), 255
     return np.round(unit * FULL_SCALE).astype(np.uint16), FULL_SCALE
 
 
+def _number(ds: Any, keyword: str, default: float, name: str | os.PathLike[str]) -> float:
+    """A numeric attribute's first value as a finite float; the keyword, never the value, in errors."""
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        return default
+    value = ds[keyword].value
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # pydicom's MultiValue
+        value = value[0] if len(value) else default
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ImageError(name, f"DICOM {keyword} is not a number") from None
+    if not math.isfinite(number):
+        raise ImageError(name, f"DICOM {keyword} is not finite")
+    return number
+
+
+def _integer(ds: Any, keyword: str, default: int, name: str | os.PathLike[str], low: int, high: int) -> int:
+    number = _number(ds, keyword, default, name)
+    if number != int(number) or not low <= number <= high:
+        raise ImageError(name, f"DICOM {keyword} is out of range ({low}..{high})")
+    return int(number)
+
+
 def _check_supported(ds: Any, name: str | os.PathLike[str]) -> None:
+    """Refuse what kedge does not read, and anything too big, before any pixel is decoded."""
     if "PixelData" not in ds:
         raise ImageError(name, "DICOM has no pixel data (not an image object)")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageError(name, f"multi-frame DICOM ({frames} frames) is not supported; export one frame")
-    photometric = str(getattr(ds, "PhotometricInterpretation", ""))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(getattr(ds, "SamplesPerPixel", 1)) != 1:
-        raise ImageError(name, f"colour DICOM ({photometric or 'unknown photometric interpretation'}) is not "
-                               "supported; radiographs are greyscale")
+    if _integer(ds, "NumberOfFrames", 1, name, 0, 1 << 31) > 1:
+        raise ImageError(name, "multi-frame DICOM is not supported; export one frame")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or _integer(ds, "SamplesPerPixel", 1, name, 1, 4) != 1:
+        raise ImageError(name, "colour DICOM is not supported; radiographs are greyscale")
+    rows = _integer(ds, "Rows", 0, name, 0, 1 << 16)
+    columns = _integer(ds, "Columns", 0, name, 0, 1 << 16)
+    allocated = _integer(ds, "BitsAllocated", 16, name, 1, 64)
+    problem = size_problem(columns, rows)
+    if problem or rows * columns * ((allocated + 7) // 8) > MAX_BYTES:
+        raise ImageError(name, f"DICOM image size is {problem or 'over kedge limit'}")
+    if _integer(ds, "BitsStored", allocated, name, 1, allocated) > 32:
+        raise ImageError(name, "DICOM BitsStored is out of range (1..32)")
 
 
-def _stored_pixels(ds: Any, name: str | os.PathLike[str]) -> np.ndarray:
+def _check_luts(ds: Any, name: str | os.PathLike[str]) -> None:
+    """Rescale and window values pydicom would apply: finite, and a window at least 1 wide
+    (PS3.3 C.11.2.1.2); LUT sequences non-empty with a usable descriptor."""
+    if _number(ds, "RescaleSlope", 1.0, name) == 0:
+        raise ImageError(name, "DICOM RescaleSlope is 0")
+    _number(ds, "RescaleIntercept", 0.0, name)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        _number(ds, "WindowCenter", 0.0, name)
+        if _number(ds, "WindowWidth", 1.0, name) < 1:
+            raise ImageError(name, "DICOM WindowWidth is below 1")
+    for keyword in ("ModalityLUTSequence", "VOILUTSequence"):
+        if keyword in ds:
+            _lut_bits(ds, keyword, name)
+
+
+def _lut_bits(ds: Any, keyword: str, name: str | os.PathLike[str]) -> int:
+    """Bits per entry of a LUT sequence's first item, checked (1..16) along with its data."""
+    sequence = ds[keyword].value
+    if not sequence:
+        raise ImageError(name, f"DICOM {keyword} is empty")
+    item = sequence[0]
+    descriptor = item.get("LUTDescriptor")
+    if descriptor is None or len(descriptor) != 3 or "LUTData" not in item:
+        raise ImageError(name, f"DICOM {keyword} has no usable LUT descriptor or data")
+    bits = int(descriptor[2])
+    if not 1 <= bits <= 16:
+        raise ImageError(name, f"DICOM {keyword} entry size is out of range (1..16 bits)")
+    return bits
+
+
+def _stored_pixels(ds: Any, name: str | os.PathLike[str], bits: int) -> np.ndarray:
     try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as err:  # no plugin for the syntax, or corrupt data: pydicom's error types vary by version
@@ -89,9 +216,8 @@ def _stored_pixels(ds: Any, name: str | os.PathLike[str]) -> np.ndarray:
             raise ImageError(name, f"compressed DICOM needs a decoder plugin: pip install {PLUGINS[syntax]}") from None
         raise ImageError(name, f"DICOM pixel data cannot be decoded ({type(err).__name__})") from None
     if pixels.ndim != 2:
-        raise ImageError(name, f"DICOM pixel data has shape {pixels.shape}, expected one 2-D frame")
-    bits = int(getattr(ds, "BitsStored", pixels.dtype.itemsize * 8))
-    if int(getattr(ds, "PixelRepresentation", 0)) == 1:  # signed: sign-extend from BitsStored
+        raise ImageError(name, "DICOM pixel data is not one 2-D frame")
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:  # signed: sign-extend from BitsStored
         shift = 64 - bits
         return (pixels.astype(np.int64) << shift) >> shift
     return pixels.astype(np.int64) & ((1 << bits) - 1)
@@ -101,23 +227,22 @@ def _has_voi(ds: Any) -> bool:
     return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
 
 
-def _display_range(ds: Any) -> tuple[float, float]:
+def _display_range(ds: Any, name: str | os.PathLike[str], bits: int) -> tuple[float, float]:
     """The range the modality LUT's output spans: the stored range through the rescale
     (or a Modality LUT Sequence's output bits). Windowing in pydicom writes into the
     same range, so it also scales windowed values."""
-    if ds.get("ModalityLUTSequence"):
-        return 0.0, float((1 << int(ds.ModalityLUTSequence[0].LUTDescriptor[2])) - 1)
-    bits = int(getattr(ds, "BitsStored", 16))
-    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    if "ModalityLUTSequence" in ds:
+        return 0.0, float((1 << _lut_bits(ds, "ModalityLUTSequence", name)) - 1)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = _number(ds, "RescaleSlope", 1.0, name)
+    intercept = _number(ds, "RescaleIntercept", 0.0, name)
     ends = sorted((low * slope + intercept, high * slope + intercept))
     return ends[0], ends[1]
 
 
-def _voi_output_range(ds: Any) -> tuple[float, float]:
+def _voi_output_range(ds: Any, name: str | os.PathLike[str], bits: int) -> tuple[float, float]:
     """A VOI LUT Sequence writes 0..2**(bits per entry)-1; windowing, the display range."""
     if "VOILUTSequence" in ds:
-        return 0.0, float((1 << int(ds.VOILUTSequence[0].LUTDescriptor[2])) - 1)
-    return _display_range(ds)
+        return 0.0, float((1 << _lut_bits(ds, "VOILUTSequence", name)) - 1)
+    return _display_range(ds, name, bits)

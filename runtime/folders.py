@@ -46,7 +46,21 @@ def parse_classes(text: str) -> list[str]:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image by its extension, or an extensionless DICOM (IM0001) by its DICM marker at byte 128.
+    Only regular files count: a FIFO or device in a folder is never opened."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return not path.suffix and _has_dicom_marker(path)
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def class_trees(root: Path, classes: Sequence[str]) -> list[Path]:

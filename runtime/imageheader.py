@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 class Header(NamedTuple):
     format: str  # "png", "jpeg", "bmp", "tiff", "dicom"
-    width: int | None  # None where the header does not say (DICOM, BigTIFF)
+    width: int | None  # None where the header does not say (DICOM; a TIFF without the tags is refused)
     height: int | None
     significant_bits: int | None = None  # PNG sBIT, where present
 
@@ -88,16 +88,21 @@ def _bmp(data: bytes) -> Header:
 
 
 def _tiff(data: bytes) -> Header:
+    """Width and height from the first IFD, of a classic TIFF or a BigTIFF (64-bit offsets)."""
     endian = "<" if data[:2] == b"II" else ">"
-    if data[2:4] in (b"+\x00", b"\x00+"):
-        return Header("tiff", None, None)  # BigTIFF: let the decoder judge
-    (ifd,) = struct.unpack(endian + "I", data[4:8])
-    (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
+    if data[2:4] in (b"+\x00", b"\x00+"):  # BigTIFF: 8-byte offset and count, 20-byte entries
+        (ifd,) = struct.unpack(endian + "Q", data[8:16])
+        (count,) = struct.unpack(endian + "Q", data[ifd : ifd + 8])
+        first, entry_size, value_at, value_kinds = ifd + 8, 20, 12, {3: "H", 4: "I", 16: "Q"}
+    else:
+        (ifd,) = struct.unpack(endian + "I", data[4:8])
+        (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
+        first, entry_size, value_at, value_kinds = ifd + 2, 12, 8, {3: "H", 4: "I"}
     size: dict[int, int] = {}
-    for i in range(count):
-        entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+    for i in range(min(count, 4096)):
+        entry = data[first + entry_size * i : first + entry_size * (i + 1)]
         tag, kind = struct.unpack(endian + "HH", entry[:4])
-        if tag in (256, 257):
-            fmt = endian + ("H" if kind == 3 else "I")
-            size[tag] = struct.unpack(fmt, entry[8 : 8 + struct.calcsize(fmt)])[0]
+        if tag in (256, 257) and kind in value_kinds:
+            fmt = endian + value_kinds[kind]
+            size[tag] = struct.unpack(fmt, entry[value_at : value_at + struct.calcsize(fmt)])[0]
     return Header("tiff", size.get(256), size.get(257))

@@ -23,9 +23,9 @@ from kedge.runtime.backends import backend_class
 from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.choice import Choice, choose
-from kedge.runtime.errors import ImageError, KedgeError
+from kedge.runtime.errors import ImageError, KedgeError, safe_name
 from kedge.runtime.forms import Form, Pair
-from kedge.runtime.preprocess import preprocess, read_bytes
+from kedge.runtime.preprocess import INPUT_SHAPE, preprocess, read_bytes
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,26 @@ def _decode(path: Path, reduced: bool = True) -> Decoded:
         return preprocess(data, str(path), reduced), hashlib.sha256(data).hexdigest()
     except ImageError as err:
         return err.problem
+    except MemoryError:
+        return "needs more memory than is free"
+    except Exception as err:  # a decoder bug must cost one file, not the run; its text may quote file bytes
+        return f"cannot be decoded ({type(err).__name__})"
 
 
 TRITON_FORM = Form("triton", "served", "", None, "whatever form the Triton server runs")
+
+
+def check_outputs(backend: Backend | Session, bundle: Bundle) -> None:
+    """Run one blank image through a freshly opened form: a model whose output does not
+    match kedge.json's class list is refused at load, before any file is classified."""
+    try:
+        outputs = np.asarray(backend.infer(np.zeros((1, *INPUT_SHAPE), np.float32)))
+    except Exception as err:  # the engines raise their own types for a graph that does not fit
+        raise KedgeError(f"{bundle.path}: the model does not run on one {INPUT_SHAPE} image "
+                         f"({type(err).__name__})") from None
+    if outputs.shape != (1, len(bundle.classes)):
+        raise KedgeError(f"{bundle.path}: the model gives outputs of shape {outputs.shape[1:]}, "
+                         f"kedge.json lists {len(bundle.classes)} classes; refused")
 
 
 def _kedge_version() -> str:
@@ -115,6 +132,11 @@ class Predictor:
         else:
             self.choice = choose(bundle, backend, precision, allow_unverified, threads)
             self.runner = self.choice.pair.open(bundle, threads, cuda_graph=cuda_graph).activate()
+            try:
+                check_outputs(self.runner, bundle)
+            except BaseException:
+                self.runner.close()
+                raise
         self.classes = bundle.classes
 
     @property
@@ -146,10 +168,10 @@ class Predictor:
         results: list[Prediction | Failure] = []
         for path, item in pending:
             if isinstance(item, str):
-                results.append(Failure(str(path), item))
+                results.append(Failure(safe_name(path), item))
             else:
                 p = next(probabilities)
-                results.append(Prediction(str(path), self.classes[int(np.argmax(p))],
+                results.append(Prediction(safe_name(path), self.classes[int(np.argmax(p))],
                                           {c: float(v) for c, v in zip(self.classes, p, strict=True)},
                                           self.backend_name, self.choice.form.name, item[1]))
             if progress is not None:

@@ -12,6 +12,16 @@ thresholds below, which depend on the precision it runs at:
 | fp16, bf16 | at least 99.5 % | - | - |
 | int8 | at least 98 % | - | within 1 point |
 
+Near ties (the small-n rule). Each precision has a tolerance on the probabilities
+(`tolerance` below: 1e-4 fp32, 1e-3 fp16, 0.05 int8). If a form stays within it on
+every image (max |dp| <= tolerance), a class flip is only possible where the
+reference's own top-1 margin (p1 - p2) is at most 2 x tolerance, and there it says
+nothing about the form: the reference itself was undecided within the precision's
+error. Such flips are "near ties": reported, but not counted in the agreement or the
+accuracy comparison. Every other flip counts, and a form past its tolerance gets no
+excuse at all. Without this, one coin-flip image among 36 (2.8 points) fails a 98 %
+rule however good the form is.
+
 The reference is the Keras original where TensorFlow is installed, else the FP32
 ONNX (run by ONNX Runtime), so parity runs on a lean install too. Pairs are loaded
 one at a time (the Jetson has little memory); each reads the images through the one
@@ -34,10 +44,10 @@ from kedge.runtime.folders import LabelledImage
 from kedge.runtime.metrics import classification_report
 
 THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"min_agreement": 1.0, "max_abs_diff": 1e-4},
-    "fp16": {"min_agreement": 0.995},
-    "bf16": {"min_agreement": 0.995},
-    "int8": {"min_agreement": 0.98, "max_accuracy_drop": 0.01},
+    "fp32": {"min_agreement": 1.0, "max_abs_diff": 1e-4, "tolerance": 1e-4},
+    "fp16": {"min_agreement": 0.995, "tolerance": 1e-3},
+    "bf16": {"min_agreement": 0.995, "tolerance": 1e-2},
+    "int8": {"min_agreement": 0.98, "max_accuracy_drop": 0.01, "tolerance": 0.05},
 }
 
 
@@ -56,6 +66,7 @@ class ParityRow:
     reference: bool = False
     problems: list[str] | None = None
     runner: str = ""  # what ran, as the backend describes itself (e.g. 'openvino:cpu onnx-int8 int8')
+    near_ties: int = 0  # flips excused by the near-tie rule (module docstring); agreement counts them
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,29 +84,45 @@ def compare(form: str, backend: str, precision: str, predictions: Predictions, r
     y_true = np.array([i.label for i in predictions.items], dtype=np.int64)
     p, q = predictions.probabilities.astype(np.float64), reference.probabilities.astype(np.float64)
     report = classification_report(y_true, p.argmax(1), classes)
-    ref_accuracy = float((q.argmax(1) == y_true).mean())
     diff = np.abs(p - q)
+    flips = p.argmax(1) != q.argmax(1)
+    ties = flips & near_ties(q, float(diff.max()), THRESHOLDS[precision]["tolerance"])
     row = ParityRow(form=form, backend=backend, precision=precision, n=len(y_true),
                     accuracy=float(report["accuracy"]), macro_f1=float(report["macro_f1"]),
-                    agreement=float((p.argmax(1) == q.argmax(1)).mean()), max_abs_diff=float(diff.max()),
-                    mean_abs_diff=float(diff.mean()), passed=True, reference=is_reference)
-    row.problems = [] if is_reference else _problems(row, ref_accuracy)
+                    agreement=float((flips == 0).mean()), max_abs_diff=float(diff.max()),
+                    mean_abs_diff=float(diff.mean()), passed=True, reference=is_reference,
+                    near_ties=int(ties.sum()))
+    if not is_reference:
+        counted = np.where(ties, q.argmax(1), p.argmax(1))  # a near tie scores as the reference's answer
+        row.problems = _problems(row, float((counted == q.argmax(1)).mean()),
+                                 float((counted == y_true).mean()), float((q.argmax(1) == y_true).mean()))
     row.passed = not row.problems
     return row
 
 
-def _problems(row: ParityRow, ref_accuracy: float) -> list[str]:
+def near_ties(reference: np.ndarray, max_abs_diff: float, tolerance: float) -> np.ndarray:
+    """Images whose reference top-1 margin is within 2 x tolerance, when the form kept
+    every probability within tolerance (else none: a form past tolerance gets no excuse)."""
+    if not np.isfinite(max_abs_diff) or max_abs_diff > tolerance:
+        return np.zeros(len(reference), dtype=bool)
+    top = np.sort(reference, axis=1)
+    return (top[:, -1] - top[:, -2]) <= 2 * tolerance
+
+
+def _problems(row: ParityRow, agreement: float, accuracy: float, ref_accuracy: float) -> list[str]:
+    """What fails, with near ties scored as agreeing (`agreement`, `accuracy` are the counted values)."""
     limits = THRESHOLDS[row.precision]
     problems = []
+    ties = f" ({row.near_ties} near ties not counted)" if row.near_ties else ""
     if not np.isfinite(row.max_abs_diff):
         problems.append("non-finite probabilities")
-    if row.agreement < limits["min_agreement"] - 1e-12:
-        problems.append(f"agreement {row.agreement:.2%} < {limits['min_agreement']:.1%}")
+    if agreement < limits["min_agreement"] - 1e-12:
+        problems.append(f"agreement {agreement:.2%} < {limits['min_agreement']:.1%}{ties}")
     if "max_abs_diff" in limits and row.max_abs_diff > limits["max_abs_diff"]:
         problems.append(f"max |dp| {row.max_abs_diff:.2g} > {limits['max_abs_diff']:g}")
-    if "max_accuracy_drop" in limits and abs(row.accuracy - ref_accuracy) > limits["max_accuracy_drop"] + 1e-12:
-        problems.append(f"accuracy {row.accuracy:.3f} vs reference {ref_accuracy:.3f} differs by more than "
-                        f"{limits['max_accuracy_drop'] * 100:g} point")
+    if "max_accuracy_drop" in limits and abs(accuracy - ref_accuracy) > limits["max_accuracy_drop"] + 1e-12:
+        problems.append(f"accuracy {accuracy:.3f} vs reference {ref_accuracy:.3f} differs by more than "
+                        f"{limits['max_accuracy_drop'] * 100:g} point{ties}")
     return problems
 
 
@@ -146,12 +173,12 @@ def _runner(backend: Backend | Session) -> str:
 
 def format_table(rows: Sequence[ParityRow]) -> str:
     header = (f"{'backend':<13}{'form':<15}{'prec':<6}{'n':>5}{'accuracy':>10}"
-              f"{'macro-F1':>10}{'agree':>9}{'max|dp|':>10}{'mean|dp|':>10}  result")
+              f"{'macro-F1':>10}{'agree':>9}{'ties':>6}{'max|dp|':>10}{'mean|dp|':>10}  result")
     lines = [header, "-" * len(header)]
     for r in rows:
         result = "reference" if r.reference else ("PASSED" if r.passed else "FAILED: " + "; ".join(r.problems or []))
         lines.append(f"{r.backend:<13}{r.form:<15}{r.precision:<6}{r.n:>5}{r.accuracy:>10.4f}{r.macro_f1:>10.4f}"
-                     f"{r.agreement:>9.2%}{r.max_abs_diff:>10.2e}{r.mean_abs_diff:>10.2e}  {result}")
+                     f"{r.agreement:>9.2%}{r.near_ties:>6}{r.max_abs_diff:>10.2e}{r.mean_abs_diff:>10.2e}  {result}")
     return "\n".join(lines)
 
 

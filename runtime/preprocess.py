@@ -34,13 +34,14 @@ Any change to the steps above must bump PREPROCESS_VERSION (the golden test fail
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import stat
 
 import cv2
 import numpy as np
 
 from kedge.runtime.errors import ImageError
 from kedge.runtime.imageheader import read_header
+from kedge.runtime.nativeio import native_stderr, one_line
 
 PREPROCESS_VERSION = "2"
 INPUT_SIZE = 224
@@ -48,6 +49,7 @@ INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 INTERPOLATION = "INTER_AREA when shrinking, INTER_LINEAR when enlarging"
 MAX_SIDE = 30_000
 MAX_PIXELS = 200_000_000
+MAX_FILE_BYTES = 1 << 30  # no radiograph is near 1 GiB; a bigger "image" is refused before it is read
 DECODABLE = ("png", "jpeg", "bmp", "tiff")
 # JPEG decoding at reduced scale (libjpeg's DCT scaling, through OpenCV): a 2000 px
 # radiograph decodes at 1/2 size in under half the full decode's time. Both sides must
@@ -57,28 +59,45 @@ REDUCED_MIN_SIDE = 3 * INPUT_SIZE
 REDUCED_GREY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
-# OpenCV prints decoder warnings ("PNG input buffer is incomplete") on stderr; kedge
-# reports the problem itself, in one line, so keep OpenCV quiet.
+# OpenCV logs decoder problems ("[ERROR:...] imdecode_") on stderr; kedge reports the
+# problem itself, in one line, so keep OpenCV's own log silent. (libpng and libjpeg
+# print to fd 2 directly: `native_stderr` captures those per file.)
 # The call moved between OpenCV releases: cv2.utils.logging in 5.x, cv2.setLogLevel in 4.x.
 _cv_logging = getattr(cv2.utils, "logging", None)
 if _cv_logging is not None:
-    _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_ERROR)
+    _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_SILENT)
 elif hasattr(cv2, "setLogLevel"):
-    cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
+    cv2.setLogLevel(0)  # LOG_LEVEL_SILENT
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a whole file, turning OS errors into a one-line ImageError."""
+    """Read a whole regular file, turning OS errors into a one-line ImageError.
+
+    A FIFO, device or socket named like an image is refused from stat, before it is
+    opened (opening a FIFO would block forever); the file is then opened non-blocking
+    and checked again, so one swapped in meanwhile is refused too. So is a file over
+    MAX_FILE_BYTES."""
     try:
-        return Path(path).read_bytes()
+        _check_regular(os.stat(path), path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            _check_regular(os.fstat(handle.fileno()), path)
+            return handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a folder, not an image file") from None
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except OSError as err:
-        raise ImageError(path, f"cannot be read ({err.strerror or err})") from None
+        raise ImageError(path, f"cannot be read ({err.strerror or type(err).__name__})") from None
+
+
+def _check_regular(info: os.stat_result, path: str | os.PathLike[str]) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(path, "is a folder, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(path, "not a regular file (a FIFO, device or socket), refused")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageError(path, f"file is over kedge's limit of {MAX_FILE_BYTES >> 20} MiB")
 
 
 def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
@@ -103,24 +122,33 @@ def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
         return decode_dicom(data, name)
     if header.format not in DECODABLE:
         raise ImageError(name, f"{header.format.upper()} files are not supported yet")
-    if header.width is not None and header.height is not None:
-        if header.width == 0 or header.height == 0:
-            raise ImageError(name, f"image has zero size ({header.width}x{header.height})")
-        if max(header.width, header.height) > MAX_SIDE or header.width * header.height > MAX_PIXELS:
-            raise ImageError(
-                name,
-                f"image is {header.width}x{header.height} pixels, over kedge's limit "
-                f"({MAX_SIDE} a side, {MAX_PIXELS // 1_000_000} megapixels)",
-            )
+    if header.width is None or header.height is None:
+        raise ImageError(name, f"{header.format.upper()} header gives no image size; refused unsized")
+    problem = size_problem(header.width, header.height)
+    if problem:
+        raise ImageError(name, f"image is {header.width}x{header.height} pixels, {problem}")
     factor = jpeg_reduction(header.width, header.height) if reduced and header.format == "jpeg" else 1
     flags = REDUCED_GREY[factor] | cv2.IMREAD_IGNORE_ORIENTATION if factor > 1 else cv2.IMREAD_UNCHANGED
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    with native_stderr() as messages:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    said = f": {one_line(messages)}" if messages else ""
     if image is None or image.size == 0:
-        raise ImageError(name, f"{header.format.upper()} cannot be decoded (truncated or corrupt)")
+        raise ImageError(name, f"{header.format.upper()} cannot be decoded (truncated or corrupt{said})")
+    if header.format == "jpeg" and messages:  # libjpeg guessed at damaged data: refuse, never classify it
+        raise ImageError(name, f"JPEG data is corrupt, refused{said}")
     if image.dtype not in (np.uint8, np.uint16):
         raise ImageError(name, f"{image.dtype} pixels are not supported (8- or 16-bit integers only)")
     grey = _to_grey(image)
     return grey, _full_scale(grey, header.significant_bits)
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of this declared size is refused before decoding, or None if it is fine."""
+    if width <= 0 or height <= 0:
+        return "zero size"
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        return f"over kedge's limit ({MAX_SIDE} a side, {MAX_PIXELS // 1_000_000} megapixels)"
+    return None
 
 
 def jpeg_reduction(width: int | None, height: int | None) -> int:

@@ -37,3 +37,46 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG signature and IHDR claiming any size, with no pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+PATIENT = ("Doe^Jane", "PID-998877")
+
+
+def dicom(stored: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2", *, slope: float | None = None,
+          intercept: float | None = None, window: tuple[float, float] | None = None, frames: int = 1,
+          samples: int = 1, syntax: str = "1.2.840.10008.1.2.1", patient: tuple[str, str] = PATIENT) -> bytes:
+    """A DICOM file (pydicom, the [dicom] extra) holding `stored`, with a patient name and ID
+    that must never appear in kedge's output."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName, ds.PatientID = patient
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape[:2]
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = stored.dtype.itemsize * 8
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.ascontiguousarray(np.stack([stored] * frames) if frames > 1 else stored).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

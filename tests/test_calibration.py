@@ -110,3 +110,24 @@ def test_parity_rows_pass_and_fail_on_the_documented_thresholds() -> None:
     assert not int8_bad.passed and "accuracy" in int8_bad.problems[-1]
     table = format_table([same, drift, int8_bad])
     assert "PASSED" in table and table.count("FAILED") == 2
+
+
+def test_near_ties_are_not_counted_only_within_the_precisions_tolerance() -> None:
+    """The small-n rule (runtime/parity.py): at n=36 one flip is 2.8 points, so a flip on an
+    image the reference itself called within 2 x tolerance is reported but not counted."""
+    labels = [0] * 18 + [1] * 18
+    ref_p = [[0.9, 0.1] if y == 0 else [0.2, 0.8] for y in labels]
+    ref_p[0] = [0.52, 0.48]  # the reference's margin is 0.04 <= 2 x 0.05 (INT8's tolerance)
+    reference = _predictions(ref_p, labels)
+    classes = ["Normal", "Osteoporosis"]
+    flipped = [list(p) for p in ref_p]
+    flipped[0] = [0.49, 0.51]  # |dp| 0.03: within INT8's tolerance
+    tie = compare("onnx-int8", "x", "int8", _predictions(flipped, labels), reference, classes)
+    assert tie.passed and tie.near_ties == 1 and tie.agreement == pytest.approx(35 / 36)
+    assert "ties" in format_table([tie])
+    fp16 = compare("onnx-fp16", "x", "fp16", _predictions(flipped, labels), reference, classes)
+    assert not fp16.passed and fp16.near_ties == 0  # 0.03 is past FP16's tolerance: no excuse
+    drifted = [list(p) for p in flipped]
+    drifted[5] = [0.84, 0.16]  # one other image off by 0.06: the form is past tolerance
+    loose = compare("onnx-int8", "x", "int8", _predictions(drifted, labels), reference, classes)
+    assert not loose.passed and loose.near_ties == 0 and "agreement 97.22%" in loose.problems[0]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import BLOCK_TF, REPO
 
@@ -142,3 +143,67 @@ def test_train_refuses_existing_out_before_loading_tensorflow(synthetic_data, tm
     assert result.returncode == 1
     assert result.stderr.strip() == f"kedge: error: {tmp_path / 'taken'}: already exists " \
                                     "(choose another --out, or pass --overwrite)"
+
+
+# A lean install, as far as imports go: TensorFlow, onnx and onnxconverter-common unimportable.
+BLOCK_EXPORT = BLOCK_TF + "[sys.modules.__setitem__(m, None) for m in ('tf2onnx', 'onnx', 'onnxconverter_common')]; "
+
+
+def kedge_lean(*args: str) -> subprocess.CompletedProcess:
+    return python(BLOCK_EXPORT + f"from kedge.cli import main; main({list(args)!r})")
+
+
+@pytest.mark.parametrize("flags,needs", [(["--fp16"], "--fp16 needs onnx, onnxconverter-common"),
+                                         (["--int8", "--calib", "{calib}"], "--int8 needs onnx")])
+def test_lean_export_steps_say_which_extra_they_need(tmp_path, synthetic_data, flags, needs) -> None:
+    from leanbundle import make_lean_bundle
+
+    bundle = make_lean_bundle(tmp_path / "b", synthetic_data, int8=False)
+    result = kedge_lean("export", str(bundle), *(f.format(calib=synthetic_data) for f in flags))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"kedge: error: {needs}: pip install 'kedge[export]'"]
+
+
+def test_readme_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic_data) -> None:
+    """README and `export --help`: `kedge export BUNDLE --engine --int8 --workspace 1024` on a
+    bundle as shipped (Q/DQ and CPU INT8 ONNX, no FP32 ONNX, no Keras), with no TensorFlow and
+    no --calib, gets as far as the engine step, which says TensorRT is needed."""
+    from leanbundle import make_lean_bundle
+
+    from kedge.cli import main
+    from kedge.runtime.bundle import load_bundle, write_manifest
+
+    bundle = make_lean_bundle(tmp_path / "b", synthetic_data, int8=False)
+    made = CliRunner().invoke(main, ["export", str(bundle), "--int8", "--calib", str(synthetic_data),
+                                     "--calib-size", "30", "--quiet"])
+    assert made.exit_code == 0, made.output
+    manifest = load_bundle(bundle).manifest
+    (bundle / "model.onnx").unlink()  # shipped bundles hold no FP32 ONNX
+    artifacts = {k: v for k, v in manifest["artifacts"].items() if k != "onnx_fp32"}
+    write_manifest(bundle, {**{k: v for k, v in manifest.items() if k not in ("files", "schema")},
+                            "artifacts": artifacts})
+    readme = (REPO / "README.md").read_text()
+    assert "kedge export BUNDLE --engine --int8 --workspace 1024" in readme
+    result = kedge_lean("export", str(bundle), "--engine", "--int8", "--workspace", "1024")
+    assert "Traceback" not in result.stderr and "error" not in result.stderr, result.stderr
+    assert result.returncode == 0
+    assert "skipped  engines: TensorRT is not installed; build them on the device that will run them" \
+        in result.stdout.splitlines()
+
+
+def test_models_lists_counts_without_tensorflow() -> None:
+    import json
+
+    result = python(BLOCK_TF + "from kedge.cli import main; main(['models', '--json'])")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["knee-cnn"]["parameters"]["total"] == 15_610_499  # tests/test_models.py checks the built models
+    assert rows["resnet50-gru"]["parameters"]["total"] == 24_424_322
+
+
+def test_explain_checks_matplotlib_before_anything_else(tmp_path) -> None:
+    result = python("import sys; sys.modules['matplotlib'] = None; from kedge.cli import main; "
+                    f"main(['explain', {str(tmp_path / 'missing.png')!r}])")
+    assert result.returncode == 1  # the image does not exist either: matplotlib is reported first
+    assert result.stderr.splitlines() == ["kedge: error: kedge explain needs matplotlib to draw: "
+                                          "pip install 'kedge[explain]'"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -13,11 +14,11 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom", reason="needs the [dicom] extra")
 
+from imagegen import PATIENT, dicom  # noqa: E402
 from kedge.runtime.errors import ImageError  # noqa: E402
 from kedge.runtime.preprocess import preprocess, to_model_input  # noqa: E402
 
 TOLERANCE = 1e-3  # max |dx| between a DICOM's tensor and its PNG source's (windowing rounds to 1/4096)
-PATIENT = ("Doe^Jane", "PID-998877")
 
 
 def knee(bits: int, seed: int = 0) -> np.ndarray:
@@ -28,42 +29,6 @@ def knee(bits: int, seed: int = 0) -> np.ndarray:
     peak = (1 << bits) - 1
     values = np.round(0.02 * peak + grey * 0.96 * peak)
     return values.astype(np.uint8 if bits == 8 else np.uint16)
-
-
-def dicom(stored: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2", *, slope: float | None = None,
-          intercept: float | None = None, window: tuple[float, float] | None = None, frames: int = 1,
-          samples: int = 1, syntax: str = "1.2.840.10008.1.2.1") -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.PatientName, ds.PatientID = PATIENT
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape[:2]
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = stored.dtype.itemsize * 8
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    if samples > 1:
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "US"
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = np.ascontiguousarray(np.stack([stored] * frames) if frames > 1 else stored).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def png(image: np.ndarray) -> bytes:
@@ -108,8 +73,8 @@ def test_bits_stored_masks_the_unused_high_bits() -> None:
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"frames": 2}, "multi-frame DICOM (2 frames) is not supported"),
-    ({"samples": 3, "photometric": "RGB"}, "colour DICOM (RGB) is not supported"),
+    ({"frames": 2}, "multi-frame DICOM is not supported"),
+    ({"samples": 3, "photometric": "RGB"}, "colour DICOM is not supported"),
     ({"syntax": "1.2.840.10008.1.2.4.90"}, "compressed DICOM needs a decoder plugin: pip install pylibjpeg "
                                            "pylibjpeg-openjpeg"),
 ])
@@ -158,3 +123,13 @@ def test_dicom_and_png_give_the_same_prediction_and_no_identifier_leaks(tmp_path
                        atol=1e-3)
     for text in (result.stdout, result.stderr, audit.read_text()):
         assert not any(p in text for p in PATIENT)
+
+
+def test_folder_scans_find_extensionless_dicoms_by_their_marker(tmp_path) -> None:
+    from kedge.runtime.folders import expand_inputs
+
+    (tmp_path / "IM0001").write_bytes(dicom(knee(12), 12))
+    (tmp_path / "README").write_bytes(b"not an image, no marker" * 10)
+    (tmp_path / "knee.png").write_bytes(png(knee(8)))
+    os.mkfifo(tmp_path / "IM0002")  # never opened by a scan
+    assert [p.name for p in expand_inputs([tmp_path])] == ["IM0001", "knee.png"]

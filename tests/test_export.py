@@ -202,7 +202,8 @@ def test_interrupted_export_leaves_no_partial_file(trained, synthetic_data, tmp_
 def test_export_errors_are_one_line(trained, tmp_path) -> None:
     result = CliRunner().invoke(main, ["export", str(trained), "--int8"])
     assert result.exit_code == 1 and result.output.strip().splitlines() == [
-        "kedge: error: --int8 needs --calib DIR: a folder of calibration images (class folders, or flat)"]
+        "kedge: error: --int8 needs --calib DIR: a folder of calibration images (class folders, or flat); "
+        "with --engine, a bundle that already has its INT8 Q/DQ ONNX needs none"]
     missing = CliRunner().invoke(main, ["export", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "no such bundle folder" in missing.output
 

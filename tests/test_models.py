@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kedge.runtime.errors import KedgeError
+from kedge.train.models import ARCHITECTURES
 
 pytestmark = pytest.mark.tensorflow
 
@@ -14,6 +15,7 @@ def test_knee_cnn_matches_published_count(tf_keras) -> None:
 
     model = build_model("knee-cnn")
     assert parameter_counts(model) == {"total": 15_610_499, "trainable": 15_604_099, "non_trainable": 6_400}
+    assert ARCHITECTURES["knee-cnn"].parameters == parameter_counts(model)  # what `kedge models` prints
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 3)
     assert model.get_layer("conv1").output_shape == (None, 73, 73, 128)
     assert model.get_layer("pool4").output_shape == (None, 3, 3, 512)
@@ -26,6 +28,7 @@ def test_resnet50_gru_counts(tf_keras) -> None:
     # GRU(128) on 2048 features, reset_after: 3*(2048*128 + 128*128 + 2*128) = 836,352; Dense: 258.
     model = build_model("resnet50-gru")
     assert parameter_counts(model) == {"total": 24_424_322, "trainable": 24_371_202, "non_trainable": 53_120}
+    assert ARCHITECTURES["resnet50-gru"].parameters == parameter_counts(model)  # what `kedge models` prints
     frozen = build_model("resnet50-gru", freeze_backbone=True, gru_units=64)
     head = 3 * (2048 * 64 + 64 * 64 + 2 * 64) + 64 * 2 + 2
     assert parameter_counts(frozen)["trainable"] == head
@@ -82,3 +85,18 @@ def test_backbone_batchnorm_momentum_is_set(tf_keras) -> None:
 
     assert momenta(build_model("resnet50-gru", width=0.125, gru_units=8, bn_momentum=0.8)) == {0.8}
     assert momenta(build_model("resnet50-gru", width=0.125, gru_units=8)) == {0.9}  # not Keras' 0.99
+
+
+def test_tensorflow_start_up_is_silent(tf_keras) -> None:
+    """absl's pre-init lines, oneDNN notes and `E0000 ... cuInit` are dropped for kedge commands."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code = ("from kedge.train.tfkeras import keras, training_device; k = keras(); training_device(); "
+            "import numpy as np; k.Sequential([k.layers.Dense(2, input_shape=(3,))]).predict(np.zeros((1, 3)), "
+            "verbose=0); print('ran')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ran"
+    assert result.stderr == ""

@@ -32,6 +32,9 @@ class Architecture:
     paper: str
     epochs: int  # the paper's epoch count, the default for `kedge train`
     build: Callable[..., Any]
+    # Parameter counts of the full-size model (default options), kept as data so `kedge models`
+    # needs no TensorFlow; tests/test_models.py checks them against the built models.
+    parameters: dict[str, int]
     options: dict[str, Any] = field(default_factory=dict)  # defaults of build's keyword options
 
 
@@ -185,6 +188,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "from Knee X-Ray Images (IJISAE 2024)",
         epochs=100,
         build=build_resnet50_gru,
+        parameters={"total": 24_424_322, "trainable": 24_371_202, "non_trainable": 53_120},
         options={"weights": "none", "freeze_backbone": False, "gru_units": 128, "width": 1.0, "bn_momentum": 0.9},
     ),
     "knee-cnn": Architecture(
@@ -193,6 +197,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         paper="A convolution neural network model for knee osteoporosis classification using X-ray images (2025)",
         epochs=30,
         build=build_knee_cnn,
+        parameters={"total": 15_610_499, "trainable": 15_604_099, "non_trainable": 6_400},
         options={"width": 1.0, "dropout": 0.5, "bn_momentum": 0.9},
     ),
 }

@@ -5,15 +5,37 @@ every tf2onnx route turns the GRU into an ONNX Loop, which FP16/INT8 tooling and
 TensorRT handle badly; with tf_keras, tf2onnx emits a native ONNX GRU op
 (linear_before_reset=1) that converts cleanly (SPEC section 2). Call `keras()`
 inside the functions that need it, so importing kedge never imports TensorFlow.
+
+TensorFlow's start-up lines (absl's "All log messages before absl::InitializeLog()",
+oneDNN and CUDA stub notes, and `E0000 ... failed call to cuInit` on every machine
+without a GPU) are printed straight to fd 2, whatever TF_CPP_MIN_LOG_LEVEL says. They
+are captured and dropped while TensorFlow loads and looks for devices; set
+TF_CPP_MIN_LOG_LEVEL yourself (e.g. 0) to see them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from types import ModuleType
 
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.nativeio import native_stderr
 
 INSTALL_HINT = "pip install 'kedge[train]'"
+
+
+_USER_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ  # the user asked for TensorFlow's own logging
+
+
+@contextlib.contextmanager
+def quiet_start() -> Iterator[None]:
+    """Drop what TensorFlow's C++ side prints on fd 2 inside the block (see the module docstring)."""
+    if _USER_LOG_LEVEL:
+        yield
+        return
+    with native_stderr():
+        yield
 
 
 def keras() -> ModuleType:
@@ -21,8 +43,11 @@ def keras() -> ModuleType:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow  # noqa: F401
-        import tf_keras
+        with quiet_start():
+            import tensorflow
+            import tf_keras
+
+            tensorflow.config.list_physical_devices("GPU")  # CUDA's probe (cuInit) prints here, once
     except ImportError as err:
         missing = f"{err.name} is missing"
         raise KedgeError(f"this command needs TensorFlow and tf_keras ({missing}): {INSTALL_HINT}") from None

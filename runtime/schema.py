@@ -1,0 +1,130 @@
+"""What a valid kedge.json looks like, checked when a bundle is opened, before any of it is used.
+
+Why: a manifest is read from disk, so it may be damaged or hostile. A wrong type or a
+missing key must be one line, not a traceback deep in inference; a model file must
+never be loaded unless the manifest lists it with its sha256; and no path in it may
+lead outside the bundle (an absolute path, `..`, or a symlink out). The rules are
+small and fixed, so they are written out here rather than pulled in as a JSON-Schema
+dependency on the device.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kedge.runtime.errors import KedgeError
+
+SCHEMA_VERSION = 1
+PREPROCESS_VERSIONS = ("1", "2")  # every preprocessing contract this runtime implements
+MAX_MANIFEST_BYTES = 8 << 20
+MAX_DEPTH = 32  # kedge writes at most 6 levels; deeper is refused before parsing recurses
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PATH_TABLES = ("artifacts", "engines")  # manifest tables whose values are files the bundle uses
+
+
+def parse_manifest(text: str, where: Path) -> dict[str, Any]:
+    """JSON text to a dict: too deep, repeated keys or not an object are one-line errors."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise KedgeError(f"{where}: manifest is over {MAX_MANIFEST_BYTES >> 20} MiB")
+    if _nesting(text) > MAX_DEPTH:
+        raise KedgeError(f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_repeats)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise KedgeError(f"{where}: not valid JSON ({getattr(err, 'msg', type(err).__name__)})") from None
+    except ValueError as err:
+        raise KedgeError(f"{where}: {err}") from None
+    if not isinstance(data, dict):
+        raise KedgeError(f"{where}: the manifest must be a JSON object")
+    return data
+
+
+def _nesting(text: str) -> int:
+    """Deepest bracket nesting outside strings (a cheap scan; json.loads would recurse)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key appears twice in one JSON object")
+    return dict(pairs)
+
+
+def validate(manifest: dict[str, Any], folder: Path, where: Path) -> None:
+    """Raise a one-line KedgeError for the first thing wrong with a parsed manifest."""
+    def fail(problem: str) -> KedgeError:
+        return KedgeError(f"{where}: {problem}")
+
+    schema = manifest.get("schema")
+    if type(schema) is not int or schema != SCHEMA_VERSION:  # `true` == 1 in Python: check the type
+        raise fail(f"unsupported manifest schema {repr(schema)[:40]} (expected {SCHEMA_VERSION})")
+    model = _table(manifest, "model", fail)
+    if not isinstance(model.get("name"), str) or not _NAME.fullmatch(model["name"]):
+        raise fail("model.name must be a short name (letters, digits, '.', '_', '-')")
+    classes = model.get("classes")
+    if (not isinstance(classes, list) or len(classes) < 2
+            or not all(isinstance(c, str) and c.strip() and len(c) <= 64 for c in classes)):
+        raise fail("model.classes must be a list of at least two class names")
+    if len({c.lower() for c in classes}) != len(classes):
+        raise fail("model.classes names a class twice")
+    shape = _table(manifest, "input", fail).get("shape")
+    if not isinstance(shape, list) or len(shape) != 4 or shape[1:] != [224, 224, 3]:
+        raise fail("input.shape must be [batch, 224, 224, 3]")
+    version = _table(manifest, "preprocessing", fail).get("version")
+    if version not in PREPROCESS_VERSIONS:
+        raise fail(f"unknown preprocessing version (this kedge knows {', '.join(PREPROCESS_VERSIONS)})")
+    files = _table(manifest, "files", fail, required=False)
+    for relative, digest in files.items():
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise fail(f"files: the sha256 of {relative!r} is not 64 hex digits")
+    for table in PATH_TABLES:
+        for key, relative in _table(manifest, table, fail, required=False).items():
+            if not isinstance(relative, str):
+                raise fail(f"{table}.{key} must be a path")
+            check_inside(folder, relative, where)
+            if relative not in files:
+                raise fail(f"{table}.{key} ({relative}) has no sha256 in files; refused")
+    for table in ("parity", "shipped", "exports", "calibration", "card", "training", "metrics"):
+        _table(manifest, table, fail, required=False)
+
+
+def _table(manifest: dict[str, Any], key: str, fail: Any, required: bool = True) -> dict[str, Any]:
+    value = manifest.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(f"{key} must be a JSON object" if key in manifest else f"{key} is missing")
+    return value
+
+
+def check_inside(folder: Path, relative: str, where: Path | str) -> Path:
+    """folder/relative, refused unless it is a plain relative path that stays in the folder
+    once symlinks are followed."""
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative or "\0" in relative:
+        raise KedgeError(f"{where}: path {relative!r} must be relative and inside the bundle")
+    path = folder / pure
+    if not _within(path.resolve(), folder.resolve()):
+        raise KedgeError(f"{where}: path {relative!r} leads outside the bundle (symlink); refused")
+    return path
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+

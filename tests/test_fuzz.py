@@ -1,0 +1,391 @@
+"""A seeded fuzz campaign against kedge's input walls (KEDGE_FUZZ_SEED picks another campaign).
+
+Families: mutated PNG/JPEG/BMP/TIFF (bit flips, cuts, overwritten runs, huge declared
+sizes, BigTIFF), DICOM variants (WindowWidth 0, text in NumberOfFrames/RescaleSlope,
+infinite intercept, empty VOILUTSequence, corrupt and oversized deflate, truncation,
+unknown VR, huge dimensions, bit flips), a FIFO, odd file names, and corrupted bundles.
+Every DICOM carries a planted patient ID that must never be printed.
+
+What must hold: every input is decoded or refused with one line naming it; no
+traceback, no hang, no header value and no bare decoder message on stderr; the good
+files still get their rows; no tampered bundle is ever used.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom", reason="needs the [dicom] extra")
+pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
+
+from leanbundle import make_lean_bundle  # noqa: E402
+
+from imagegen import dicom, encode, pattern, png_chunk  # noqa: E402
+from kedge.runtime.errors import ImageError, safe_name  # noqa: E402
+from kedge.runtime.preprocess import preprocess  # noqa: E402
+
+SEED = int(os.environ.get("KEDGE_FUZZ_SEED", "1313"))
+MARKER = "KFZ7731"  # planted as PatientID and in PatientName: must appear in no output
+PATIENT = (f"{MARKER}^Jo", f"{MARKER}-ID")
+
+
+# ---------------------------------------------------------------- images
+
+
+def _bigtiff(width: int, height: int) -> bytes:
+    """A BigTIFF header claiming width x height 8-bit grey, with a little pixel data."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 16, 1, 256), (277, 3, 1, 1), (278, 4, 1, height), (279, 16, 1, width * height)]
+    ifd = struct.pack("<Q", len(entries)) + b"".join(struct.pack("<HHQQ", *e) for e in entries) + bytes(8)
+    head = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + ifd
+    return head + bytes(256 - len(head)) + bytes(min(width * height, 4096))
+
+
+def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    buf = bytearray(data)
+    kind = rng.integers(0, 5)
+    if kind == 0:  # flip a few bits anywhere
+        for _ in range(rng.integers(1, 8)):
+            buf[rng.integers(0, len(buf))] ^= 1 << int(rng.integers(0, 8))
+    elif kind == 1:  # cut short
+        del buf[rng.integers(1, len(buf)):]
+    elif kind == 2:  # cut, then an end marker (the half JPEG that libjpeg "recovers")
+        del buf[rng.integers(len(buf) // 4, len(buf)):]
+        buf += b"\xff\xd9"
+    elif kind == 3:  # overwrite a run with random bytes, header included
+        start = int(rng.integers(0, min(len(buf), 64)))
+        buf[start:start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+    else:  # flip bits in the first 64 bytes (signatures, sizes, CRCs)
+        for _ in range(rng.integers(1, 4)):
+            buf[rng.integers(0, min(len(buf), 64))] ^= 1 << int(rng.integers(0, 8))
+    return bytes(buf)
+
+
+def image_family(rng: np.random.Generator) -> dict[str, bytes]:
+    grey = pattern(72, 96, seed=SEED)
+    bases = {"png": encode(grey, ".png"), "png16": encode(pattern(72, 96, 4095, SEED), ".png"),
+             "jpg": encode(grey, ".jpg", [1, 90]), "bmp": encode(grey, ".bmp"), "tif": encode(grey, ".tif")}
+    files = {f"ok-{k}.{k.rstrip('16')}": v for k, v in bases.items()}
+    for kind, data in bases.items():
+        for i in range(36):
+            files[f"mut-{kind}-{i:02d}.{kind.rstrip('16')}"] = _mutate(data, rng)
+    jpeg = bases["jpg"]
+    files["half.jpg"] = jpeg[: len(jpeg) // 2] + b"\xff\xd9"
+    files["bigtiff.tif"] = _bigtiff(22000, 22000)
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
+    files["huge.png"] = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + bases["png"][33:]
+    return files
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _raw(data: bytes, group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """Replace one explicit-VR element's value bytes (even length), or VR, as a broken writer would."""
+    tag = struct.pack("<HH", group, element)
+    at = data.index(tag + vr, 132)
+    (length,) = struct.unpack("<H", data[at + 6:at + 8])
+    value = value + b" " * (len(value) % 2)
+    return data[:at] + tag + vr + struct.pack("<H", len(value)) + value + data[at + 8 + length:]
+
+
+def _dataset(data: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def _save(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def dicom_family(rng: np.random.Generator) -> dict[str, bytes]:
+    from pydicom.sequence import Sequence
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    stored = pattern(64, 64, 4095, SEED).astype(np.uint16)
+    base = dicom(stored, 12, slope=1.0, intercept=0.0, window=(2048.0, 4096.0), patient=PATIENT)
+    files = {"ok.dcm": base, "ok-no-extension": base}
+    text = {"ww0": (0x0028, 0x1051, b"DS", b"0"), "ww-neg": (0x0028, 0x1051, b"DS", b"-5"),
+            "ww-nan": (0x0028, 0x1051, b"DS", b"nan"), "wc-text": (0x0028, 0x1050, b"DS", MARKER.encode()),
+            "slope-text": (0x0028, 0x1053, b"DS", MARKER.encode()), "slope-0": (0x0028, 0x1053, b"DS", b"0"),
+            "intercept-inf": (0x0028, 0x1052, b"DS", b"-inf"), "intercept-nan": (0x0028, 0x1052, b"DS", b"nan"),
+            "rows-huge": (0x0028, 0x0010, b"US", struct.pack("<H", 60000)),
+            "rows-0": (0x0028, 0x0010, b"US", struct.pack("<H", 0)),
+            "bits-40": (0x0028, 0x0101, b"US", struct.pack("<H", 40)),
+            "photometric": (0x0028, 0x0004, b"CS", MARKER.encode()),
+            "unknown-vr": (0x0010, 0x0020, b"LO", None)}
+    for name, (group, element, vr, value) in text.items():
+        if value is None:
+            at = base.index(struct.pack("<HH", group, element) + vr, 132)
+            files[f"{name}.dcm"] = base[:at + 4] + b"\x00\x07" + base[at + 6:]  # VR bytes no reader knows
+        else:
+            files[f"{name}.dcm"] = _raw(base, group, element, vr, value)
+    frames = _dataset(base)
+    frames.NumberOfFrames = 2
+    files["frames-text.dcm"] = _raw(_save(frames), 0x0028, 0x0008, b"IS", MARKER.encode())
+    empty = _dataset(base)
+    empty.VOILUTSequence = Sequence([])
+    files["voi-empty.dcm"] = _save(empty)
+    deflated = _dataset(base)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    files["deflated.dcm"] = _save(deflated)
+    body = bytearray(files["deflated.dcm"])
+    files["deflated-cut.dcm"] = bytes(body[: len(body) - int(rng.integers(10, 400))])
+    for at in rng.integers(400, len(body), 6):  # raw deflate has no checksum: this may still inflate
+        body[at] ^= 0xFF
+    files["deflated-flipped.dcm"] = bytes(body)
+    bomb = _dataset(dicom(np.zeros((64, 64), np.uint16), 16, patient=PATIENT))
+    bomb.Rows = bomb.Columns = 15000  # claims 450 MB of pixels (the inflate limit has its own test)
+    bomb.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    files["deflate-bomb.dcm"] = _save(bomb)
+    for i in range(25):
+        files[f"cut-{i:02d}.dcm"] = base[: int(rng.integers(100, len(base)))]
+    for i in range(45):
+        buf = bytearray(base)
+        for _ in range(int(rng.integers(1, 4))):
+            buf[int(rng.integers(128, min(len(buf), 900)))] ^= 1 << int(rng.integers(0, 8))
+        files[f"flip-{i:02d}.dcm"] = bytes(buf)
+    return files
+
+
+# ---------------------------------------------------------------- the checks
+
+
+@pytest.fixture(scope="module")
+def campaign() -> dict[str, bytes]:
+    rng = np.random.default_rng(SEED)
+    return {**image_family(rng), **dicom_family(rng)}
+
+
+def test_every_input_is_decoded_or_refused_in_one_line(campaign, capfd) -> None:
+    problems, refused = [], set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, data in campaign.items():
+            try:
+                tensor = preprocess(data, name)
+            except ImageError as err:
+                refused.add(name)
+                text = str(err)
+                if "\n" in text or not text.startswith(f"{name}: ") or MARKER in text:
+                    problems.append(f"{name}: bad message {text!r}")
+                continue
+            except Exception as err:  # the wall was breached
+                problems.append(f"{name}: {type(err).__name__} escaped")
+                continue
+            if tensor.shape != (224, 224, 3) or not np.isfinite(tensor).all():
+                problems.append(f"{name}: accepted but gave a bad tensor")
+    printed = capfd.readouterr()
+    assert not problems, "\n".join(problems)
+    assert printed.err == "" and printed.out == "", "decoder output printed bare"
+    assert not [str(w.message) for w in caught]
+    must_refuse = {"half.jpg", "bigtiff.tif", "huge.png", "ww0.dcm", "ww-neg.dcm", "ww-nan.dcm", "wc-text.dcm",
+                   "slope-text.dcm", "slope-0.dcm", "intercept-inf.dcm", "intercept-nan.dcm", "rows-huge.dcm",
+                   "rows-0.dcm", "bits-40.dcm", "photometric.dcm", "unknown-vr.dcm", "frames-text.dcm",
+                   "voi-empty.dcm", "deflated-cut.dcm", "deflate-bomb.dcm"}
+    assert must_refuse <= refused, sorted(must_refuse - refused)
+    assert not {n for n in campaign if n.startswith("ok")} & refused
+    assert len(refused) > len(campaign) // 3  # the mutations really are hostile
+
+
+def test_cli_keeps_the_good_rows_and_names_every_failure(campaign, tmp_path, synthetic_data) -> None:
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = []
+    for name, data in campaign.items():
+        (folder / name).write_bytes(data)
+        paths.append(str(folder / name))
+    good = campaign["ok-png.png"]
+    for odd in ("new\nline.png", "\x1b[31mred.png", os.fsdecode(b"latin-\xe9.png")):
+        (folder / odd).write_bytes(good)
+        paths.append(str(folder / odd))
+    (folder / "bad\nname.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    paths.append(str(folder / "bad\nname.png"))
+    os.mkfifo(folder / "x.png")
+    paths.append(str(folder / "x.png"))
+    try:
+        result = subprocess.run([sys.executable, "-m", "kedge.cli", "infer", *paths, "--model", str(bundle),
+                                 "--precision", "fp32", "--json", "--quiet"], capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("kedge infer hung on the fuzz inputs")
+    out, err = result.stdout.decode(), result.stderr.decode("utf-8", "backslashreplace")
+    assert result.returncode == 1
+    assert "Traceback" not in err and MARKER not in out + err
+    names = {safe_name(p) for p in paths}
+    lines = err.splitlines()
+    summary = [line for line in lines if line.endswith("file(s) could not be classified")]
+    errors = [line for line in lines if line not in summary]
+    assert len(summary) == 1
+    unnamed = [line for line in errors if not line.startswith("kedge: error: ")
+               or line[len("kedge: error: "):].split(": ")[0] not in names]
+    assert not unnamed, unnamed[:5]
+    rows = json.loads(out)
+    assert {row["path"] for row in rows} | {line[len("kedge: error: "):].split(": ")[0] for line in errors} \
+        == names  # every file accounted for, once
+    for odd in ("new\\nline.png", "\\x1b[31mred.png", "latin-\\xe9.png", "ok-png.png", "ok.dcm",
+                "ok-no-extension"):
+        assert any(row["path"].endswith(odd) for row in rows), odd
+    assert any(line.startswith(f"kedge: error: {safe_name(folder / 'x.png')}: not a regular file") for line in errors)
+
+
+# ---------------------------------------------------------------- bundles
+
+
+def _edit(manifest: dict, path: tuple, value: object = KeyError) -> dict:
+    """A copy of the manifest with the value at `path` replaced (or deleted, by default)."""
+    copy = json.loads(json.dumps(manifest))
+    node = copy
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return copy
+
+
+def tampered_bundles(base: Path, other: Path, rng: np.random.Generator) -> dict[str, Path]:
+    """Bundles that must all be refused, written beside `base` (a valid fp32 lean bundle)."""
+    manifest = json.loads((base / "kedge.json").read_text())
+    model_sha = manifest["files"]["model.onnx"]
+    other_sha = json.loads((other / "kedge.json").read_text())["files"]["model.onnx"]
+    edits: dict[str, dict | str] = {}
+    for path in [("schema",), ("model",), ("model", "name"), ("model", "classes"), ("input",), ("preprocessing",),
+                 ("preprocessing", "version"), ("input", "shape"), ("files", "model.onnx")]:
+        edits["missing-" + "-".join(path)] = _edit(manifest, path)
+    for path, value in [(("schema",), True), (("schema",), "1"), (("schema",), 1.0), (("model",), []),
+                        (("model", "name"), 5), (("model", "name"), "../x"), (("model", "classes"), "Normal"),
+                        (("model", "classes"), [1, 2, 3]), (("model", "classes"), ["A"]),
+                        (("model", "classes"), ["Normal", "normal", "Osteoporosis"]),
+                        (("model", "classes"), ["A", "B", "C", "D"]), (("model", "classes"), ["A", "B"]),
+                        (("input",), "image"), (("input", "shape"), [None, 128, 128, 3]),
+                        (("preprocessing",), None), (("preprocessing", "version"), "99"),
+                        (("preprocessing", "version"), 2), (("files",), []), (("files", "model.onnx"), ""),
+                        (("files", "model.onnx"), 5), (("files", "model.onnx"), "0" * 64),
+                        (("artifacts",), ["model.onnx"]), (("artifacts", "onnx_fp32"), 7),
+                        (("artifacts", "onnx_fp32"), "/etc/passwd"),
+                        (("artifacts", "onnx_fp32"), str(other / "model.onnx")),
+                        (("artifacts", "onnx_fp32"), "../other/model.onnx"),
+                        (("artifacts", "onnx_fp32"), "missing.onnx"), (("artifacts", "onnx_fp32"), ""),
+                        (("engines",), {"x": "/dev/zero"}), (("parity",), "passed")]:
+        edits[f"bad-{'-'.join(path)}-{str(value)[:20]}"] = _edit(manifest, path, value)
+    edits["other-listed-outside"] = {**_edit(manifest, ("artifacts", "onnx_fp32"), "../other/model.onnx"),
+                                     "files": {**manifest["files"], "../other/model.onnx": other_sha}}
+    text = json.dumps(manifest)
+    edits["deep-nesting"] = text[:-1] + ', "x": ' + "[" * 100000 + "]" * 100000 + "}"
+    edits["duplicate-key"] = text[:-1] + ', "model": {"name": "evil", "classes": ["A", "B", "C"]}}'
+    edits["not-json"] = text[: len(text) // 2]
+    edits["not-object"] = "[1, 2, 3]"
+    edits["not-utf8"] = "\udcff"
+    bundles = {}
+    for i, (name, content) in enumerate(edits.items()):
+        folder = base.parent / f"t{i:03d}"
+        shutil.copytree(base, folder)
+        body = content if isinstance(content, str) else json.dumps(content)
+        (folder / "kedge.json").write_bytes(body.encode("utf-8", "surrogateescape"))
+        bundles[name] = folder
+    for name, change in [("flip-model", "flip"), ("flip-model-no-sha", "flip-drop"),
+                         ("flip-model-empty-sha", "flip-empty"), ("symlink-out", "symlink")]:
+        folder = base.parent / f"f-{name}"
+        shutil.copytree(base, folder)
+        data = bytearray((folder / "model.onnx").read_bytes())
+        data[int(rng.integers(len(data) // 2, len(data)))] ^= 0x01
+        edited = manifest
+        if change == "symlink":
+            (folder / "model.onnx").unlink()
+            (folder / "model.onnx").symlink_to(other / "model.onnx")
+            edited = _edit(manifest, ("files", "model.onnx"), other_sha)
+        else:
+            (folder / "model.onnx").write_bytes(bytes(data))
+            if change == "flip-drop":
+                edited = _edit(manifest, ("files", "model.onnx"))
+            elif change == "flip-empty":
+                edited = _edit(manifest, ("files", "model.onnx"), "")
+        (folder / "kedge.json").write_text(json.dumps(edited))
+        bundles[name] = folder
+    assert model_sha != other_sha
+    return bundles
+
+
+def _infer(bundle: Path, image: Path):
+    from click.testing import CliRunner
+
+    from kedge.cli import main
+
+    return CliRunner().invoke(main, ["infer", str(image), "--model", str(bundle), "--json", "--quiet",
+                                     "--precision", "fp32"])
+
+
+def test_no_tampered_bundle_is_used(tmp_path, synthetic_data) -> None:
+    rng = np.random.default_rng(SEED)
+    base = make_lean_bundle(tmp_path / "base", synthetic_data, int8=False)
+    other = make_lean_bundle(tmp_path / "other", synthetic_data, int8=False)
+    from leanbundle import tiny_onnx  # a different model in the other bundle, listed with its own sha256
+
+    tiny_onnx(other / "model.onnx", seed=1)
+    from kedge.runtime.bundle import load_bundle, write_manifest
+
+    write_manifest(other, {k: v for k, v in load_bundle(other).manifest.items() if k not in ("files", "schema")})
+    image = tmp_path / "knee.png"
+    image.write_bytes(encode(pattern(64, 64, seed=SEED), ".png"))
+    control = _infer(base, image)
+    assert control.exit_code == 0, control.output
+    accepted, broken = [], []
+    bundles = tampered_bundles(base, other, rng)
+    for name, folder in bundles.items():
+        result = _infer(folder, image)
+        if result.exit_code == 0:
+            accepted.append(name)
+        lines = result.stderr.splitlines()
+        if not isinstance(result.exception, SystemExit) or len(lines) != 1 or \
+                not lines[0].startswith("kedge: error: ") or result.stdout:
+            broken.append(f"{name}: {result.exception!r} {result.stderr[-300:]!r}")
+    assert not accepted, accepted
+    assert not broken, "\n".join(broken)
+    assert len(bundles) >= 45
+
+
+def test_random_manifest_mutations_never_give_a_traceback(tmp_path, synthetic_data) -> None:
+    rng = np.random.default_rng(SEED + 1)
+    base = make_lean_bundle(tmp_path / "base", synthetic_data, int8=False)
+    image = tmp_path / "knee.png"
+    image.write_bytes(encode(pattern(64, 64, seed=SEED), ".png"))
+    text = (base / "kedge.json").read_bytes()
+    broken = []
+    for i in range(60):
+        data = bytearray(text)
+        for _ in range(int(rng.integers(1, 6))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        (base / "kedge.json").write_bytes(bytes(data))
+        result = _infer(base, image)
+        if result.exit_code not in (0, 1) or not isinstance(result.exception, (SystemExit, type(None))) or \
+                any(not line.startswith("kedge: ") for line in result.stderr.splitlines()):
+            broken.append(f"{i}: {result.exception!r} {result.stderr[-300:]!r}")
+    assert not broken, "\n".join(broken)
+
+
+def test_deflated_dicom_is_inflated_in_bounded_steps(monkeypatch) -> None:
+    """A deflated body past the limit is refused once the limit is passed, not inflated whole."""
+    from kedge.runtime import dicom as dicom_module
+
+    monkeypatch.setattr(dicom_module, "MAX_BYTES", 4 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    blob = packer.compress(bytes(64 << 20)) + packer.flush()  # 64 MiB of zeros in about 64 KB
+    syntax = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(dicom_module.DEFLATED)) + dicom_module.DEFLATED
+    meta = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(syntax)) + syntax
+    data = bytes(128) + b"DICM" + meta + blob
+    with pytest.raises(ImageError, match="inflates past"):
+        dicom_module.decode_dicom(data, "bomb.dcm")
