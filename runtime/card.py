@@ -61,7 +61,7 @@ def render_card(manifest: dict[str, Any]) -> str:
                   f"{training.get('balance', 'none')}; epoch chosen by {training.get('select', 'val-loss')}",
                   f"  device         {training.get('device', '-')}, {training.get('keras', '')}"]
     lines += _metrics(manifest.get("metrics", {}).get("test"))
-    lines += _parity(manifest.get("parity"))
+    lines += _parity(manifest.get("parity"), manifest)
     calibration = manifest.get("calibration")
     if calibration:
         lines += ["", "INT8 calibration",
@@ -117,16 +117,31 @@ def _metrics(test: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _parity(parity: dict[str, Any] | None) -> list[str]:
+def _parity(parity: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str]:
+    """Every (backend, form, precision) row; rows of forms this bundle does not carry are
+    marked, and the headline judges only the forms it carries."""
     if not parity:
         return ["", "Parity: not run"]
-    lines = ["", f"Parity against {parity['reference']} on {parity['data']} ({parity['split']}, n={parity['n']}): "
-                 f"{'PASSED' if parity['passed'] else 'FAILED'}"]
-    for row in parity["rows"]:
-        lines.append(f"  {row['form']:<14} accuracy {_pct(row['accuracy'])}  agreement {_pct(row['agreement'])}  "
-                     f"max|dp| {row['max_abs_diff']:.1e}  {'PASSED' if row['passed'] else 'FAILED'}"
-                     if row["form"] != parity["reference"] else
-                     f"  {row['form']:<14} accuracy {_pct(row['accuracy'])}  (reference)")
+    from kedge.runtime.forms import FORMS
+
+    artifacts = manifest.get("artifacts", {})
+
+    def carried(form: str) -> bool:
+        spec = FORMS.get(form)
+        return spec is None or spec.artifact is None or spec.artifact in artifacts
+
+    rows = [r for r in parity["rows"] if r["form"] != parity["reference"]]
+    judged = [r for r in rows if carried(r["form"])]
+    verdict = "PASSED" if judged and all(r["passed"] for r in judged) else \
+        "FAILED" if judged else "no row for a form this bundle carries"
+    lines = ["", f"Parity against {parity['reference']} on {parity['data']} ({parity['split']}, n={parity['n']}), "
+                 f"forms this bundle carries: {verdict}"]
+    for row in rows:
+        ties = f", {row['near_ties']} near ties" if row.get("near_ties") else ""
+        lines.append(f"  {row.get('backend', '-'):<12} {row['form']:<14} {row.get('precision', ''):<5} accuracy "
+                     f"{_pct(row['accuracy'])}  agreement {_pct(row['agreement'])}{ties}  max|dp| "
+                     f"{row['max_abs_diff']:.1e}  {'PASSED' if row['passed'] else 'FAILED'}"
+                     + ("" if carried(row["form"]) else "  (form not shipped)"))
     return lines
 
 
