@@ -419,6 +419,9 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
       fp32 forms   agreement 100 %, max |dp| <= 1e-4
       fp16 forms   agreement >= 99.5 %
       int8 forms   agreement >= 98 %, accuracy within 1 point of the reference
+    Near ties are not counted: a flip where the reference's own top-1 margin is at
+    most 2x the precision's tolerance (1e-4 fp32, 1e-3 fp16, 0.05 int8), by a form
+    whose max |dp| is within that tolerance (README, "The near-tie rule").
     The result is recorded in the bundle's kedge.json. Exit status 1 on any FAILED row.
     """
     from kedge.export.parity import parity_for_bundle
@@ -428,7 +431,7 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
                                log=None if as_json else _log)
     if as_json:
         _emit_json({**result, "rows": [{k: row[k] for k in ("form", "accuracy", "macro_f1", "agreement",
-                                                             "max_abs_diff", "mean_abs_diff", "passed",
+                                                             "near_ties", "max_abs_diff", "mean_abs_diff", "passed",
                                                              "backend", "n", "reference", "problems")}
                                        for row in result["rows"]]})
     else:
