@@ -288,6 +288,9 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
       fp32         agreement 100 %, max |dp| <= 1e-4
       fp16, bf16   agreement >= 99.5 %
       int8         agreement >= 98 %, accuracy within 1 point of the reference
+    Near ties are not counted: a flip where the reference's own top-1 margin is at
+    most 2x the precision's tolerance (1e-4 fp32, 1e-3 fp16, 0.05 int8), by a form
+    whose max |dp| is within that tolerance (README, "The near-tie rule").
     The rows are recorded in the bundle's kedge.json (also a shipped bundle's, with
     its model.keras put back beside it as the reference); `--backend auto` only
     picks pairs that PASSED. Exit status 1 on any FAILED row.
@@ -303,8 +306,8 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
                                backends=csv_list(backends, "--backend"))
     if as_json:
         emit_json({**result, "rows": [{k: row.get(k) for k in (
-            "backend", "form", "precision", "accuracy", "macro_f1", "agreement", "max_abs_diff", "mean_abs_diff",
-            "passed", "runner", "n", "reference", "problems")} for row in result["rows"]]})
+            "backend", "form", "precision", "accuracy", "macro_f1", "agreement", "near_ties", "max_abs_diff",
+            "mean_abs_diff", "passed", "runner", "n", "reference", "problems")} for row in result["rows"]]})
     else:
         echo_parity(result)
     if not result["passed"]:

@@ -135,7 +135,8 @@ def test_lean_parity_reference_and_json_keys(exported, parity_data) -> None:
     data = json.loads(result.output)
     assert data["reference"] == "onnx-fp32"
     for row in data["rows"]:
-        assert {"form", "accuracy", "macro_f1", "agreement", "max_abs_diff", "mean_abs_diff", "passed"} <= set(row)
+        assert {"form", "accuracy", "macro_f1", "agreement", "near_ties", "max_abs_diff", "mean_abs_diff",
+                "passed"} <= set(row)
     text = run("parity", bundle, "--data", parity_data, "--forms", "onnx-int8", "--quiet")
     assert text.exit_code == 0 and "PASSED" in text.output and "onnx-int8 " in text.output
 
