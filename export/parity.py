@@ -54,7 +54,9 @@ def keras_file(bundle: Any) -> Path:
         return Path(bundle.file("keras"))
     path = bundle.path / left_out["file"]
     if not path.is_file():
-        bundle.file("keras")  # one line: left out when shipped
+        raise KedgeError(f"{bundle.path}: {left_out['file']} was left out when this bundle was shipped; put the one "
+                         f"it was shipped from (sha256 {str(left_out['sha256'])[:12]}) beside kedge.json to use it "
+                         "as the reference")
     if sha256_file(path) != left_out["sha256"]:
         raise KedgeError(f"{path}: not the model.keras this bundle was shipped from (sha256 differs)")
     return path

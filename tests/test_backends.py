@@ -243,7 +243,8 @@ def test_a_shipped_bundle_takes_back_the_model_keras_it_was_shipped_without(tmp_
                 "shipped": {"left_out": {"keras": {"file": "model.keras", "bytes": len(original),
                                                    "sha256": hashlib.sha256(original).hexdigest()}}}}
     bundle = Bundle(tmp_path, manifest)
-    with pytest.raises(KedgeError, match=r"model.keras \(keras\) was left out when this bundle was shipped"):
+    with pytest.raises(KedgeError, match=r"model.keras was left out when this bundle was shipped; put the one "
+                                         r"it was shipped from \(sha256 [0-9a-f]{12}\) beside kedge.json"):
         keras_file(bundle)
     (tmp_path / "model.keras").write_bytes(b"another model")
     with pytest.raises(KedgeError, match="not the model.keras this bundle was shipped from"):

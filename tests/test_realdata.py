@@ -94,11 +94,12 @@ def test_export_and_parity_on_real_data(real_data, tf_keras, tmp_path) -> None:
     assert trained.exit_code == 0, trained.output
     result = CliRunner().invoke(main, ["export", str(out), "--fp16", "--int8", "--calib", data, "--quiet", "--json"])
     report = json.loads(result.output[result.output.index("{"):])
-    rows = {r["form"]: r for r in report["parity"]["rows"]}
+    # ONNX Runtime's rows, as before OpenVINO; OpenVINO's own rows are extra and only decide what auto may run
+    rows = {r["form"]: r for r in report["parity"]["rows"] if r["backend"] in ("keras", "onnxruntime")}
     assert set(rows) == {"keras", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq"}
     assert rows["onnx-fp32"]["max_abs_diff"] <= 1e-4 and rows["onnx-fp32"]["agreement"] == 1.0
-    assert result.exit_code == (0 if report["parity"]["passed"] else 1)
-    assert report["parity"]["passed"], [r["problems"] for r in rows.values()]
+    assert result.exit_code == (0 if report["parity"]["forms_passed"] else 1)
+    assert all(r["passed"] for r in rows.values()), [r["problems"] for r in rows.values()]
 
     # The reduced JPEG decode keeps every full-resolution radiograph's class, in FP32 and INT8.
     from kedge.runtime.bundle import load_bundle
