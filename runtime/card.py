@@ -110,8 +110,13 @@ def _metrics(test: dict[str, Any] | None) -> list[str]:
     for name, row in test.get("per_class", {}).items():
         lines.append(f"  {name:<14} precision {row['precision']:.2f}  recall {row['recall']:.2f}  "
                      f"F1 {row['f1']:.2f}  (n={row['support']})")
-    if test.get("by_format"):
-        lines += group_table(test["by_format"], list(test.get("per_class", {})), "format")
+    formats = test.get("by_format") or {}
+    if formats and all("top_answer" in row for row in formats.values()):
+        lines += group_table(formats, list(test.get("per_class", {})), "format")
+    else:  # cards written before per-group metrics: accuracy per format only
+        for fmt, row in formats.items():
+            lines.append(f"  {fmt.upper() + ' files':<14} {_pct(row['accuracy'])}{_ci(row.get('accuracy_ci95'))}, "
+                         f"n={row['n']}")
     if test.get("confusion_matrix"):
         lines.append(f"  confusion      rows true, columns predicted: {test['confusion_matrix']}")
     return lines
@@ -132,8 +137,15 @@ def _parity(parity: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str
 
     rows = [r for r in parity["rows"] if r["form"] != parity["reference"]]
     judged = [r for r in rows if carried(r["form"])]
-    verdict = "PASSED" if judged and all(r["passed"] for r in judged) else \
-        "FAILED" if judged else "no row for a form this bundle carries"
+    forms = {r["form"] for r in judged}
+    failed_pairs = sum(not r["passed"] for r in judged)
+    if not judged:
+        verdict = "no row for a form this bundle carries"
+    elif all(any(r["passed"] for r in judged if r["form"] == f) for f in forms):
+        verdict = "PASSED, every form on at least one backend" + (
+            f" ({failed_pairs} pair(s) FAILED: never used by auto)" if failed_pairs else "")
+    else:
+        verdict = "FAILED"
     lines = ["", f"Parity against {parity['reference']} on {parity['data']} ({parity['split']}, n={parity['n']}), "
                  f"forms this bundle carries: {verdict}"]
     for row in rows:

@@ -113,21 +113,25 @@ def test_export_and_parity_on_real_data(real_data, tf_keras, tmp_path) -> None:
             assert np.array_equal(backend.infer(fast).argmax(1), backend.infer(exact).argmax(1)), form
 
 
-@pytest.mark.parametrize("model", ["knee-cnn", "resnet50-gru"])
+@pytest.mark.parametrize("model", [
+    pytest.param("knee-cnn", marks=pytest.mark.xfail(
+        strict=True, reason="issue 11, open: the shipped knee-cnn answers Osteopenia for every collection-A image")),
+    "resnet50-gru"])
 def test_shipped_models_do_not_answer_from_the_source(real_data, model) -> None:
-    """Issue 11's bar on the shipped models' own test split (sources from their split.csv):
-    no source gets one answer for 90 % of its images."""
+    """Issue 11's bar on the shipped models, over every real image with the manifest's
+    collections as sources: no source gets one answer for 90 % of its images. (strict
+    xfail: once a fixed knee-cnn ships, this fails until the mark is removed.)"""
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.infer import Predictor
     from kedge.runtime.shipped import MODELS_DIR
     from kedge.runtime.shortcut import TOP_SHARE_LIMIT, audit, labelled_items
-    from kedge.runtime.sources import SourceSpec
+    from kedge.runtime.sources import make_spec
 
     bundle = load_bundle(MODELS_DIR / model)
-    items = labelled_items(bundle, real_data, "test", SourceSpec())
+    items = labelled_items(bundle, real_data, None, make_spec(real_data / "manifest.csv", None, "path", "collection"))
     assert {i.source for i in items} == {"A", "B", "C"}
     with Predictor(bundle) as predictor:
-        report = audit(predict_items(predictor.backend, items, progress=False), bundle.classes)
+        report = audit(predict_items(predictor.runner, items, progress=False), bundle.classes)
     for name, row in report["by_source"].items():
         assert row["top_answer"]["share"] < TOP_SHARE_LIMIT, (name, row["top_answer"])
