@@ -71,7 +71,8 @@ def output_nodes(onnx_path: str | os.PathLike[str]) -> list[str]:
 def first_convolution(onnx_path: str | os.PathLike[str]) -> list[str]:
     """The first Conv node's name. Its input is the image in [0, 1]: symmetric int8 would
     keep only 128 grey levels of the radiograph's 256, and bone texture is the signal.
-    TensorRT then runs that one layer in FP16."""
+    TensorRT 10 (FP16 flag on, as kedge sets it for INT8 builds) may run that layer in
+    FP16; TensorRT 11 is strongly typed and runs it in FP32, its input's type."""
     import onnx
 
     model = onnx.load(os.fspath(onnx_path), load_external_data=False)
