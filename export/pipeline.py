@@ -7,7 +7,8 @@ Steps, each skipped with a reason when this machine cannot do it:
 2. FP16 ONNX (--fp16), gated against the FP32 ONNX.
 3. INT8 (--int8 --calib DIR): cached ranges, the TensorRT Q/DQ file, the CPU Q/DQ
    file and the TensorRT 10 calibration cache.
-4. TensorRT engines (--engine; needs TensorRT and a GPU).
+4. `kedge check-trt` on every TensorRT-bound file (an error fails the export), then
+   TensorRT engines (--engine; needs TensorRT and a GPU).
 5. Parity of every form against the reference on a labelled folder (--data, or the
    calibration folder when it is labelled); the result goes into kedge.json and a
    failure is the exit status.
@@ -67,10 +68,12 @@ class ExportReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     parity: dict[str, Any] | None = None
+    trt_check: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
-        return self.parity is None or bool(self.parity["passed"])
+        trt_ok = self.trt_check is None or bool(self.trt_check["passed"])
+        return trt_ok and (self.parity is None or bool(self.parity["passed"]))
 
 
 def tensorflow_available() -> bool:
@@ -88,6 +91,7 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
         _export_fp16(bundle, report, log, images)
     if s.int8 and images is not None:
         _export_int8(bundle, s, report, log, images)
+    _check_trt(bundle, report, log)
     if s.engine:
         _build_engines(bundle, s, report, log)
     data = s.data
@@ -256,6 +260,18 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
                        f"calibration on {len(images.paths)} images ({'cached' if reused else 'new'}), "
                        f"TensorRT 10 cache {trt_cache.name}")
     log(f"onnx-int8: wrote {INT8_QDQ_NAME}, {INT8_CPU_NAME} and {trt_cache.relative_to(bundle.path)}")
+
+
+def _check_trt(bundle: Bundle, report: ExportReport, log: Log) -> None:
+    """`kedge check-trt` on the TensorRT-bound files just made: an error fails the export."""
+    from kedge.device.trtcheck import check_bundle
+
+    result = check_bundle(bundle.path)
+    report.trt_check = result.to_json()
+    for line in result.lines():
+        log(f"check-trt: {line}")
+    verdict = "passed" if result.passed else f"FAILED with {len(result.errors)} errors"
+    report.done.append(f"check-trt: {verdict} ({len(result.findings) - len(result.errors)} warnings)")
 
 
 def _build_engines(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log) -> None:

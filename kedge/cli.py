@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 import kedge
+from kedge.cli_device import register as register_device_commands
 from kedge.runtime.errors import KedgeError
 
 
@@ -365,7 +366,7 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
                                f"max batch {entry['max_batch_size']})")
     if as_json:
         _emit_json({"bundle": report.bundle, "done": report.done, "skipped": report.skipped,
-                    "parity": report.parity, "passed": report.passed})
+                    "parity": report.parity, "trt_check": report.trt_check, "passed": report.passed})
     else:
         for line in report.done:
             click.echo(f"done     {line}")
@@ -895,6 +896,8 @@ def info(model: Path | None, as_json: bool) -> None:
         for e in engines:
             click.echo(f"  {e['engine']}: " + ("runs here" if e["compatible"] else f"not here ({e['problem']})"))
 
+
+register_device_commands(main)  # check-trt, golden, verify
 
 if __name__ == "__main__":
     main()
