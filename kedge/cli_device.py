@@ -52,6 +52,77 @@ def check_trt(bundle: Path, versions: str, max_batch: int | None, as_json: bool)
         sys.exit(1)
 
 
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--count", default=24, show_default=True, type=click.IntRange(1, 1000), help="Golden images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds kedge's synthetic knee generator.")
+@click.option("--reference", type=click.Choice(["keras", "onnx-fp32"]),
+              help="Reference outputs from (default: keras where TensorFlow and model.keras are here).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored golden set as JSON.")
+def golden(bundle: Path, count: int, seed: int, reference: str | None, as_json: bool) -> None:
+    """Store a golden set in BUNDLE for `kedge verify` on devices.
+
+    \b
+    Synthetic knees drawn by kedge's own generator from --seed (never real
+    images), the reference's probabilities on them and those of every ONNX
+    form in the bundle. Only the seed, the generator's parameters, pixel
+    hashes and probabilities go into kedge.json (a few KB), not the pixels.
+    Run it where the bundle was exported (model.keras beside it).
+    \b
+    Example:
+      kedge golden runtime/models/resnet50-gru
+    """
+    from kedge.device.golden import make_golden
+
+    stored = make_golden(bundle, count, seed, reference, log=lambda m: click.echo(m, err=True))
+    if as_json:
+        _emit_json(stored)
+    else:
+        click.echo(f"golden: {count} synthetic images (seed {seed}), reference {stored['reference']}, outputs of "
+                   f"{', '.join(stored['outputs'])}, written to {bundle / 'kedge.json'}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Labelled class-per-folder tree: also rerun parity.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Parity on this split of --data only.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as Markdown.")
+@click.option("--no-build", is_flag=True, help="Do not build engines (check the ones already in the bundle).")
+@click.option("--bench-iterations", default=20, show_default=True, type=click.IntRange(0, 10000),
+              help="Timed calls per form and batch size (0: no benchmark).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path | None, no_build: bool,
+           bench_iterations: int, as_json: bool) -> None:
+    """Prove on this machine what can be proven about BUNDLE.
+
+    \b
+    1. check-trt on every TensorRT-bound ONNX file;
+    2. the TensorRT engines this machine can build (TensorRT 10 or 11 and
+       a GPU), or plainly why none was built;
+    3. every form this machine runs, on the golden set stored in the bundle;
+    4. parity on --data (when the bundle has its FP32 reference);
+    5. a short benchmark of each form.
+    Each check: passed, failed, or not checkable here (and why).
+    Exit status 1 when a check failed.
+    \b
+    On a Jetson: copy the bundle, then
+      kedge verify runtime/models/resnet50-gru --report verify.md
+    """
+    from kedge.device.verify import verify_bundle
+    from kedge.runtime.bundle import atomic_write_text
+
+    result = verify_bundle(bundle, data, split, build=not no_build, bench_iterations=bench_iterations,
+                           log=lambda m: click.echo(m, err=True))
+    if report_path is not None:
+        atomic_write_text(report_path, result.markdown())
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        click.echo("\n".join(result.lines()))
+    if not result.passed:
+        sys.exit(1)
+
+
 def register(group: click.Group) -> None:
-    for command in (check_trt,):
+    for command in (check_trt, golden, verify):
         group.add_command(command)

@@ -1,0 +1,232 @@
+"""`kedge verify BUNDLE`: everything a device owner can prove about a bundle on their machine.
+
+In order: check-trt on the TensorRT-bound ONNX files; the engines this machine can
+build (TensorRT and a GPU present), or plainly why none was built; every runnable
+form on the golden set stored in the bundle; parity on a labelled folder (--data);
+a short benchmark of each form. One report, each check passed, failed, or not
+checkable here (with the reason). Exit 0 when nothing failed.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kedge.runtime.errors import KedgeError
+
+PASSED, FAILED, NOT_CHECKABLE = "passed", "failed", "not checkable here"
+Log = Callable[[str], None]
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    data: Any = None
+
+
+@dataclass
+class VerifyReport:
+    bundle: str
+    machine: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+    bench: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status != FAILED for c in self.checks)
+
+    def add(self, name: str, status: str, detail: str, data: Any = None) -> None:
+        self.checks.append(Check(name, status, detail, data))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "passed": self.passed, "machine": self.machine,
+                "checks": [asdict(c) for c in self.checks], "bench": self.bench}
+
+    def markdown(self) -> str:
+        m = self.machine
+        lines = [f"# kedge verify: {Path(self.bundle).name}", "",
+                 f"- bundle: `{self.bundle}`", f"- kedge {m['kedge']}, at {m['at']}",
+                 f"- CPU: {m['cpu']}; load {m['load']}", f"- GPU: {m['gpu'] or 'none visible'}",
+                 f"- TensorRT: {m['tensorrt'] or 'not installed'}; ONNX Runtime {m['onnxruntime'] or 'not installed'}",
+                 "", f"**Result: {'PASSED' if self.passed else 'FAILED'}** "
+                 f"({sum(c.status == PASSED for c in self.checks)} passed, "
+                 f"{sum(c.status == FAILED for c in self.checks)} failed, "
+                 f"{sum(c.status == NOT_CHECKABLE for c in self.checks)} not checkable here)", "",
+                 "| check | result | detail |", "|---|---|---|"]
+        lines += [f"| {c.name} | {c.status} | {c.detail.replace('|', '/')} |" for c in self.checks]
+        if self.bench:
+            lines += ["", "## Benchmark (preprocessed batches, ms per batch; this machine's load applies)", "",
+                      "| form | batch | mean ms | p90 ms | images/s |", "|---|---|---|---|---|"]
+            lines += [f"| {r['form']} | {r['batch_size']} | {r['mean_ms']:.2f} | {r['p90_ms']:.2f} | "
+                      f"{r['throughput']:.1f} |" for r in self.bench]
+        return "\n".join(lines) + "\n"
+
+    def lines(self) -> list[str]:
+        out = [f"{c.status.upper():<19} {c.name}: {c.detail}" for c in self.checks]
+        out += [f"bench  {r['form']:<15} batch {r['batch_size']:>3}: {r['mean_ms']:8.2f} ms "
+                f"({r['throughput']:.1f} img/s)" for r in self.bench]
+        out.append(f"verify {self.bundle}: {'PASSED' if self.passed else 'FAILED'}")
+        return out
+
+
+def machine_facts() -> dict[str, Any]:
+    import kedge
+    from kedge.runtime.info import cpu_info, gpu_info, onnxruntime_info, tensorrt_info
+
+    ort, trt, gpu, cpu = onnxruntime_info(), tensorrt_info(), gpu_info(), cpu_info()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"kedge": kedge.__version__, "at": now,
+            "cpu": f"{cpu['model']}, {cpu['cores']} cores, {cpu['machine']}", "load": load,
+            "gpu": f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else None,
+            "tensorrt": trt["version"] if trt and trt.get("version") else None,
+            "tensorrt_problem": trt.get("problem") if trt else None,
+            "onnxruntime": ort["version"] if ort else None}
+
+
+def verify_bundle(bundle_dir: str | os.PathLike[str], data: Path | None = None, split: str | None = None,
+                  build: bool = True, bench_iterations: int = 20, progress: bool = False,
+                  log: Log | None = None) -> VerifyReport:
+    from kedge.runtime.bundle import load_bundle
+
+    say = log or (lambda _m: None)
+    bundle = load_bundle(bundle_dir)
+    report = VerifyReport(str(bundle.path), machine_facts())
+    _check_trt(bundle, report)
+    if build:
+        _build_engines(bundle, report, say)
+        bundle = load_bundle(bundle.path)  # engines were added to kedge.json
+    _golden(bundle, report, say)
+    _parity(bundle, data, split, report, progress, say)
+    if bench_iterations > 0:
+        _bench(bundle, report, bench_iterations, say)
+    return report
+
+
+def _check_trt(bundle: Any, report: VerifyReport) -> None:
+    from importlib.util import find_spec
+
+    from kedge.device.trtcheck import TRT_VERSIONS, check_bundle
+
+    if find_spec("onnx") is None:
+        report.add("check-trt", NOT_CHECKABLE, "the onnx package is not installed (pip install kedge[cpu])")
+        return
+    installed = report.machine["tensorrt"]
+    versions = TRT_VERSIONS if not installed else (("11",) if int(installed.split(".")[0]) >= 11 else ("10.3",))
+    try:
+        result = check_bundle(bundle.path, versions)
+    except KedgeError as err:
+        report.add("check-trt", NOT_CHECKABLE, str(err))
+        return
+    files = ", ".join(f"{name} ({status})" for name, status in result.files.items())
+    detail = f"TensorRT {' and '.join(versions)}: {len(result.errors)} errors, " \
+             f"{len(result.findings) - len(result.errors)} warnings; {files}"
+    report.add("check-trt", PASSED if result.passed else FAILED, detail, result.to_json())
+
+
+def _build_engines(bundle: Any, report: VerifyReport, say: Log) -> None:
+    """Build every engine this machine's TensorRT can build from the files the bundle has."""
+    from kedge.export.engine import build_engine, build_plan
+    from kedge.runtime.bundle import write_manifest
+    from kedge.runtime.cuda import has_gpu
+    from kedge.runtime.engines import ENGINE_DIR
+
+    version = report.machine["tensorrt"]
+    if version is None or not has_gpu():
+        why = (report.machine["tensorrt_problem"] or "TensorRT is not installed") if version is None \
+            else "no CUDA GPU is visible"
+        report.add("engines", NOT_CHECKABLE, f"no engine was built on this machine: {why}")
+        return
+    artifacts = bundle.manifest.get("artifacts", {})
+    engines = dict(bundle.manifest.get("engines", {}))
+    for precision in ("fp32", "fp16", "int8"):
+        key, path = build_plan(precision, int(version.split(".")[0]))
+        name = f"engine {precision}"
+        if key not in artifacts:
+            report.add(name, NOT_CHECKABLE, f"the bundle has no {key} to build it from")
+            continue
+        say(f"verify: building the {precision} engine from {artifacts[key]} ({path}, TensorRT {version})")
+        try:
+            engine_path, info = build_engine(bundle.file(key), bundle.path, bundle.name, precision, path,
+                                             progress=False)
+        except KedgeError as err:
+            report.add(name, FAILED, str(err))
+            continue
+        engines[engine_path.name] = f"{ENGINE_DIR}/{engine_path.name}"
+        report.add(name, PASSED, f"built {engine_path.name} in {info.build_seconds:.0f} s")
+    manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
+    manifest["engines"] = engines
+    write_manifest(bundle.path, manifest)
+
+
+def _golden(bundle: Any, report: VerifyReport, say: Log) -> None:
+    from kedge.device.golden import SOURCE_FORM, compare_form, regenerate
+    from kedge.runtime.engines import read_sidecar
+    from kedge.runtime.forms import available_forms, engine_path, open_form
+
+    golden = bundle.manifest.get("golden")
+    if not golden:
+        report.add("golden set", NOT_CHECKABLE, "the bundle has no golden set (run `kedge golden BUNDLE` where it "
+                   "was exported, with model.keras beside it)")
+        return
+    images = regenerate(golden)
+    same = np.array([a == b for a, b in zip(images.pixel_sha256, golden["pixel_sha256"], strict=True)])
+    batch = images.tensors()
+    for spec in available_forms(bundle):
+        source = None
+        if spec.artifact is None:
+            path = engine_path(bundle, spec.precision)
+            source = SOURCE_FORM.get(Path(read_sidecar(path).source_onnx).name) if path else None
+        say(f"verify: golden set on {spec.name}")
+        with open_form(bundle, spec, device="cpu" if spec.artifact else "auto") as backend:
+            outputs = backend.infer(batch)
+        result = compare_form(golden, spec.name, spec.precision, outputs, same, source)
+        name = f"golden {spec.name}"
+        if result is None:
+            report.add(name, NOT_CHECKABLE, f"nothing stored to compare {spec.name} with "
+                       f"(the golden set predates it; rerun `kedge golden`)")
+            continue
+        detail = (f"max |dp| {result.max_abs_diff:.2g} vs stored {result.compared_with} (tolerance "
+                  f"{result.tolerance:g}) on {result.images} images; top-1 agreement with {golden['reference']} "
+                  f"{result.agreement_with_reference:.1%}" + (f"; {result.note}" if result.note else ""))
+        report.add(name, PASSED if result.passed else FAILED, detail, asdict(result))
+    if not any(c.name.startswith("engine ") and c.status == PASSED for c in report.checks):
+        report.add("golden engines", NOT_CHECKABLE, "no TensorRT engine runs here, so none was compared")
+
+
+def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyReport, progress: bool,
+            say: Log) -> None:
+    if data is None:
+        report.add("parity", NOT_CHECKABLE, "no labelled folder given (pass --data DIR, optionally --split)")
+        return
+    from kedge.runtime.parity import bundle_parity
+
+    if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
+        report.add("parity", NOT_CHECKABLE, "the bundle has no FP32 ONNX to be the reference (left out when "
+                   "shipped); the golden set compares with the Keras reference instead")
+        return
+    say(f"verify: parity on {data}")
+    result = bundle_parity(bundle.path, data, split, progress=progress, record=False)
+    failed = [r["form"] for r in result["rows"] if not r["passed"]]
+    detail = (f"{result['n']} images of {data} ({result['split']}), reference {result['reference']}: "
+              + ("every form passed" if not failed else f"failed: {', '.join(failed)}"))
+    report.add("parity", PASSED if result["passed"] else FAILED, detail, result)
+
+
+def _bench(bundle: Any, report: VerifyReport, iterations: int, say: Log) -> None:
+    from kedge.device.golden import class_densities, draw
+    from kedge.runtime.bench import Target, run_bench
+    from kedge.runtime.forms import available_forms, open_form
+
+    images = draw(class_densities(bundle.classes, 4), seed=1).pngs
+    targets = [Target(f.name, f.backend, (lambda f=f: open_form(bundle, f))) for f in available_forms(bundle)]
+    say(f"verify: benchmarking {', '.join(t.form for t in targets)}")
+    rows = run_bench(targets, images, [1, 8], modes=("engine",), warmup=3, iterations=iterations)
+    report.bench = [r.as_dict() for r in rows]
