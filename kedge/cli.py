@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 import kedge
+from kedge.cli_device import int8_tool_options
 from kedge.cli_device import register as register_device_commands
 from kedge.runtime.errors import KedgeError
 
@@ -305,8 +306,10 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
               help="Calibration images: class folders (sampled per class) or any folder of images.")
 @click.option("--calib-size", default="300", show_default=True,
               help="How many calibration images to use, or 'all'.")
-@click.option("--calib-method", type=click.Choice(["percentile", "entropy", "minmax"]), default="percentile",
-              show_default=True, help="How activation ranges are chosen from the calibration images.")
+@click.option("--calib-method", type=click.Choice(["percentile", "entropy", "minmax", "auto"]), default="percentile",
+              show_default=True, help="How activation ranges are chosen from the calibration images; auto: the "
+              "method whose TensorRT Q/DQ form does best on --data/--split (e.g. val).")
+@int8_tool_options
 @click.option("--calib-split", type=click.Choice(["train", "val", "test"]),
               help="Calibrate only on this split of --calib (the bundle's split.csv), e.g. train, so test "
               "images never calibrate.")

@@ -123,6 +123,31 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
         sys.exit(1)
 
 
+def _keep_float(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | str:
+    if value is None:
+        return ()
+    if value.strip().lower() == "auto":
+        return "auto"
+    return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def int8_tool_options(f: Any) -> Any:
+    """`kedge export`'s INT8 sensitivity options (calibration/sensitivity.py does the work)."""
+    options = [
+        click.option("--sensitivity", is_flag=True, help="With --int8: print the per-tensor SQNR (FP32 vs the "
+                     "TensorRT Q/DQ form, ONNX Runtime's qdq_loss_debug) on --data/--split images, worst first."),
+        click.option("--sensitivity-plot", type=click.Path(path_type=Path), help="Also plot it to this PNG."),
+        click.option("--sensitivity-images", default=8, show_default=True, type=click.IntRange(1, 256),
+                     help="Validation images for the SQNR table (memory grows with each)."),
+        click.option("--keep-float", callback=_keep_float, metavar="NODE,...|auto",
+                     help="Keep these nodes out of the TensorRT Q/DQ form; auto: keep the nodes around the "
+                     "noisiest tensors in float, worst first, until parity passes on --data/--split."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def register(group: click.Group) -> None:
     for command in (check_trt, golden, verify):
         group.add_command(command)
