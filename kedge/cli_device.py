@@ -17,6 +17,16 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _finish(result: Any, as_json: bool) -> None:
+    """Print a check-trt or verify result (lines or JSON); exit 1 when it did not pass."""
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        click.echo("\n".join(result.lines()))
+    if not result.passed:
+        sys.exit(1)
+
+
 @click.command(name="check-trt")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--trt", "versions", type=click.Choice(["10.3", "11", "all"]), default="all", show_default=True,
@@ -43,13 +53,7 @@ def check_trt(bundle: Path, versions: str, max_batch: int | None, as_json: bool)
     """
     from kedge.device.trtcheck import TRT_VERSIONS, check_bundle
 
-    result = check_bundle(bundle, TRT_VERSIONS if versions == "all" else (versions,), max_batch)
-    if as_json:
-        _emit_json(result.to_json())
-    else:
-        click.echo("\n".join(result.lines()))
-    if not result.passed:
-        sys.exit(1)
+    _finish(check_bundle(bundle, TRT_VERSIONS if versions == "all" else (versions,), max_batch), as_json)
 
 
 @click.command()
@@ -115,12 +119,7 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
                            log=lambda m: click.echo(m, err=True))
     if report_path is not None:
         atomic_write_text(report_path, result.markdown())
-    if as_json:
-        _emit_json(result.to_json())
-    else:
-        click.echo("\n".join(result.lines()))
-    if not result.passed:
-        sys.exit(1)
+    _finish(result, as_json)
 
 
 def _keep_float(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | str:

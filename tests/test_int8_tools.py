@@ -23,7 +23,8 @@ def offset_model(path: Path, threshold: float) -> None:
     """p(Osteoporosis) = softmax of 400 * (mean brightness - threshold), computed on a tensor
     offset by +100: INT8 ranges there span 0..100.5 (ONNX Runtime's ranges include 0), so
     its steps of 0.4-0.8 wipe out a signal of a few hundredths; float keeps it."""
-    from onnx import TensorProto, helper, numpy_helper
+    from leanbundle import save_image_model
+    from onnx import helper, numpy_helper
 
     k = 400.0
     nodes = [helper.make_node("Transpose", ["image"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
@@ -36,13 +37,7 @@ def offset_model(path: Path, threshold: float) -> None:
                numpy_helper.from_array(np.array([100.0], np.float32), "grey_b"),
                numpy_helper.from_array(np.array([[k, -k]], np.float32), "fc_w"),
                numpy_helper.from_array(np.array([-k * (100 + threshold), k * (100 + threshold)], np.float32), "fc_b")]
-    graph = helper.make_graph(
-        nodes, "offset", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 224, 224, 3])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
+    save_image_model(path, "offset", nodes, weights, len(CLASSES))
 
 
 @pytest.fixture(scope="module")
