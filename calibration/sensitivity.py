@@ -159,8 +159,11 @@ Quantizer = Callable[[Sequence[str], Path], Any]  # (nodes kept in float, output
 
 
 def greedy_keep_float(rows: Sequence[TensorSqnr], quantize_with: Quantizer, validation: Validation,
-                      log: Log, start: Sequence[str] = (), max_steps: int = MAX_STEPS) -> dict[str, Any]:
-    """Keep the nodes around the noisiest tensors in float, worst first, until parity passes."""
+                      log: Log, start: Sequence[str] = (), max_steps: int = MAX_STEPS,
+                      max_abs_diff: float | None = None) -> dict[str, Any]:
+    """Keep the nodes around the noisiest tensors in float, worst first, until parity passes
+    (and, with `max_abs_diff`, until no validation probability moves more than that: a small
+    validation split can pass with one borderline image away from a flip)."""
     kept = list(start)
     steps = []
     with tempfile.TemporaryDirectory(prefix="kedge-keep-") as scratch:
@@ -169,15 +172,17 @@ def greedy_keep_float(rows: Sequence[TensorSqnr], quantize_with: Quantizer, vali
         for step in range(max_steps + 1):
             quantize_with(kept, candidate)
             row = validation.score(candidate)
+            passed = row.passed and (max_abs_diff is None or row.max_abs_diff <= max_abs_diff)
             steps.append({"kept_in_float": list(kept), "agreement": row.agreement, "accuracy": row.accuracy,
-                          "max_abs_diff": row.max_abs_diff, "passed": row.passed})
+                          "max_abs_diff": row.max_abs_diff, "passed": passed})
             log(f"keep-float step {step}: {len(kept)} nodes in float, agreement {row.agreement:.2%}, "
-                f"max |dp| {row.max_abs_diff:.3f}: {'PASSED' if row.passed else 'not yet'}")
-            if row.passed or not queue:
+                f"max |dp| {row.max_abs_diff:.3f}: {'PASSED' if passed else 'not yet'}")
+            if passed or not queue:
                 break
             worst = queue.pop(0)
             kept += [n for n in worst.nodes if n not in kept]
-    return {"mode": "auto", "nodes": kept, "passed": steps[-1]["passed"], "steps": steps}
+    return {"mode": "auto", "nodes": kept, "passed": steps[-1]["passed"], "max_abs_diff_goal": max_abs_diff,
+            "steps": steps}
 
 
 def choose_method(methods: Sequence[str], candidate_for: Callable[[str, Path], None], validation: Validation,

@@ -234,18 +234,46 @@ def _check_qdq(g: _Graph, add: Add) -> None:
     for node in g.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             _check_qdq_node(g, node, add)
-    for node in g.graph.node:
-        if node.op_type in qdq["quantizable"]:
+        elif node.op_type in qdq["quantizable"]:
             _check_quantized_input_pair(g, node, add)
         elif node.op_type == "Add":
             _check_residual_add(g, node, add)
-        elif node.op_type not in ("QuantizeLinear", "DequantizeLinear", *qdq["int8_through"]):
-            for name in node.input:
-                dq = g.from_dq(name)
-                if dq is not None and not g.is_constant(dq.input[0]):
-                    add("warning", "qdq-float-consumer", _name(node),
-                        f"{node.op_type} reads DequantizeLinear {_name(dq)!r}: TensorRT runs {node.op_type} in "
-                        "float, so the Q/DQ pair only adds quantization noise; keep it out of quantization")
+    for node, dq, _tensor in _float_consumers(g):
+        add("warning", "qdq-float-consumer", _name(node),
+            f"{node.op_type} reads DequantizeLinear {_name(dq)!r}: TensorRT runs {node.op_type} in "
+            "float, so the Q/DQ pair only adds quantization noise; keep it out of quantization")
+
+
+def _float_consumers(g: _Graph) -> list[tuple[Any, Any, str]]:
+    """(node, its DequantizeLinear input, the tensor quantized there) for every activation Q/DQ pair
+    read by an op TensorRT runs only in float."""
+    qdq = support_table()["qdq"]
+    skip = {"QuantizeLinear", "DequantizeLinear", *qdq["quantizable"], *qdq["int8_through"]}
+    out = []
+    for node in g.graph.node:
+        if node.op_type in skip:
+            continue
+        for name in node.input:
+            dq = g.from_dq(name)
+            if dq is not None and not g.is_constant(dq.input[0]):
+                q = g.producer.get(dq.input[0])
+                out.append((node, dq, q.input[0] if q is not None and q.op_type == "QuantizeLinear" else name))
+    return out
+
+
+def float_consumer_nodes(qdq_path: str | os.PathLike[str]) -> list[str]:
+    """Nodes to keep in float so no Q/DQ pair feeds an op TensorRT runs in float: each such
+    reader and the writer of the tensor quantized there (names shared with the FP32 model)."""
+    import onnx
+
+    g = _Graph(onnx.load(os.fspath(qdq_path), load_external_data=False))
+    nodes: list[str] = []
+    for node, _dq, tensor in _float_consumers(g):
+        writer = g.producer.get(tensor)
+        for name in (writer.name if writer is not None else "", node.name):
+            if name and name not in nodes:
+                nodes.append(name)
+    return nodes
 
 
 def _check_qdq_node(g: _Graph, node: Any, add: Add) -> None:

@@ -54,6 +54,7 @@ class ExportSettings:
     sensitivity_plot: Path | None = None
     sensitivity_images: int = 8
     keep_float: tuple[str, ...] | str = ()  # node names kept out of the TensorRT Q/DQ form, or "auto"
+    keep_float_max_dp: float | None = None  # auto also needs max |dp| <= this on the validation images
     seed: int = 0
     engine: bool = False
     int8_source: str = "qdq"
@@ -323,19 +324,27 @@ def _keep_float(bundle: Bundle, s: ExportSettings, source: Path, ranges: Path, m
     import tempfile
 
     from kedge.calibration import sensitivity as sens
+    from kedge.device.trtcheck import float_consumer_nodes
 
     with tempfile.TemporaryDirectory(prefix="kedge-sqnr-") as scratch:
         baseline = Path(scratch) / "qdq.onnx"
         quantize(source, ranges, method, "tensorrt", baseline, manual)
         rows = sens.sensitivity_table(source, baseline, validation.tensors(s.sensitivity_images))
+        # Q/DQ pairs feeding ops TensorRT runs in float only add noise: auto starts with those nodes in float
+        seed = [n for n in float_consumer_nodes(baseline) if n not in manual]
     log(f"sensitivity: per-tensor SQNR of the TensorRT Q/DQ form on {s.sensitivity_images} validation images "
         "(worst first)\n" + sens.format_table(rows))
     if s.sensitivity_plot is not None:
         sens.plot_table(rows, s.sensitivity_plot)
         log(f"sensitivity: plot written to {s.sensitivity_plot}")
     if s.keep_float == "auto":
+        if seed:
+            log(f"keep-float: starting with {len(seed)} nodes around Q/DQ pairs TensorRT would run in float "
+                f"(check-trt qdq-float-consumer): {', '.join(seed)}")
         keep = sens.greedy_keep_float(rows, lambda nodes, out: quantize(source, ranges, method, "tensorrt", out,
-                                                                         nodes), validation, log)
+                                                                         nodes), validation, log,
+                                      start=manual + seed, max_abs_diff=s.keep_float_max_dp)
+        keep["started_with"] = seed
     keep["sensitivity"] = {"images": s.sensitivity_images, "on": _validation_name(s),
                            "worst": [r.to_json() for r in rows[:20]]}
     return keep

@@ -141,6 +141,9 @@ def int8_tool_options(f: Any) -> Any:
         click.option("--keep-float", callback=_keep_float, metavar="NODE,...|auto",
                      help="Keep these nodes out of the TensorRT Q/DQ form; auto: keep the nodes around the "
                      "noisiest tensors in float, worst first, until parity passes on --data/--split."),
+        click.option("--keep-float-max-dp", type=click.FloatRange(0, 1), help="With --keep-float auto: also "
+                     "keep going until no validation probability moves more than this (e.g. 0.03; a small "
+                     "validation split passes parity with a borderline image one step from a flip)."),
     ]
     for option in reversed(options):
         f = option(f)

@@ -107,3 +107,31 @@ def test_keep_float_by_name_and_unknown_names(monkeypatch, bundle, knees) -> Non
     assert fc.input[1] == "fc_w"  # its weight stays the float initializer (quantized, it would be fc_w's DQ)
     bad = export(monkeypatch, bundle, "--int8", "--calib", knees, "--keep-float", "fc,nosuch", "--quiet")
     assert bad.exit_code == 1 and "no node nosuch" in bad.output
+
+
+def test_greedy_keep_float_order_and_max_dp_goal() -> None:
+    """The greedy loop alone, on a scripted validation: worst tensor first, writer and readers
+    together, and --keep-float-max-dp keeps going after parity first passes."""
+    from types import SimpleNamespace
+
+    from kedge.calibration.sensitivity import TensorSqnr, greedy_keep_float
+
+    rows = [TensorSqnr("t_bad", ("a", "b"), 12.0, 10.0), TensorSqnr("t_mid", ("b", "c"), 20.0, 15.0),
+            TensorSqnr("t_ok", ("d",), 40.0, 30.0)]
+    outcome = {0: (False, 0.5), 2: (True, 0.08), 3: (True, 0.02), 4: (True, 0.0)}  # by nodes kept in float
+    quantized: list[list[str]] = []
+
+    class Scripted:
+        def score(self, path):
+            passed, dp = outcome[len(quantized[-1])]
+            return SimpleNamespace(passed=passed, max_abs_diff=dp, agreement=1.0 if passed else 0.9, accuracy=0.8)
+
+    def quantize_with(nodes, out):
+        quantized.append(list(nodes))
+
+    plain = greedy_keep_float(rows, quantize_with, Scripted(), lambda m: None)
+    assert plain["nodes"] == ["a", "b"] and plain["passed"] and len(plain["steps"]) == 2
+    quantized.clear()
+    strict = greedy_keep_float(rows, quantize_with, Scripted(), lambda m: None, max_abs_diff=0.03)
+    assert strict["nodes"] == ["a", "b", "c"] and strict["passed"] and strict["max_abs_diff_goal"] == 0.03
+    assert [s["passed"] for s in strict["steps"]] == [False, False, True]
