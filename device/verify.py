@@ -209,8 +209,7 @@ def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyRep
     from kedge.runtime.parity import bundle_parity
 
     if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
-        report.add("parity", NOT_CHECKABLE, "the bundle has no FP32 ONNX to be the reference (left out when "
-                   "shipped); the golden set compares with the Keras reference instead")
+        _accuracy_against_record(bundle, data, split, report, progress, say)
         return
     say(f"verify: parity on {data}")
     result = bundle_parity(bundle.path, data, split, progress=progress, record=False)
@@ -230,3 +229,46 @@ def _bench(bundle: Any, report: VerifyReport, iterations: int, say: Log) -> None
     say(f"verify: benchmarking {', '.join(t.form for t in targets)}")
     rows = run_bench(targets, images, [1, 8], modes=("engine",), warmup=3, iterations=iterations)
     report.bench = [r.as_dict() for r in rows]
+
+
+def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report: VerifyReport, progress: bool,
+                             say: Log) -> None:
+    """Without an FP32 reference here (left out when shipped): each form's accuracy on --data
+    against the accuracy the bundle's recorded parity gives for the same ONNX file on the same
+    split, within parity's INT8 rule (1 point)."""
+    from kedge.device.golden import SOURCE_FORM
+    from kedge.runtime.engines import read_sidecar
+    from kedge.runtime.evaluate import predict_items
+    from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+    from kedge.runtime.forms import available_forms, engine_path, open_form
+    from kedge.runtime.parity import THRESHOLDS
+
+    recorded = bundle.manifest.get("parity") or {}
+    same_split = recorded.get("split") == (split or "all") and Path(str(recorded.get("data", ""))).name == data.name
+    rows = {r["form"]: r for r in recorded.get("rows", [])} if same_split else {}
+    items = scan_labelled(data, bundle.classes)
+    if split is not None:
+        items = in_split(items, data, read_split_manifest(bundle.file("split_manifest")), split)
+    limit = THRESHOLDS["int8"]["max_accuracy_drop"]
+    for spec in available_forms(bundle):
+        source = spec.name
+        if spec.artifact is None:
+            path = engine_path(bundle, spec.precision)
+            source = SOURCE_FORM.get(Path(read_sidecar(path).source_onnx).name, spec.name) if path else spec.name
+        say(f"verify: {spec.name} on {len(items)} images of {data}")
+        with open_form(bundle, spec, device="cpu" if spec.artifact else "auto") as backend:
+            predictions = predict_items(backend, items, 16, progress)
+        labels = np.array([i.label for i in predictions.items])
+        accuracy = float((predictions.probabilities.argmax(1) == labels).mean()) if len(labels) else 0.0
+        name = f"parity {spec.name}"
+        row = rows.get(source)
+        if row is None:
+            why = "the bundle records no parity on this folder and split" if not same_split else \
+                f"the recorded parity has no {source} row"
+            report.add(name, NOT_CHECKABLE, f"accuracy {accuracy:.3f} on {len(labels)} images; no FP32 reference "
+                       f"here and {why}")
+            continue
+        drop = abs(accuracy - row["accuracy"])
+        report.add(name, PASSED if drop <= limit + 1e-12 else FAILED,
+                   f"accuracy {accuracy:.3f} on {len(labels)} images vs {row['accuracy']:.3f} recorded for {source} "
+                   f"at shipping (within {limit * 100:g} point: {'yes' if drop <= limit + 1e-12 else 'no'})")

@@ -104,7 +104,8 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
     2. the TensorRT engines this machine can build (TensorRT 10 or 11 and
        a GPU), or plainly why none was built;
     3. every form this machine runs, on the golden set stored in the bundle;
-    4. parity on --data (when the bundle has its FP32 reference);
+    4. parity on --data (against the FP32 ONNX, or in a shipped bundle
+       against the accuracies its recorded parity gives);
     5. a short benchmark of each form.
     Each check: passed, failed, or not checkable here (and why).
     Exit status 1 when a check failed.

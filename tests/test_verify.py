@@ -99,3 +99,27 @@ def test_verify_without_a_golden_set_says_what_to_run(bundle, tmp_path) -> None:
     result = _kedge("verify", copy, "--bench-iterations", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "NOT CHECKABLE HERE  golden set: the bundle has no golden set (run `kedge golden BUNDLE`" in result.stdout
+
+
+def test_verify_data_without_fp32_reference_uses_the_recorded_parity(bundle, synthetic_data, tmp_path) -> None:
+    """A shipped bundle has no FP32 ONNX: each form's accuracy on --data is held to the one
+    its ONNX file had in the bundle's recorded parity on the same folder and split."""
+    import shutil
+
+    from kedge.runtime.bundle import load_bundle, write_manifest
+
+    copy = tmp_path / "shipped"
+    shutil.copytree(bundle, copy)
+    assert _kedge("parity", copy, "--data", synthetic_data, "--reference", "onnx-fp32").returncode == 0
+    manifest = {k: v for k, v in load_bundle(copy).manifest.items() if k != "files"}
+    del manifest["artifacts"]["onnx_fp32"]
+    (copy / "model.onnx").unlink()
+    rows = {r["form"]: r for r in manifest["parity"]["rows"]}
+    rows["onnx-int8"]["accuracy"] += 0.05  # as if the CPU form had done better when it shipped
+    write_manifest(copy, manifest)
+    result = _kedge("verify", copy, "--data", synthetic_data, "--bench-iterations", "0", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["parity onnx-int8-qdq"]["status"] == "passed", checks["parity onnx-int8-qdq"]
+    assert checks["parity onnx-int8"]["status"] == "failed"
+    assert "recorded for onnx-int8 at shipping" in checks["parity onnx-int8"]["detail"]
+    assert result.returncode == 1
