@@ -9,8 +9,9 @@ file, the node and the rule. The rules:
   is named there), including the GRU's attributes;
 * explicit quantization (files with Q/DQ): zero-points 0, int8 types, scales constant
   and positive, weights per channel on the output axis, both inputs of Conv / MatMul /
-  Gemm quantized, residual Adds quantized on both inputs or neither, and no Q/DQ
-  feeding an op TensorRT runs only in float;
+  Gemm quantized (else a warning: TensorRT runs the node in float), residual Adds
+  quantized on both inputs or neither, and no Q/DQ feeding an op TensorRT runs only in
+  float (warnings: they build, but cost accuracy or speed);
 * TensorRT 11's strong typing: FP16 files keep FP32 inputs and outputs, and no op
   mixes float types in its inputs;
 * the batch axis: dynamic, so the engine profile (1..max batch) fits, and not baked
@@ -319,9 +320,9 @@ def _check_quantized_input_pair(g: _Graph, node: Any, add: Add) -> None:
     name = _name(node)
     if data_dq is None or weight_dq is None:
         missing = "data input" if data_dq is None else "weight"
-        add("error", "qdq-placement", name, f"{node.op_type} has a quantized "
-            f"{'weight' if data_dq is None else 'data input'} but a float {missing}: TensorRT needs Q/DQ on both "
-            "to run it in INT8, else it runs in float after an extra dequantize")
+        add("warning", "qdq-placement", name, f"{node.op_type} has a quantized "
+            f"{'weight' if data_dq is None else 'data input'} but a float {missing}: TensorRT runs it in float "
+            "(fine for a node kept in float on purpose, else quantize both inputs for INT8)")
         return
     weight = g.array(weight_dq.input[0])
     if weight is None:

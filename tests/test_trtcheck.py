@@ -92,7 +92,7 @@ def test_clean_qdq_graph_has_no_finding(tmp_path) -> None:
     (dict(zero=3), "qdq-zero-point", "in_q", "error"),
     (dict(zero_type=np.uint8), "qdq-type", "in_q", "error"),
     (dict(weight_axis=1), "qdq-weight-axis", "w_dq", "error"),
-    (dict(float_weight=True), "qdq-placement", "conv", "error"),
+    (dict(float_weight=True), "qdq-placement", "conv", "warning"),
     (dict(residual_quantized=False), "qdq-residual-add", "residual_add", "warning"),
     (dict(dq_into_softmax=True), "qdq-float-consumer", "softmax", "warning"),
     (dict(batch=1), "batch-axis", "image", "error"),
