@@ -42,11 +42,17 @@ class VerifyReport:
     def passed(self) -> bool:
         return all(c.status != FAILED for c in self.checks)
 
+    @property
+    def verdict(self) -> str:
+        if not self.passed:
+            return "FAILED"
+        return "PASSED" if any(c.status == PASSED for c in self.checks) else "NOTHING CHECKABLE HERE (none failed)"
+
     def add(self, name: str, status: str, detail: str, data: Any = None) -> None:
         self.checks.append(Check(name, status, detail, data))
 
     def to_json(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "passed": self.passed, "machine": self.machine,
+        return {"bundle": self.bundle, "passed": self.passed, "verdict": self.verdict, "machine": self.machine,
                 "checks": [asdict(c) for c in self.checks], "bench": self.bench}
 
     def markdown(self) -> str:
@@ -55,7 +61,7 @@ class VerifyReport:
                  f"- bundle: `{self.bundle}`", f"- kedge {m['kedge']}, at {m['at']}",
                  f"- CPU: {m['cpu']}; load {m['load']}", f"- GPU: {m['gpu'] or 'none visible'}",
                  f"- TensorRT: {m['tensorrt'] or 'not installed'}; ONNX Runtime {m['onnxruntime'] or 'not installed'}",
-                 "", f"**Result: {'PASSED' if self.passed else 'FAILED'}** "
+                 "", f"**Result: {self.verdict}** "
                  f"({sum(c.status == PASSED for c in self.checks)} passed, "
                  f"{sum(c.status == FAILED for c in self.checks)} failed, "
                  f"{sum(c.status == NOT_CHECKABLE for c in self.checks)} not checkable here)", "",
@@ -72,7 +78,7 @@ class VerifyReport:
         out = [f"{c.status.upper():<19} {c.name}: {c.detail}" for c in self.checks]
         out += [f"bench  {r['form']:<15} batch {r['batch_size']:>3}: {r['mean_ms']:8.2f} ms "
                 f"({r['throughput']:.1f} img/s)" for r in self.bench]
-        out.append(f"verify {self.bundle}: {'PASSED' if self.passed else 'FAILED'}")
+        out.append(f"verify {self.bundle}: {self.verdict}")
         return out
 
 
