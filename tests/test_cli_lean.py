@@ -43,7 +43,7 @@ def test_every_package_folder_is_installed() -> None:
     config.read(REPO / "setup.cfg")
     declared = set(config["options"]["packages"].split())
     mapping = {"kedge": "kedge", "runtime": "kedge.runtime", "train": "kedge.train", "export": "kedge.export",
-               "calibration": "kedge.calibration"}
+               "calibration": "kedge.calibration", "device": "kedge.device"}
     found = {".".join([mapping[init.relative_to(REPO).parts[0]], *init.relative_to(REPO).parts[1:-1]])
              for top in mapping for init in (REPO / top).rglob("__init__.py")}
     assert found == declared
