@@ -6,7 +6,8 @@ Steps, each skipped with a reason when this machine cannot do it:
    Reused when the Keras file has not changed since the last export.
 2. FP16 ONNX (--fp16), gated against the FP32 ONNX.
 3. INT8 (--int8 --calib DIR): cached ranges, the TensorRT Q/DQ file, the CPU Q/DQ
-   file and the TensorRT 10 calibration cache.
+   file and the TensorRT 10 calibration cache. The INT8 tools (calibration/sensitivity.py)
+   score on --data/--split: --calib-method auto, --sensitivity, --keep-float.
 4. `kedge check-trt` on every TensorRT-bound file (an error fails the export), then
    TensorRT engines (--engine; needs TensorRT and a GPU).
 5. Parity of every form against the reference on a labelled folder (--data, or the
