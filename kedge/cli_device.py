@@ -100,12 +100,14 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
     1. check-trt on every TensorRT-bound ONNX file;
     2. the TensorRT engines this machine can build (TensorRT 10 or 11 and
        a GPU), or plainly why none was built;
-    3. every form this machine runs, on the golden set stored in the bundle;
-    4. parity on --data (against the FP32 ONNX, or in a shipped bundle
-       against the accuracies its recorded parity gives);
-    5. a short benchmark of each form.
-    Each check: passed, failed, or not checkable here (and why).
-    Exit status 1 when a check failed.
+    3. every (backend, form, precision) pair this machine runs, on the
+       golden set stored in the bundle;
+    4. parity of each pair on --data (against the FP32 ONNX, or in a
+       shipped bundle against the accuracies its recorded parity gives);
+    5. a short benchmark of each pair.
+    Each check: passed, failed, or not checkable here (and why); a pair the
+    bundle's recorded parity already FAILED (auto never runs it) is shown
+    as "failed as recorded". Exit status 1 when a check failed.
     \b
     On a Jetson: copy the bundle, then
       kedge verify runtime/models/resnet50-gru --report verify.md

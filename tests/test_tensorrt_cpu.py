@@ -20,7 +20,7 @@ import pytest
 
 from kedge.runtime.errors import KedgeError
 
-HEADER = Path(__file__).parent / "data" / "cuda_graph_api.h"
+HEADER = Path(__file__).parent / "cuda_graph_api.h"  # not in tests/data/: .gitignore keeps data/ out
 OPAQUE_HANDLES = {"CUstream", "CUgraph", "CUgraphExec"}
 INT_TYPES = {"CUresult", "CUstreamCaptureMode", "CUstreamCaptureStatus", "int"}
 
