@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from kedge.calibration.ranges import ort_method
@@ -27,8 +28,10 @@ def quantize(
     method: str,
     target: str,
     out: str | os.PathLike[str],
+    keep_float: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the Q/DQ model for `target` (tensorrt or cpu) from cached ranges, atomically.
+    `keep_float`: more node names to leave unquantized (kedge export --keep-float).
     Returns a description of the quantization for the manifest."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -37,6 +40,11 @@ def quantize(
     tensorrt = target == "tensorrt"
     activations = QuantType.QInt8 if tensorrt else QuantType.QUInt8
     excluded = (first_convolution(onnx_path) if tensorrt else []) + output_nodes(onnx_path)
+    unknown = sorted(set(keep_float) - set(node_names(onnx_path)))
+    if unknown:
+        raise KedgeError(f"--keep-float: no node {', '.join(unknown)} in {os.fspath(onnx_path)} "
+                         "(names as `kedge export --sensitivity` prints them)")
+    excluded += [n for n in keep_float if n not in excluded]
     extra = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
              # TensorRT takes float bias and folds it itself; the CPU kernels want int32 bias
              "QuantizeBias": not tensorrt}
@@ -71,8 +79,15 @@ def output_nodes(onnx_path: str | os.PathLike[str]) -> list[str]:
 def first_convolution(onnx_path: str | os.PathLike[str]) -> list[str]:
     """The first Conv node's name. Its input is the image in [0, 1]: symmetric int8 would
     keep only 128 grey levels of the radiograph's 256, and bone texture is the signal.
-    TensorRT then runs that one layer in FP16."""
+    TensorRT 10 (FP16 flag on, as kedge sets it for INT8 builds) may run that layer in
+    FP16; TensorRT 11 is strongly typed and runs it in FP32, its input's type."""
     import onnx
 
     model = onnx.load(os.fspath(onnx_path), load_external_data=False)
     return [n.name for n in model.graph.node if n.op_type == "Conv"][:1]
+
+
+def node_names(onnx_path: str | os.PathLike[str]) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(os.fspath(onnx_path), load_external_data=False).graph.node]

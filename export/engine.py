@@ -4,7 +4,8 @@ Needs TensorRT only (no TensorFlow, no pycuda for the build itself; pycuda names
 GPU). The path depends on the installed TensorRT:
 
 * TensorRT 11 builds strongly typed networks only (it removed the FP16/INT8 flags and
-  the calibrators): FP16 comes from the FP16 ONNX, INT8 from the Q/DQ ONNX.
+  the calibrators, and deprecated the STRONGLY_TYPED creation flag, since strong
+  typing is always on): FP16 comes from the FP16 ONNX, INT8 from the Q/DQ ONNX.
 * TensorRT 10 (JetPack 6) takes the FP32 ONNX with the FP16 flag, the Q/DQ ONNX with
   the INT8 flag (explicit quantization, the default), or, with
   `int8_source="calibration-cache"`, the FP32 ONNX plus kedge's calibration cache
@@ -12,11 +13,16 @@ GPU). The path depends on the installed TensorRT:
 
 Every build gets an optimisation profile for batch 1..max, an optional workspace limit
 (Jetson memory is shared with the CPU), and a timing cache kept beside the engines so
-a rebuild is fast. The engine and its sidecar are written atomically.
+a rebuild is fast. The timing cache is keyed by TensorRT version, GPU name and SM
+(an AGX Orin and an Orin Nano share SM 8.7 but not their timings); one TensorRT
+rejects starts afresh. "fp32" engines on TensorRT 10 clear the TF32 flag (on by
+default), so FP32 means FP32. The engine and its sidecar are written atomically.
 """
 from __future__ import annotations
 
 import datetime
+import re
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,8 +88,7 @@ def build_engine(
     gpu = device()
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if build_path == "strongly-typed" else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, build_path))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -96,6 +101,8 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers may fall back to FP16 rather than FP32
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: 10-bit mantissa inner products are not FP32
     if build_path == "calibration-cache":
         if calibration_cache is None:
             raise KedgeError("an implicit INT8 build needs the bundle's TensorRT calibration cache "
@@ -106,10 +113,16 @@ def build_engine(
     shapes = [trt.Dims([b, *INPUT_SHAPE]) for b in (1, opt_batch, max_batch)]
     profile.set_shape(name, shapes[0], shapes[1], shapes[2])
     config.add_optimization_profile(profile)
+    if build_path == "calibration-cache" and not config.set_calibration_profile(profile):
+        raise KedgeError(f"{onnx_path}: TensorRT refused the calibration profile (batch 1..{max_batch})")
 
-    timing_path = bundle_dir / ENGINE_DIR / f"timing.trt{trt.__version__}.sm{gpu.compute_capability}.cache"
+    timing_path = bundle_dir / ENGINE_DIR / timing_cache_name(trt.__version__, gpu.name, gpu.compute_capability)
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
+    if not config.set_timing_cache(timing, ignore_mismatch=False):
+        print(f"kedge: {timing_path}: TensorRT rejected this timing cache (another device or build); "
+              "starting a new one", file=sys.stderr)
+        if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+            raise KedgeError(f"{onnx_path}: TensorRT could not use even an empty timing cache")
     if progress:
         config.progress_monitor = _progress(trt)
 
@@ -134,6 +147,20 @@ def build_engine(
         tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     write_sidecar(engine_path, info)
     return engine_path, info
+
+
+def network_flags(trt_module: Any, build_path: str) -> int:
+    """create_network flags: TensorRT 11 is always strongly typed and deprecated the flag,
+    so it gets none; TensorRT 10 gets STRONGLY_TYPED only for the strongly typed path."""
+    if int(str(trt_module.__version__).split(".")[0]) >= 11 or build_path != "strongly-typed":
+        return 0
+    return 1 << int(trt_module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def timing_cache_name(tensorrt_version: str, gpu_name: str, compute_capability: str) -> str:
+    """`timing.trt10.3.0.30.orin-nano.sm87.cache`: timings hold only for one TensorRT build and one GPU model."""
+    gpu = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
+    return f"timing.trt{tensorrt_version}.{gpu}.sm{compute_capability.replace('.', '')}.cache"
 
 
 def cache_calibrator(trt_module: Any, cache_text: str) -> trt.IInt8Calibrator:

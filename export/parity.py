@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.parity import Candidate
 
 
 def parity_for_bundle(
@@ -23,25 +24,42 @@ def parity_for_bundle(
 ) -> dict[str, Any]:
     """Run parity, choosing the reference: `keras` or `onnx-fp32` (default: keras if TensorFlow is
     here and the bundle has its Keras model, else the FP32 ONNX)."""
+    from kedge.runtime.parity import bundle_parity
+
+    opener = reference_candidate(bundle_dir, reference)
+    if log:
+        log(f"parity: reference {opener.form}, data {data}{f' ({split} split)' if split else ''}")
+    return bundle_parity(bundle_dir, data, split, opener, forms, batch_size, progress, backends=backends)
+
+
+def reference_candidate(bundle_dir: str | os.PathLike[str], reference: str | None = None) -> Candidate:
+    """The parity reference of a bundle, not yet opened: `keras` (its form is 'keras') or the
+    FP32 ONNX on ONNX Runtime. Default: keras where TensorFlow and the bundle's model.keras
+    (or, for a shipped bundle, the one put back beside it) are here. Parity, the golden set
+    and the INT8 tools all score against this one reference."""
     from kedge.export.pipeline import tensorflow_available
     from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.parity import Candidate, bundle_parity
+    from kedge.runtime.parity import onnx_reference
 
     if reference not in (None, "keras", "onnx-fp32"):
         raise KedgeError(f"--reference {reference}: choose keras or onnx-fp32")
-    has_keras = "keras" in load_bundle(bundle_dir).manifest.get("artifacts", {})
-    chosen = reference or ("keras" if tensorflow_available() and has_keras else "onnx-fp32")
-    if chosen == "keras" and not tensorflow_available():
+    bundle = load_bundle(bundle_dir)
+    chosen = reference or ("keras" if tensorflow_available() and has_keras(bundle) else "onnx-fp32")
+    if chosen == "onnx-fp32":
+        return onnx_reference(bundle)
+    if not tensorflow_available():
         raise KedgeError("--reference keras needs TensorFlow (the [train] extra); use --reference onnx-fp32")
-    opener = None
-    if chosen == "keras":
-        from kedge.train.backend import KerasBackend
+    from kedge.train.backend import KerasBackend
 
-        keras_path = keras_file(load_bundle(bundle_dir))
-        opener = Candidate("keras", "keras", "fp32", lambda: KerasBackend(keras_path))
-    if log:
-        log(f"parity: reference {chosen}, data {data}{f' ({split} split)' if split else ''}")
-    return bundle_parity(bundle_dir, data, split, opener, forms, batch_size, progress, backends=backends)
+    keras_path = keras_file(bundle)
+    return Candidate("keras", "keras", "fp32", lambda: KerasBackend(keras_path))
+
+
+def has_keras(bundle: Any) -> bool:
+    """The bundle lists its model.keras, or was shipped without it and has it back beside it."""
+    left_out = bundle.manifest.get("shipped", {}).get("left_out", {}).get("keras")
+    beside = bool(left_out) and (bundle.path / left_out["file"]).is_file()
+    return "keras" in bundle.manifest.get("artifacts", {}) or beside
 
 
 def keras_file(bundle: Any) -> Path:

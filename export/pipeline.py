@@ -6,8 +6,10 @@ Steps, each skipped with a reason when this machine cannot do it:
    Reused when the Keras file has not changed since the last export.
 2. FP16 ONNX (--fp16), gated against the FP32 ONNX.
 3. INT8 (--int8 --calib DIR): cached ranges, the TensorRT Q/DQ file, the CPU Q/DQ
-   file and the TensorRT 10 calibration cache.
-4. TensorRT engines (--engine; needs TensorRT and a GPU).
+   file and the TensorRT 10 calibration cache. The INT8 tools (calibration/sensitivity.py)
+   score on --data/--split: --calib-method auto, --sensitivity, --keep-float.
+4. `kedge check-trt` on every TensorRT-bound file (an error fails the export), then
+   TensorRT engines (--engine; needs TensorRT and a GPU).
 5. Parity of every form against the reference on a labelled folder (--data, or the
    calibration folder when it is labelled); the result goes into kedge.json and a
    failure is the exit status.
@@ -50,6 +52,11 @@ class ExportSettings:
     calib_size: int | None = 300
     calib_method: str = "percentile"
     calib_split: str | None = None  # only images of this split of the bundle's split.csv calibrate
+    sensitivity: bool = False  # per-tensor SQNR table of the TensorRT Q/DQ form on --data/--split images
+    sensitivity_plot: Path | None = None
+    sensitivity_images: int = 8
+    keep_float: tuple[str, ...] | str = ()  # node names kept out of the TensorRT Q/DQ form, or "auto"
+    keep_float_max_dp: float | None = None  # auto also needs max |dp| <= this on the validation images
     seed: int = 0
     engine: bool = False
     int8_source: str = "qdq"
@@ -68,13 +75,15 @@ class ExportReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     parity: dict[str, Any] | None = None
+    trt_check: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
-        """The gate: every exported form reproduces the reference on at least one backend. A
-        pair that FAILED (say OpenVINO's INT8 kernels on one CPU) is shown, and `auto` never
-        runs it, but the file itself is good."""
-        return self.parity is None or bool(self.parity.get("forms_passed", self.parity["passed"]))
+        """The gate: check-trt found no error, and every exported form reproduces the reference
+        on at least one backend. A pair that FAILED (say OpenVINO's INT8 kernels on one CPU) is
+        shown, and `auto` never runs it, but the file itself is good."""
+        trt_ok = self.trt_check is None or bool(self.trt_check["passed"])
+        return trt_ok and (self.parity is None or bool(self.parity.get("forms_passed", self.parity["passed"])))
 
 
 def tensorflow_available() -> bool:
@@ -120,6 +129,7 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
         _export_fp16(bundle, report, log, images)
     if calibrate and images is not None:
         _export_int8(bundle, s, report, log, images)
+    _check_trt(bundle, report, log)
     if s.engine:
         _build_engines(bundle, s, report, log)
     data = s.data
@@ -268,27 +278,45 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
 
     source = bundle.file("onnx_fp32")
     cache_dir = bundle.path / CALIBRATION_DIR
-    ranges, key, reused = calibrate(source, images, s.calib_method, cache_dir, s.progress)
-    log(f"calibration: {s.calib_method} ranges {'reused from' if reused else 'computed and cached in'} "
+    validation = _validation(bundle, s, log) if _needs_validation(s) else None
+    method, method_scores = s.calib_method, None
+    if method == "auto":
+        from kedge.calibration.ranges import METHODS
+        from kedge.calibration.sensitivity import choose_method
+
+        def candidate(m: str, out: Path) -> None:
+            ranges_m = calibrate(source, images, m, cache_dir, s.progress)[0]
+            quantize(source, ranges_m, m, "tensorrt", out)
+
+        assert validation is not None
+        method, method_scores = choose_method(METHODS, candidate, validation, log)
+        log(f"calibration: chose {method} on the validation images")
+    ranges, key, reused = calibrate(source, images, method, cache_dir, s.progress)
+    log(f"calibration: {method} ranges {'reused from' if reused else 'computed and cached in'} "
         f"{ranges.relative_to(bundle.path)}")
     for old in cache_dir.glob("ranges.*.json"):  # other keys are stale for this bundle now
         if old != ranges:
             old.unlink()
-    trt_cache = cache_dir / f"trt10.{s.calib_method}.cache"
-    write_trt_cache(ranges, s.calib_method, trt_cache, DEFAULT_TRT_VERSION)
+    trt_cache = cache_dir / f"trt10.{method}.cache"
+    write_trt_cache(ranges, method, trt_cache, DEFAULT_TRT_VERSION)
     for stale_cache in cache_dir.glob("trt10.*.cache"):
         if stale_cache != trt_cache:
             stale_cache.unlink()
-    described = {}
-    for target, name in (("tensorrt", INT8_QDQ_NAME), ("cpu", INT8_CPU_NAME)):
-        described[target] = quantize(source, ranges, s.calib_method, target, bundle.path / name)
+    keep = _keep_float(bundle, s, source, ranges, method, validation, log)
+    described = {"tensorrt": quantize(source, ranges, method, "tensorrt", bundle.path / INT8_QDQ_NAME,
+                                      keep["nodes"]),
+                 "cpu": quantize(source, ranges, method, "cpu", bundle.path / INT8_CPU_NAME)}
     source_sha = sha256_file(source)
     calibration = {
-        "method": s.calib_method, "key": key.digest, "reused": reused, "model_sha256": key.model_sha256,
+        "method": method, "key": key.digest, "reused": reused, "model_sha256": key.model_sha256,
         "images_sha256": key.images_sha256, "settings": dict(key.settings), "images": len(images.paths),
         "folder": str(images.root), "split": s.calib_split, "stratified_by": images.stratified_by, "seed": s.seed,
         "trt_cache_header_version": DEFAULT_TRT_VERSION,
     }
+    if method_scores is not None:
+        calibration["method_choice"] = {"chosen_on": _validation_name(s), "scores": method_scores}
+    if keep["nodes"] or keep.get("sensitivity"):
+        calibration["tensorrt_keep_float"] = keep
     record = {"source_onnx_sha256": source_sha, "calibration_key": key.digest, "at": _now()}
     _save(bundle, {"onnx_int8_qdq": INT8_QDQ_NAME, "onnx_int8_cpu": INT8_CPU_NAME,
                    "calibration_ranges": ranges.relative_to(bundle.path).as_posix(),
@@ -296,10 +324,90 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
           {"onnx_int8_qdq": {**record, **described["tensorrt"]}, "onnx_int8_cpu": {**record, **described["cpu"]},
            "calibration_ranges": record, "trt_calibration_cache": record},
           calibration=calibration)
-    report.done.append(f"onnx-int8: {INT8_QDQ_NAME} (TensorRT) and {INT8_CPU_NAME} (CPU), {s.calib_method} "
+    kept = f", {len(keep['nodes'])} nodes kept in float" if keep["nodes"] else ""
+    report.done.append(f"onnx-int8: {INT8_QDQ_NAME} (TensorRT{kept}) and {INT8_CPU_NAME} (CPU), {method} "
                        f"calibration on {len(images.paths)} images ({'cached' if reused else 'new'}), "
                        f"TensorRT 10 cache {trt_cache.name}")
     log(f"onnx-int8: wrote {INT8_QDQ_NAME}, {INT8_CPU_NAME} and {trt_cache.relative_to(bundle.path)}")
+
+
+def _needs_validation(s: ExportSettings) -> bool:
+    return s.calib_method == "auto" or s.keep_float == "auto" or s.sensitivity
+
+
+def _validation_name(s: ExportSettings) -> str:
+    return f"{s.data}" + (f" ({s.split} split)" if s.split else "")
+
+
+def _validation(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
+    """The labelled images the INT8 tools score on (--data, --split) with the reference's predictions."""
+    from kedge.calibration.sensitivity import validation_set
+    from kedge.export.parity import reference_candidate
+    from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+
+    if s.data is None:
+        raise KedgeError("--sensitivity, --keep-float auto and --calib-method auto score on labelled validation "
+                         "images: pass --data DIR --split val")
+    items = scan_labelled(s.data, bundle.classes)
+    if s.split is not None:
+        items = in_split(items, s.data, read_split_manifest(bundle.file("split_manifest")), s.split)
+    reference = reference_candidate(bundle.path, s.reference)
+    log(f"int8 tools: {len(items)} validation images of {_validation_name(s)}, reference {reference.form}")
+    return validation_set(items, bundle.classes, reference.open)
+
+
+def _keep_float(bundle: Bundle, s: ExportSettings, source: Path, ranges: Path, method: str, validation: Any,
+                log: Log) -> dict[str, Any]:
+    """The nodes kept out of the TensorRT Q/DQ form: --keep-float's list, or found greedily
+    (auto); with --sensitivity, the SQNR table of the form first."""
+    from kedge.calibration.qdq import quantize
+
+    manual = [] if s.keep_float == "auto" else list(s.keep_float)
+    keep: dict[str, Any] = {"mode": "manual", "nodes": manual}
+    if not (s.sensitivity or s.keep_float == "auto"):
+        return keep
+    import tempfile
+
+    from kedge.calibration import sensitivity as sens
+    from kedge.export.trtcheck import float_consumer_nodes
+
+    with tempfile.TemporaryDirectory(prefix="kedge-sqnr-") as scratch:
+        baseline = Path(scratch) / "qdq.onnx"
+        quantize(source, ranges, method, "tensorrt", baseline, manual)
+        rows = sens.sensitivity_table(source, baseline, validation.tensors(s.sensitivity_images))
+        # Q/DQ pairs feeding ops TensorRT runs in float only add noise: auto starts with those nodes in float
+        seed = [n for n in float_consumer_nodes(baseline) if n not in manual]
+    log(f"sensitivity: per-tensor SQNR of the TensorRT Q/DQ form on {s.sensitivity_images} validation images "
+        "(worst first)\n" + sens.format_table(rows))
+    if s.sensitivity_plot is not None:
+        sens.plot_table(rows, s.sensitivity_plot)
+        log(f"sensitivity: plot written to {s.sensitivity_plot}")
+    if s.keep_float == "auto":
+        if seed:
+            log(f"keep-float: starting with {len(seed)} nodes around Q/DQ pairs TensorRT would run in float "
+                f"(check-trt qdq-float-consumer): {', '.join(seed)}")
+        keep = sens.greedy_keep_float(rows, lambda nodes, out: quantize(source, ranges, method, "tensorrt", out,
+                                                                         nodes), validation, log,
+                                      start=manual + seed, max_abs_diff=s.keep_float_max_dp)
+        keep["started_with"] = seed
+    keep["sensitivity"] = {"images": s.sensitivity_images, "on": _validation_name(s),
+                           "worst": [r.to_json() for r in rows[:20]]}
+    return keep
+
+
+def _check_trt(bundle: Bundle, report: ExportReport, log: Log) -> None:
+    """`kedge check-trt` on the TensorRT-bound files just made: an error fails the export."""
+    from kedge.export.trtcheck import check_bundle
+
+    if not _importable("onnx"):  # a lean device install building engines from shipped files
+        report.skipped.append("check-trt: the onnx package is not installed (pip install 'kedge[cpu]')")
+        return
+    result = check_bundle(bundle.path)
+    report.trt_check = result.to_json()
+    for line in result.lines():
+        log(f"check-trt: {line}")
+    verdict = "passed" if result.passed else f"FAILED with {len(result.errors)} errors"
+    report.done.append(f"check-trt: {verdict} ({len(result.findings) - len(result.errors)} warnings)")
 
 
 def _build_engines(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log) -> None:

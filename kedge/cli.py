@@ -14,6 +14,8 @@ import click
 
 import kedge
 from kedge import cli_run
+from kedge.cli_device import int8_tool_options
+from kedge.cli_device import register as register_device_commands
 from kedge.options import backend_option, precision_option, source_options
 from kedge.options import csv_list as _csv_list
 from kedge.options import echo_parity as _echo_parity
@@ -352,8 +354,10 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
               help="Calibration images: class folders (sampled per class) or any folder of images.")
 @click.option("--calib-size", default="300", show_default=True,
               help="How many calibration images to use, or 'all'.")
-@click.option("--calib-method", type=click.Choice(["percentile", "entropy", "minmax"]), default="percentile",
-              show_default=True, help="How activation ranges are chosen from the calibration images.")
+@click.option("--calib-method", type=click.Choice(["percentile", "entropy", "minmax", "auto"]), default="percentile",
+              show_default=True, help="How activation ranges are chosen from the calibration images; auto: the "
+              "method whose TensorRT Q/DQ form does best on --data/--split (e.g. val).")
+@int8_tool_options
 @click.option("--calib-split", type=click.Choice(["train", "val", "test"]),
               help="Calibrate only on this split of --calib (the bundle's split.csv), e.g. train, so test "
               "images never calibrate.")
@@ -414,7 +418,7 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
                                f"max batch {entry['max_batch_size']})")
     if as_json:
         _emit_json({"bundle": report.bundle, "done": report.done, "skipped": report.skipped,
-                    "parity": report.parity, "passed": report.passed})
+                    "parity": report.parity, "trt_check": report.trt_check, "passed": report.passed})
     else:
         for line in report.done:
             click.echo(f"done     {line}")
@@ -515,6 +519,8 @@ for _command in (cli_run.infer, cli_run.bench, cli_run.explain, cli_run.parity, 
 from kedge import cli_audit  # noqa: E402 (commands in their own module)
 
 cli_audit.register(main)
+
+register_device_commands(main)  # check-trt, golden, verify
 
 if __name__ == "__main__":
     main()

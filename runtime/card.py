@@ -68,6 +68,7 @@ def render_card(manifest: dict[str, Any]) -> str:
                   f"  {calibration.get('method')} on {calibration.get('images')} images of "
                   f"{calibration.get('folder')}" + (f" ({calibration['split']} split)" if calibration.get("split")
                                                     else "")]
+        lines += int8_tools_section(calibration)
     lines += _files(manifest)
     if card.get("limitations"):
         lines += ["", "Known limitations"] + [f"  - {item}" for item in card["limitations"]]
@@ -164,4 +165,27 @@ def _files(manifest: dict[str, Any]) -> list[str]:
     if left:
         lines.append("  not shipped (size budget): " + ", ".join(
             f"{v['file']} ({(v['bytes'] or 0) / 1e6:.0f} MB, {str(v['sha256'])[:12]})" for v in left.values()))
+    return lines
+
+
+# --- INT8 tools (issue 14: kedge export --calib-method auto, --keep-float) -------------------------
+
+def int8_tools_section(calibration: dict[str, Any]) -> list[str]:
+    """How the calibration method was chosen and which nodes the TensorRT Q/DQ form keeps in float."""
+    lines = []
+    choice = calibration.get("method_choice")
+    if choice:
+        scores = ", ".join(f"{m} {s['agreement']:.1%}{' (passes)' if s['passed'] else ''}"
+                           for m, s in choice["scores"].items())
+        lines.append(f"  method chosen  on {choice['chosen_on']}: agreement {scores}")
+    keep = calibration.get("tensorrt_keep_float")
+    if keep:
+        nodes = ", ".join(keep["nodes"]) or "none"
+        how = "named by hand" if keep["mode"] != "auto" else (
+            f"found greedily; validation parity {'passed' if keep['passed'] else 'still failed'} "
+            f"after {len(keep['steps']) - 1} steps")
+        lines.append(f"  TensorRT Q/DQ  kept in float ({how}): {nodes}")
+        worst = keep.get("sensitivity", {}).get("worst", [])[:3]
+        if worst:
+            lines.append("  worst SQNR     " + "; ".join(f"{w['tensor']} {w['qdq_sqnr']:.1f} dB" for w in worst))
     return lines

@@ -1,15 +1,18 @@
 """The only module that touches CUDA: device facts, device memory, streams, graphs.
 
-Device discovery (`gpu_count`, `device_summary`) asks the CUDA driver library
-directly through ctypes, so `kedge info` and ONNX Runtime's provider choice work
-without pycuda. Memory, copies, streams and CUDA graphs go through pycuda (the [gpu]
-extra, or built against JetPack's CUDA on a Jetson). Swapping pycuda for
+Device discovery (`gpu_count`, `device_summary`) and CUDA graphs ask the CUDA driver
+library directly through ctypes, so `kedge info` and ONNX Runtime's provider choice
+work without pycuda, and graphs work with every pycuda release (pycuda has no graph
+API at all, 2020.1 to 2026.1). Memory, copies and streams go through pycuda (the
+[gpu] extra, or built against JetPack's CUDA on a Jetson). Swapping pycuda for
 cuda-python means rewriting this file only; nothing else imports pycuda.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -87,16 +90,118 @@ def device(index: int = 0) -> Device:
     return summary
 
 
+# The CUDA graph calls kedge makes, with their driver API prototypes (cuda.h, CUDA 11.4+;
+# every handle type is an opaque pointer, CUresult and the enums are C ints). The
+# `_v2` name is the symbol libcuda exports for cuStreamBeginCapture with a mode.
+GRAPH_API: dict[str, tuple[Any, list[Any]]] = {
+    "cuStreamBeginCapture_v2": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),  # (CUstream, CUstreamCaptureMode)
+    "cuStreamEndCapture": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),  # (CUstream, CUgraph*)
+    "cuStreamIsCapturing": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]),
+    "cuGraphInstantiateWithFlags": (ctypes.c_int, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
+                                                   ctypes.c_ulonglong]),  # (CUgraphExec*, CUgraph, flags)
+    "cuGraphLaunch": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),  # (CUgraphExec, CUstream)
+    "cuGraphExecDestroy": (ctypes.c_int, [ctypes.c_void_p]),
+    "cuGraphDestroy": (ctypes.c_int, [ctypes.c_void_p]),
+    "cuGetErrorName": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]),
+}
+# CU_STREAM_CAPTURE_MODE_THREAD_LOCAL: only this thread's unsafe calls break the capture
+# (the mode trtexec uses); another thread's work (PyTriton's) cannot invalidate it.
+CAPTURE_MODE_THREAD_LOCAL = 1
+
+
+class GraphError(KedgeError):
+    """A CUDA graph could not be captured or launched; the caller runs without graphs."""
+
+
+@cache
+def _graph_api() -> Any:
+    """libcuda with the graph calls' prototypes set (ctypes would otherwise pass ints)."""
+    lib = _libcuda()
+    if lib is None:
+        raise GraphError("no CUDA driver: CUDA graphs need libcuda")
+    for name, (restype, argtypes) in GRAPH_API.items():
+        function = getattr(lib, name, None)
+        if function is None:
+            raise GraphError(f"this CUDA driver has no {name} (CUDA graphs need a CUDA 11.4 or newer driver)")
+        function.restype, function.argtypes = restype, argtypes
+    return lib
+
+
+def _check(lib: Any, result: int, call: str) -> None:
+    if result != 0:
+        name = ctypes.c_char_p()
+        lib.cuGetErrorName(result, ctypes.byref(name))
+        raise GraphError(f"{call} failed: {(name.value or b'CUDA error').decode()} ({result})")
+
+
+class Graph:
+    """An instantiated CUDA graph (CUgraphExec) and the graph it came from."""
+
+    def __init__(self, lib: Any, graph: ctypes.c_void_p, executable: ctypes.c_void_p) -> None:
+        self._lib, self._graph = lib, graph
+        self._exec: ctypes.c_void_p | None = executable
+
+    def launch(self, stream_handle: int) -> None:
+        _check(self._lib, self._lib.cuGraphLaunch(self._exec, ctypes.c_void_p(stream_handle)), "cuGraphLaunch")
+
+    def destroy(self) -> None:
+        if self._exec is not None:
+            self._lib.cuGraphExecDestroy(self._exec)
+            self._lib.cuGraphDestroy(self._graph)
+            self._exec = None
+
+
+def capture_graph(stream_handle: int, work: Callable[[], None]) -> Graph:
+    """Record `work()` (copies and launches on the stream) as a CUDA graph and instantiate it.
+
+    The capture is always ended, even when `work` or the capture fails, so the stream is
+    usable again and the caller can fall back to plain launches (as trtexec does: TensorRT
+    networks with loops or some plugins are not capturable).
+    """
+    lib = _graph_api()
+    stream = ctypes.c_void_p(stream_handle)
+    _check(lib, lib.cuStreamBeginCapture_v2(stream, CAPTURE_MODE_THREAD_LOCAL), "cuStreamBeginCapture")
+    graph = ctypes.c_void_p()
+    try:
+        work()
+    finally:
+        ended = lib.cuStreamEndCapture(stream, ctypes.byref(graph))  # also ends an invalidated capture
+    try:
+        _check(lib, ended, "cuStreamEndCapture")
+        executable = ctypes.c_void_p()
+        _check(lib, lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0),
+               "cuGraphInstantiateWithFlags")
+    except GraphError:
+        if graph.value:
+            lib.cuGraphDestroy(graph)
+        raise
+    return Graph(lib, graph, executable)
+
+
 class Context:
-    """A CUDA context made current for the lifetime of a backend (the retained primary
-    context), with one stream that every copy and launch goes through."""
+    """The device's retained primary CUDA context, and one stream every copy and launch goes through.
+
+    The context is current only inside `active()`: a backend enters it around every call
+    (construction, `infer`, `close`), because the thread that calls `infer` (PyTriton's
+    worker, a thread pool) is not the one that built the backend, and a CUDA context is
+    current per thread.
+    """
 
     def __init__(self, index: int = 0) -> None:
         cuda = _driver()
         self._cuda = cuda
-        self._context = cuda.Device(index).retain_primary_context()
+        self._context: Any = cuda.Device(index).retain_primary_context()
+        with self.active():
+            self.stream = cuda.Stream()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Make the context current on this thread for the block, then restore the previous one."""
         self._context.push()
-        self.stream = cuda.Stream()
+        try:
+            yield
+        finally:
+            self._cuda.Context.pop()
 
     @property
     def stream_handle(self) -> int:
@@ -118,23 +223,16 @@ class Context:
     def synchronize(self) -> None:
         self.stream.synchronize()
 
-    def capture(self, work: Any) -> Any:
-        """Record `work()` (copies and launches on this stream) as a CUDA graph; returns a
-        replayable graph, launched with `replay`. Needs pycuda with graph support (2022.1+)."""
-        if not hasattr(self.stream, "begin_capture"):
-            raise KedgeError("CUDA graphs need pycuda 2022.1 or newer; run without --cuda-graph")
-        self.stream.begin_capture()
-        try:
-            work()
-        finally:
-            graph = self.stream.end_capture()
-        return graph.instance()
+    def capture(self, work: Callable[[], None]) -> Graph:
+        """`work()` on this stream as a replayable CUDA graph (see `capture_graph`)."""
+        return capture_graph(self.stream_handle, work)
 
-    def replay(self, graph: Any) -> None:
-        graph.launch(self.stream)
+    def replay(self, graph: Graph) -> None:
+        graph.launch(self.stream_handle)
 
     def close(self) -> None:
+        """Wait for the stream; the primary context is released when pycuda drops its last reference."""
         if self._context is not None:
-            self.stream.synchronize()
-            self._context.pop()
+            with self.active():
+                self.stream.synchronize()
             self._context = None

@@ -83,8 +83,9 @@ def check_compatible(engine: str | os.PathLike[str], info: EngineInfo, tensorrt_
     """Refuse an engine built for another TensorRT version or GPU architecture, or from
     an ONNX file other than the one the bundle now holds (`onnx_sha256`)."""
     problems = []
-    if ".".join(info.tensorrt_version.split(".")[:2]) != ".".join(tensorrt_version.split(".")[:2]):
-        problems.append(f"built with TensorRT {info.tensorrt_version}, this machine has {tensorrt_version}")
+    if info.tensorrt_version != tensorrt_version:  # engines are tied to the exact build, patch included
+        problems.append(f"built with TensorRT {info.tensorrt_version}, this machine has {tensorrt_version} "
+                        "(an engine runs only on the exact TensorRT version that built it)")
     if info.compute_capability != compute_capability:
         problems.append(f"built for compute capability {info.compute_capability} ({info.gpu_name}), "
                         f"this GPU is {compute_capability}")

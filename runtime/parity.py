@@ -139,6 +139,19 @@ class Candidate:
     open: Opener
 
 
+def onnx_reference(bundle: Any) -> Candidate:
+    """The lean reference: the bundle's FP32 ONNX on ONNX Runtime (one line when it has none)."""
+    from kedge.runtime.forms import pair
+
+    if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
+        if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
+            bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
+        raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
+                         f"ONNX (run `kedge export {bundle.path}`)")
+    return Candidate("onnx-fp32", "onnxruntime", "fp32", functools.partial(pair("onnxruntime", "onnx-fp32").open,
+                                                                           bundle))
+
+
 def run_parity(
     reference: Candidate,
     forms: Sequence[Candidate],
@@ -204,7 +217,7 @@ def bundle_parity(
 
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
-    from kedge.runtime.forms import FORMS, pair, runnable_pairs
+    from kedge.runtime.forms import FORMS, runnable_pairs
 
     bundle = load_bundle(bundle_dir)
     items = scan_labelled(data, bundle.classes)
@@ -218,13 +231,7 @@ def bundle_parity(
                              f"(available: {', '.join(sorted({p.form.name for p in runnable})) or 'none'})")
         runnable = [p for p in runnable if p.form.name in forms]
     if reference is None:
-        if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
-            if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
-                bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
-            raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
-                             f"ONNX (run `kedge export {bundle.path}`)")
-        ref_pair = pair("onnxruntime", "onnx-fp32")
-        reference = Candidate("onnx-fp32", "onnxruntime", "fp32", functools.partial(ref_pair.open, bundle))
+        reference = onnx_reference(bundle)
     compared = [Candidate(p.form.name, p.backend, p.precision, functools.partial(p.open, bundle)) for p in runnable
                 if (p.backend, p.form.name, p.precision) != (reference.backend, reference.form, reference.precision)]
     if not compared:
@@ -254,8 +261,8 @@ def record_parity(bundle: Any, result: dict[str, Any]) -> None:
 
     old = bundle.manifest.get("parity") or {}
     if all(old.get(k) == result[k] for k in ("reference", "data", "split")):
-        keys = {_row_key(r) for r in result["rows"]}
-        kept = [r for r in old.get("rows", []) if _row_key(r) not in keys]
+        keys = {row_key(r) for r in result["rows"]}
+        kept = [r for r in old.get("rows", []) if row_key(r) not in keys]
         result["rows"] = result["rows"][:1] + kept + result["rows"][1:]
         result["passed"] = all(r["passed"] for r in result["rows"])
         result["forms_passed"] = forms_passed(result["rows"])
@@ -272,7 +279,7 @@ def forms_passed(rows: Sequence[dict[str, Any]]) -> bool:
     return all(by_form.values())
 
 
-def _row_key(row: dict[str, Any]) -> str:
+def row_key(row: dict[str, Any]) -> str:
     """backend/form/precision of a recorded row. Rows written before backends were plug-ins
     name a display string as their backend; then, ONNX forms ran only on ONNX Runtime and
     engines only on TensorRT."""
@@ -293,7 +300,7 @@ def status(bundle: Any, pair_key: str) -> tuple[str, str]:
     recorded parity. The reference itself counts as passed."""
     parity = bundle.manifest.get("parity") or {}
     for row in parity.get("rows", []):
-        if _row_key(row) == pair_key:
+        if row_key(row) == pair_key:
             where = f"vs {parity.get('reference')} on {parity.get('split')} split, n={row.get('n')}"
             if row.get("passed"):
                 return PASSED, ("the reference" if row.get("reference") else where)

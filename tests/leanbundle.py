@@ -41,8 +41,7 @@ def tiny_onnx(path: Path, seed: int = 0) -> Path:
 def lesion_onnx(path: Path, threshold: float = 0.8) -> Path:
     """Two classes, "clear" and "lesion": p(lesion) grows with the area brighter than
     `threshold`. A model whose evidence is known, to check explanation maps against."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     nodes = [
         helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
@@ -57,9 +56,17 @@ def lesion_onnx(path: Path, threshold: float = 0.8) -> Path:
                numpy_helper.from_array(np.array([-threshold], np.float32), "grey_b"),
                numpy_helper.from_array(np.array([[-2000.0, 2000.0]], np.float32), "gemm_w"),
                numpy_helper.from_array(np.array([0.0, -2.0], np.float32), "gemm_b")]
+    return save_image_model(path, "lesion", nodes, weights, 2)
+
+
+def save_image_model(path: Path, name: str, nodes: list, weights: list, classes: int) -> Path:
+    """Save a checked model with kedge's I/O: `image` (batch, 224, 224, 3) in, `probabilities` out."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
-        nodes, "lesion", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 224, 224, 3])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])], weights)
+        nodes, name, [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 224, 224, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

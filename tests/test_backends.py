@@ -108,13 +108,13 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
 
 def _mark(bundle_dir: Path, failed: set[str]) -> None:
     """Rewrite the recorded parity so that exactly the pairs in `failed` (backend/form/precision) FAILED."""
-    from kedge.runtime.parity import _row_key, record_parity
+    from kedge.runtime.parity import record_parity, row_key
 
     bundle = load_bundle(bundle_dir)
     result = dict(bundle.manifest["parity"])
     rows = []
     for row in result["rows"]:
-        fail = _row_key(row) in failed
+        fail = row_key(row) in failed
         rows.append({**row, "passed": not fail, "problems": ["agreement 38.89% < 98.0%"] if fail else []})
     bundle.manifest["parity"] = {}  # replace, do not merge
     record_parity(bundle, {**result, "rows": rows})

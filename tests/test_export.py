@@ -60,6 +60,9 @@ def test_export_writes_every_onnx_form(exported) -> None:
     assert all(sha256_file(bundle / name) == digest for name, digest in manifest["files"].items())
     assert not [p for p in bundle.rglob(".*") if p.name != "kedge.json"]  # no temporary files left
     assert not any(line.startswith("engines") for line in report["skipped"])  # --engine was not asked for
+    check = report["trt_check"]  # check-trt ran inside export on the three TensorRT-bound files
+    assert check["passed"], check["findings"]
+    assert set(check["files"]) == {"model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"}
     fp32 = onnx.load(bundle / "model.onnx")
     onnx.checker.check_model(fp32, full_check=True)
     assert [i.name for i in fp32.graph.input] == ["image"] and [o.name for o in fp32.graph.output] == ["probabilities"]

@@ -3,11 +3,13 @@
 The engine's sidecar is checked against this machine's TensorRT version and GPU
 before anything is deserialized, so a mismatched engine gets a one-line error that
 says how to rebuild it instead of a TensorRT crash. Buffers are allocated once, for
-the profile's largest batch; bigger batches are run in chunks.
+the profile's largest batch; bigger batches are run in chunks. The CUDA context is
+made current around every call, so `infer` works from any thread (PyTriton's).
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,15 @@ def tensorrt_module() -> Any:
 
 
 class TensorRTBackend(Session):
-    """One engine, one execution context, one stream; buffers allocated once.
+    """One engine, one stream, buffers allocated once; one execution context per batch shape.
 
     `onnx_sha256` is the bundle's current source ONNX: an engine built from another
     file is refused. `cuda_graph` records the copy-in, execution and copy-out of each
     batch size once and replays it after that (the fixed-batch case, where launch
-    overhead matters on small models)."""
+    overhead matters on small models). Each captured batch size gets its own execution
+    context, because TensorRT leaves replaying a graph after its context's input shape
+    changed undefined. When a capture fails (TensorRT networks with loops may not be
+    capturable), the backend says so once and runs without graphs, as trtexec does."""
 
     def __init__(self, engine_path: str | os.PathLike[str], onnx_sha256: str | None = None,
                  cuda_graph: bool = False) -> None:
@@ -49,70 +54,109 @@ class TensorRTBackend(Session):
             raise KedgeError(f"{path}: no such engine")
         info = read_sidecar(path)
         check_compatible(path, info, trt.__version__, device().compute_capability, onnx_sha256)
+        self.name = f"tensorrt {info.precision}{' cuda-graph' if cuda_graph else ''} ({path.name})"
         self._cuda = Context()
         try:
-            self._logger = trt.Logger(trt.Logger.WARNING)
-            self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
-            if self._engine is None:
-                raise KedgeError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
-                                 f"with `{rebuild_command(path, info.precision)}`")
-            self._context = self._engine.create_execution_context()
-            self._input, self._output = info.input_name, info.output_name
-            self._max_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[2][0])
-            in_shape = (self._max_batch, *tuple(self._engine.get_tensor_shape(self._input))[1:])
-            self._context.set_input_shape(self._input, in_shape)
-            out_shape = tuple(self._context.get_tensor_shape(self._output))
-            self._host_in = self._cuda.host_buffer(in_shape, trt.nptype(self._engine.get_tensor_dtype(self._input)))
-            self._host_out = self._cuda.host_buffer(out_shape,
-                                                    trt.nptype(self._engine.get_tensor_dtype(self._output)))
-            self._dev_in = self._cuda.device_buffer(self._host_in.nbytes)
-            self._dev_out = self._cuda.device_buffer(self._host_out.nbytes)
-            self._context.set_tensor_address(self._input, int(self._dev_in))
-            self._context.set_tensor_address(self._output, int(self._dev_out))
+            with self._cuda.active():
+                self._load(trt, path, info)
         except BaseException:
             self._cuda.close()
             raise
-        self._shape_batch = self._max_batch
         self._graphs: dict[int, Any] | None = {} if cuda_graph else None
         self.info = info
         self.form = f"trt-{info.precision}"
-        self.name = f"tensorrt {info.precision}{' cuda-graph' if cuda_graph else ''} ({path.name})"
+
+    def _load(self, trt: Any, path: Path, info: Any) -> None:
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise KedgeError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
+                             f"with `{rebuild_command(path, info.precision)}`")
+        self._input, self._output = info.input_name, info.output_name
+        self._max_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[2][0])
+        in_shape = (self._max_batch, *tuple(self._engine.get_tensor_shape(self._input))[1:])
+        self._host_in = self._cuda.host_buffer(in_shape, trt.nptype(self._engine.get_tensor_dtype(self._input)))
+        self._dev_in = self._cuda.device_buffer(self._host_in.nbytes)
+        self._context = self._engine.create_execution_context()
+        self._bind(self._context, self._max_batch, allocate_output=True)
+        self._shape_batch = self._max_batch
+        self._graph_contexts: dict[int, Any] = {}
+
+    def _bind(self, context: Any, n: int, allocate_output: bool = False) -> None:
+        """Set a context's input shape (checked) and point it at the shared buffers."""
+        if not context.set_input_shape(self._input, (n, *self._host_in.shape[1:])):
+            raise KedgeError(f"{self.name}: TensorRT refused input shape batch {n} (profile 1..{self._max_batch})")
+        if allocate_output:
+            out_shape = tuple(context.get_tensor_shape(self._output))
+            dtype = self._trt.nptype(self._engine.get_tensor_dtype(self._output))
+            self._host_out = self._cuda.host_buffer(out_shape, dtype)
+            self._dev_out = self._cuda.device_buffer(self._host_out.nbytes)
+        context.set_tensor_address(self._input, int(self._dev_in))
+        context.set_tensor_address(self._output, int(self._dev_out))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        outputs = [self._infer_chunk(batch[start : start + self._max_batch])
-                   for start in range(0, len(batch), self._max_batch)]
+        with self._cuda.active():
+            outputs = [self._infer_chunk(batch[start : start + self._max_batch])
+                       for start in range(0, len(batch), self._max_batch)]
         return np.concatenate(outputs) if outputs else np.zeros((0, self._host_out.shape[1]), np.float32)
 
     def _infer_chunk(self, chunk: np.ndarray) -> np.ndarray:
         n = len(chunk)
         self._host_in[:n] = chunk
+        if self._graphs is not None and self._replay(n):
+            self._cuda.synchronize()
+            return np.array(self._host_out[:n], dtype=np.float32)
         if n != self._shape_batch:
-            self._context.set_input_shape(self._input, (n, *self._host_in.shape[1:]))
+            self._bind(self._context, n)
             self._shape_batch = n
-        if self._graphs is None:
-            self._enqueue(n)
-        else:
-            if n not in self._graphs:
-                self._enqueue(n)  # TensorRT finishes shape-dependent setup on the first run, outside the capture
-                self._cuda.synchronize()
-                self._graphs[n] = self._cuda.capture(lambda: self._enqueue(n))
-            self._cuda.replay(self._graphs[n])
+        self._enqueue(self._context, n)
         self._cuda.synchronize()
         return np.array(self._host_out[:n], dtype=np.float32)
 
-    def _enqueue(self, n: int) -> None:
+    def _replay(self, n: int) -> bool:
+        """Replay batch size n's graph, capturing it (on its own context) the first time.
+        False after a failed capture: graphs are then off for this backend."""
+        from kedge.runtime.cuda import GraphError
+
+        assert self._graphs is not None
+        if n not in self._graphs:
+            context = self._engine.create_execution_context()
+            self._bind(context, n)
+            self._enqueue(context, n)  # TensorRT finishes shape-dependent setup on the first run, outside capture
+            self._cuda.synchronize()
+            try:
+                self._graphs[n] = self._cuda.capture(lambda: self._enqueue(context, n))
+            except (GraphError, KedgeError) as err:
+                print(f"kedge: {self.name}: CUDA graph capture failed ({err}); running without CUDA graphs",
+                      file=sys.stderr)
+                self._drop_graphs()
+                return False
+            self._graph_contexts[n] = context
+        self._cuda.replay(self._graphs[n])
+        return True
+
+    def _enqueue(self, context: Any, n: int) -> None:
         """Copy in, execute and copy out on the one stream, all asynchronous."""
         self._cuda.to_device(self._dev_in, self._host_in[:n])
-        if not self._context.execute_async_v3(self._cuda.stream_handle):
+        if not context.execute_async_v3(self._cuda.stream_handle):
             raise KedgeError(f"{self.name}: TensorRT execution failed")
         self._cuda.to_host(self._host_out[:n], self._dev_out)
 
+    def _drop_graphs(self) -> None:
+        for graph in (self._graphs or {}).values():
+            graph.destroy()
+        self._graphs = None
+        self._graph_contexts = {}
+
     def close(self) -> None:
         if getattr(self, "_cuda", None) is not None:
-            self._graphs = None
-            self._context = self._engine = None
-            self._dev_in.free()
-            self._dev_out.free()
+            with self._cuda.active():
+                self._cuda.synchronize()
+                self._drop_graphs()
+                self._context = self._engine = None
+                self._dev_in.free()
+                self._dev_out.free()
             self._cuda.close()
             self._cuda = None
 
