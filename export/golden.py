@@ -28,8 +28,10 @@ SIZE = 512  # drawn larger than the model input, so the runtime's resize runs as
 DECIMALS = 6
 # Max |dp| allowed between a pair's output on the device and what was stored for the same
 # ONNX file on the desktop (ONNX Runtime there): kernels differ between CPUs and runtimes,
-# not the file. bf16 (OpenVINO running the FP32 file in bfloat16) gets parity's bf16 tolerance.
-SAME_FILE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1e-2, "int8": 2e-2}
+# not the file. bf16 (OpenVINO running the FP32 file in bfloat16) gets parity's bf16 tolerance,
+# and int8 parity's int8 tolerance (runtime.parity): another runtime's INT8 kernels round
+# differently (OpenVINO against ONNX Runtime on the shipped GRU's Q/DQ file: 0.027).
+SAME_FILE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1e-2, "int8": 5e-2}
 # An engine against ONNX Runtime on the file it was built from: TensorRT picks other
 # kernels (and on TensorRT 10 FP16/INT8 layer precisions of its own).
 ENGINE_TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
