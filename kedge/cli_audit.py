@@ -12,11 +12,11 @@ from kedge.options import (
     backend_option,
     emit_json,
     json_option,
+    open_runner,
     precision_option,
     source_options,
     source_spec,
 )
-from kedge.runtime.errors import KedgeError
 
 
 def register(main: click.Group) -> None:
@@ -61,15 +61,18 @@ def register(main: click.Group) -> None:
         """
         from kedge.runtime.bundle import load_bundle
         from kedge.runtime.evaluate import predict_items
+        from kedge.runtime.explain import require_matplotlib
         from kedge.runtime.shortcut import audit as run_audit
-        from kedge.runtime.shortcut import format_audit, labelled_items
+        from kedge.runtime.shortcut import format_audit
+        from kedge.runtime.sources import labelled_items
 
         spec = source_spec(sources)
         if plot is not None:
-            _need_matplotlib()
+            require_matplotlib("kedge audit --plot")
         loaded = load_bundle(bundle)
         items = labelled_items(loaded, data, split, spec, split_manifest)
-        with _open(loaded, backend, precision, allow_unverified) as (runner, description):
+        runner, description = open_runner(loaded, backend, precision, allow_unverified)
+        with runner:
             predictions = predict_items(runner, items, batch_size, progress=not quiet and not as_json)
         report = run_audit(predictions, loaded.classes)
         report.update({"bundle": str(loaded.path), "model": loaded.name, "data": str(data),
@@ -86,32 +89,3 @@ def register(main: click.Group) -> None:
                 click.echo(f"kedge: error: {failure['path']}: {failure['problem']}", err=True)
         if report["flags"] or report["failures"]:
             sys.exit(1)
-
-
-def _need_matplotlib() -> None:
-    from importlib.util import find_spec
-
-    if find_spec("matplotlib") is None:
-        raise KedgeError("--plot needs matplotlib: pip install 'kedge[explain]'")
-
-
-class _open:
-    """The bundle on the chosen backend, as (callable, description); Keras on request."""
-
-    def __init__(self, bundle: Any, backend: str, precision: str | None, allow_unverified: bool) -> None:
-        self.bundle, self.backend, self.precision, self.allow = bundle, backend, precision, allow_unverified
-
-    def __enter__(self) -> tuple[Any, str]:
-        if self.backend == "keras":
-            from kedge.train.backend import open_keras
-
-            self.runner = open_keras(self.bundle, "--backend keras")
-            return self.runner, "keras"
-        from kedge.runtime.infer import Predictor
-
-        predictor = Predictor(self.bundle, self.backend, self.precision, allow_unverified=self.allow)
-        self.runner = predictor.runner
-        return self.runner, predictor.description
-
-    def __exit__(self, *exc: object) -> None:
-        self.runner.close()

@@ -22,6 +22,7 @@ from kedge.options import (
     log,
     machine,
     model_option,
+    open_runner,
     positive_ints,
     precision_option,
     threads_option,
@@ -236,20 +237,14 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
       kedge explain knee.png                          # both shipped models
       kedge explain knee.png --model runs/cnn --out knee-cnn.png --patch 24 --stride 8
     """
-    from kedge.runtime.choice import choose
     from kedge.runtime.explain import Explanation, explain_image, occlusion, require_matplotlib
 
     require_matplotlib()
     if method == "gradcam":
         backend = "keras"
 
-    def open_runner(bundle: Any) -> tuple[Any, str]:
-        if backend == "keras":
-            from kedge.train.backend import open_keras
-
-            return open_keras(bundle, "--backend keras"), "keras"
-        choice = choose(bundle, backend, precision, allow_unverified)
-        return choice.pair.open(bundle), str(choice.pair)
+    def runner_for(bundle: Any) -> tuple[Any, str]:
+        return open_runner(bundle, backend, precision, allow_unverified)
 
     def explainer(runner: Any, x: Any, wanted: int | None) -> Explanation:
         if method == "gradcam":
@@ -259,7 +254,7 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
             return Explanation(heatmap, index, probability, patch=0, stride=0)
         return occlusion(runner, x, wanted, patch, stride)
 
-    written = explain_image(image, load_models(model), out, open_runner, explainer, method, class_name,
+    written = explain_image(image, load_models(model), out, runner_for, explainer, method, class_name,
                             log=None if as_json else click.echo)
     if as_json:
         emit_json(written)

@@ -141,3 +141,16 @@ def source_spec(options: dict[str, Any]) -> Any:
 
     return make_spec(options.pop("sources_file"), options.pop("source_rule"), options.pop("path_column"),
                      options.pop("source_column"))
+
+
+def open_runner(bundle: Any, backend: str, precision: str | None, allow_unverified: bool) -> tuple[Any, str]:
+    """The bundle on the chosen (backend, form, precision), or its Keras original with
+    --backend keras, as (context-managed runner, what it is)."""
+    if backend == "keras":
+        from kedge.train.backend import open_keras
+
+        return open_keras(bundle, "--backend keras"), "keras"
+    from kedge.runtime.choice import choose
+
+    choice = choose(bundle, backend, precision, allow_unverified)
+    return choice.pair.open(bundle), str(choice.pair)

@@ -71,8 +71,8 @@ def score(predictions: Predictions, classes: Sequence[str]) -> dict[str, Any]:
         report.update({key: overall[key] for key in ("balanced_accuracy", "top_answer", "roc_auc", "roc_auc_ci95",
                                                      "sensitivity", "specificity", "threshold") if key in overall})
     sources = [i.source for i in predictions.items]
-    report["by_source"] = metrics_by(sources, y_true, probs, classes) if len(set(sources)) > 1 or \
-        (sources and sources[0] != UNKNOWN) else {}
+    known = bool(sources) and set(sources) != {UNKNOWN}  # "all" alone: no sources were given
+    report["by_source"] = metrics_by(sources, y_true, probs, classes) if known else {}
     report["by_format"] = metrics_by([i.format for i in predictions.items], y_true, probs, classes)
     worst = worst_group(report["by_source"])
     report["worst_source"] = worst[0] if worst else None

@@ -61,12 +61,12 @@ MAP_KINDS = {"occlusion": ("occlusion sensitivity", "drop in class probability w
              "gradcam": ("Grad-CAM (Keras)", "Grad-CAM, relative to its peak")}
 
 
-def require_matplotlib() -> None:
+def require_matplotlib(what: str = "kedge explain") -> None:
     """Checked before any model runs, so a missing extra costs one line, not a wasted minute."""
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise KedgeError("kedge explain needs matplotlib to draw: pip install 'kedge[explain]'")
+        raise KedgeError(f"{what} needs matplotlib to draw: pip install 'kedge[explain]'")
 
 
 def render(image: np.ndarray, heatmap: np.ndarray, title: str, path: str | os.PathLike[str],

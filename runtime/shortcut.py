@@ -101,27 +101,6 @@ def flags(by_source: dict[str, dict[str, Any]], cue: dict[str, Any] | None) -> l
     return found
 
 
-def labelled_items(bundle: Any, data: Any, split: str | None, spec: Any, split_manifest: Any = None) -> list[Any]:
-    """The labelled images of `data` for this bundle, limited to a split of its split.csv
-    (or of `split_manifest`, another bundle's split.csv: to compare two models on one
-    held-out split), with sources from `spec`, else from that split.csv."""
-    from kedge.runtime.folders import in_split, read_split_manifest, read_split_sources, scan_labelled
-    from kedge.runtime.sources import with_sources
-
-    items = scan_labelled(data, bundle.classes)
-    recorded: dict[str, str] = {}
-    if split_manifest is not None or "split_manifest" in bundle.manifest.get("artifacts", {}):
-        manifest_path = split_manifest if split_manifest is not None else bundle.file("split_manifest")
-        recorded = read_split_sources(manifest_path)
-        if split is not None:
-            items = in_split(items, data, read_split_manifest(manifest_path), split)
-    elif split is not None:
-        from kedge.runtime.errors import KedgeError
-
-        raise KedgeError(f"{bundle.path}: no split manifest, so --split cannot be used")
-    return with_sources(items, data, spec, recorded)
-
-
 def audit(predictions: Any, classes: Sequence[str]) -> dict[str, Any]:
     """Score predictions per source and per format, run the cue test, and list flags."""
     from kedge.runtime.evaluate import score

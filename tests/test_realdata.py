@@ -125,8 +125,8 @@ def test_shipped_models_do_not_answer_from_the_source(real_data, model) -> None:
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.infer import Predictor
     from kedge.runtime.shipped import MODELS_DIR
-    from kedge.runtime.shortcut import TOP_SHARE_LIMIT, audit, labelled_items
-    from kedge.runtime.sources import make_spec
+    from kedge.runtime.shortcut import TOP_SHARE_LIMIT, audit
+    from kedge.runtime.sources import labelled_items, make_spec
 
     bundle = load_bundle(MODELS_DIR / model)
     items = labelled_items(bundle, real_data, None, make_spec(real_data / "manifest.csv", None, "path", "collection"))
