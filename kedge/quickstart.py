@@ -27,7 +27,8 @@ def summary(bundle_dir: Path, predictions: Path) -> str:
         lines.append(f"  test split  accuracy {test['accuracy']:.3f} on n={test['n']} synthetic images")
     if parity:
         rows = [r for r in parity.get("rows", []) if not r.get("reference")]
-        parts = [f"{r['form']} {'PASSED' if r['passed'] else 'FAILED'} (agreement {r['agreement']:.1%}"
+        parts = [f"{r.get('backend', '')} {r['form']} {r.get('precision', '')} "
+                 f"{'PASSED' if r['passed'] else 'FAILED'} (agreement {r['agreement']:.1%}"
                  + (f", {r['near_ties']} near ties" if r.get("near_ties") else "") + ")" for r in rows]
         lines.append(f"  parity      against {parity['reference']} on the {parity['split']} split "
                      f"(n={parity['n']}): {'; '.join(parts)}")
