@@ -97,7 +97,7 @@ def models(as_json: bool) -> None:
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the split, augmentation and weights.")
 @click.option("--patience", default=10, show_default=True, type=int,
-              help="Stop after this many epochs without a lower validation loss (0: never).")
+              help="Stop after this many epochs without a better --select score on validation (0: never).")
 @click.option("--split", "fractions", default="0.7,0.15,0.15", show_default=True,
               help="Train,val,test fractions; whole duplicate groups stay in one split.")
 @click.option("--weights", help="resnet50-gru backbone: imagenet, none (default) or a ResNet50 no-top .h5 path.")
@@ -118,8 +118,13 @@ def models(as_json: bool) -> None:
                    "(default: source-class with sources, else none).")
 @click.option("--select", type=click.Choice(["mean-source", "worst-source", "val-loss"]),
               help="Keep the epoch with the best mean (or worst) per-source validation balanced accuracy, or the "
-                   "lowest validation loss (default: mean-source with sources, else val-loss). worst-source is "
-                   "noisy on small sources: it can prefer an epoch that gives every image one answer.")
+                   "lowest validation loss (default: mean-source with sources, else val-loss). With the per-source "
+                   "choices, an epoch that gives one answer to 90 %% or more of a source's images is kept only if "
+                   "every epoch did.")
+@click.option("--adversary", default=0.0, show_default=True, type=float,
+              help="Domain-adversarial head: a source classifier on the penultimate features behind a "
+                   "gradient-reversal layer of this weight (e.g. 0.3), ramped up over the epochs; needs sources. "
+                   "Training only: the bundle's model has no extra output.")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=float,
               help="Spread this much of each label over all classes (e.g. 0.1, for noisy labels).")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency (training split).")

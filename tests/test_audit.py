@@ -82,3 +82,52 @@ def test_cross_validated_accuracy_is_near_chance_on_noise() -> None:
     y = rng.integers(0, 2, 200)
     assert cross_validated_accuracy(rng.normal(size=(200, 3)), y) < 0.62
     assert cross_validated_accuracy(np.eye(2)[y] + rng.normal(0, 0.1, (200, 2)), y) > 0.95
+
+
+@pytest.mark.tensorflow
+def test_gradient_reversal_flips_and_scales_the_gradient(tf_keras) -> None:
+    import tensorflow as tf
+
+    from kedge.train.adversary import gradient_reversal_layer, ramp
+
+    layer = gradient_reversal_layer()()
+    layer.strength.assign(0.7)
+    x = tf.Variable([[1.0, -2.0, 3.0]])
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.constant([[1.0, 2.0, 3.0]]))
+    np.testing.assert_allclose(y.numpy(), x.numpy())  # identity forwards
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [[-0.7, -1.4, -2.1]], rtol=1e-6)
+    assert ramp(0, 10) == 0.0 and 0.99 < ramp(9, 10) <= 1.0 and ramp(3, 10) > ramp(2, 10)
+
+
+@pytest.mark.tensorflow
+def test_adversarial_head_trains_but_does_not_ship(tf_keras, cue_data, tmp_path) -> None:
+    """--adversary trains a source head beside the class head; the bundle's model is the
+    plain class model, and history shows the source head and the reversal ramp."""
+    import csv
+
+    from kedge.train.adversary import ramp
+    from kedge.train.models import load_keras_model
+
+    train, _ = cue_data
+    out = tmp_path / "adv"
+    result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(train), "--out", str(out), "--classes",
+                                       ",".join(CLASSES), "--width", "0.125", "--epochs", "3", "--patience", "0",
+                                       "--source-rule", "folder", "--adversary", "0.5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "kedge.json").read_text())
+    assert manifest["training"]["adversary"] == 0.5
+    model = load_keras_model(out / "model.keras")
+    assert len(model.outputs) == 1 and model.output_shape == (None, len(CLASSES))
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [float(r["reversal"]) for r in rows] == pytest.approx([0.5 * ramp(e, 3) for e in range(3)], abs=1e-6)
+    assert all(0.0 <= float(r["source_accuracy"]) <= 1.0 for r in rows)
+
+
+def test_adversary_needs_two_sources(synthetic_data, tmp_path) -> None:
+    result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(synthetic_data), "--out",
+                                       str(tmp_path / "x"), "--adversary", "0.3"])
+    assert result.exit_code == 1
+    assert "--adversary 0.3" in result.output and "two sources" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -165,3 +166,28 @@ def test_same_seed_same_weights(tf_keras, synthetic_data, tmp_path) -> None:
     first, second, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert not all(np.array_equal(a, c) for a, c in zip(first, other, strict=True))
+
+
+def test_an_epoch_that_gives_one_answer_to_a_source_is_not_kept() -> None:
+    """Worst-source selection once kept collapsed epochs: all-one-answer scores exactly
+    chance in every source, which beats a good epoch that is noisy in one small source."""
+    from kedge.runtime.metrics import metrics_by
+    from kedge.train.loop import epoch_score
+
+    classes = ["Normal", "Osteopenia", "Osteoporosis"]
+    sources = ["a"] * 6 + ["b"] * 6
+    y = np.array([0, 1, 2, 0, 1, 2] * 2)
+    one_answer = np.eye(3, dtype=np.float32)[[1] * 12]  # balanced accuracy 1/3 in both sources
+    # source a right on 2 of 6 (1/3 - noisy), source b right on all: worst source 1/3 too, but no collapse;
+    # a slightly worse worst source (1/6) still ranks above the collapsed epoch
+    spread = np.eye(3, dtype=np.float32)[[0, 1, 0, 1, 0, 0] + [0, 1, 2, 0, 1, 2]]
+    worse = np.eye(3, dtype=np.float32)[[0, 2, 1, 2, 0, 0] + [0, 1, 2, 0, 1, 2]]
+    collapsed = epoch_score("worst-source", metrics_by(sources, y, one_answer, classes), 1.0)
+    assert collapsed == (False, pytest.approx(1 / 3))
+    assert epoch_score("worst-source", metrics_by(sources, y, worse, classes), 1.0) > collapsed
+    assert epoch_score("worst-source", metrics_by(sources, y, spread, classes), 1.0) > collapsed
+    # a source with fewer than five images is too small to call collapsed
+    small = metrics_by(["a"] * 4, y[:4], one_answer[:4], classes)
+    assert epoch_score("mean-source", small, 1.0)[0] is True
+    # val-loss stays the plain lowest loss (the naive choice the planted-cue audit test needs)
+    assert epoch_score("val-loss", metrics_by(sources, y, one_answer, classes), 0.5) == (True, -0.5)

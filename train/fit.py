@@ -28,6 +28,7 @@ from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERS
 from kedge.runtime.sources import SourceSpec, mix_warnings
 from kedge.train import data as datamod
 from kedge.train import loop, plots
+from kedge.train.adversary import Adversary
 from kedge.train.augment import AugmentSettings
 from kedge.train.models import build_model, get_architecture, parameter_counts
 from kedge.train.tfkeras import keras, tensorflow, training_device
@@ -50,6 +51,7 @@ class TrainSettings:
     sources: SourceSpec = field(default_factory=SourceSpec)
     balance: str | None = None  # default: "source-class" with sources, else "class" with --class-weights, else none
     select: str | None = None  # default: "mean-source" with sources, else "val-loss"
+    adversary: float = 0.0  # domain-adversarial source head's reversal weight; 0 = off (train/adversary.py)
     label_smoothing: float = 0.0  # 0.1 spreads 10 % of each label's mass over the classes (noisy labels)
     class_weights: bool = False  # same as balance="class" (kept for the earlier option)
     mixed_precision: bool = False
@@ -86,6 +88,9 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     prepared = datamod.prepare(settings.data, classes, settings.fractions, settings.seed, settings.progress,
                                settings.sources)
     with_sources = len(prepared.sources) > 1
+    if settings.adversary < 0 or (settings.adversary and not with_sources):
+        raise KedgeError(f"--adversary {settings.adversary}: give a weight >= 0, and --sources or --source-rule "
+                         f"that name at least two sources (found {len(prepared.sources)})")
     balance = settings.balance or ("source-class" if with_sources else "class" if settings.class_weights else "none")
     select = settings.select or ("mean-source" if with_sources else "val-loss")
     counts = prepared.summary()["counts"]
@@ -114,14 +119,16 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
         optimizer = k.optimizers.Adam(settings.lr)
         if settings.mixed_precision:  # float16 gradients need loss scaling against underflow
             optimizer = k.mixed_precision.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer, loss=_loss(k, tf, len(classes), settings.label_smoothing),
-                      metrics=["accuracy"])
+        class_loss = _loss(k, tf, len(classes), settings.label_smoothing)
+        model.compile(optimizer=optimizer, loss=class_loss, metrics=["accuracy"])
+        adversary = Adversary(model, len(prepared.sources), settings.adversary, optimizer, class_loss) \
+            if settings.adversary else None
         augment = AugmentSettings(geometry=True, source_erasing=settings.source_augment) if settings.augment else None
         loop_settings = loop.LoopSettings(epochs=epochs, batch_size=settings.batch_size, seed=settings.seed,
                                           patience=settings.patience, balance=balance, select=select,
                                           augment=augment)
         result = loop.run(model, prepared.items("train"), prepared.items("val"), classes, loop_settings,
-                          log=log if settings.progress else None, progress=settings.progress)
+                          log=log if settings.progress else None, progress=settings.progress, adversary=adversary)
         history, best_epoch = result.history, result.best_epoch
         fit_seconds = float(sum(result.seconds))
         log(f"trained {len(history['loss'])} epochs in {fit_seconds:.0f} s "

@@ -1,5 +1,6 @@
 """The epoch loop: seeded batches, source-erasing augmentation, per-(source, class)
-weights, and checkpoint choice by the worst source on the validation split.
+weights, and checkpoint choice by per-source balanced accuracy on the validation split,
+never an epoch that gives one answer to a whole source while another epoch does not.
 
 Why not `model.fit` on a tf.data pipeline: its parallel map and shuffle buffers made
 two runs with one seed differ by several points, and it cannot weight the loss per
@@ -16,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -25,7 +26,11 @@ from kedge.runtime.errors import KedgeError
 from kedge.runtime.folders import LabelledImage
 from kedge.runtime.metrics import metrics_by
 from kedge.runtime.preprocess import preprocess
+from kedge.runtime.shortcut import MIN_IMAGES, TOP_SHARE_LIMIT
 from kedge.train.augment import AugmentSettings, augment, image_rng
+
+if TYPE_CHECKING:
+    from kedge.train.adversary import Adversary
 
 BALANCE = ("source-class", "class", "none")
 SELECT = ("worst-source", "mean-source", "val-loss")
@@ -80,14 +85,34 @@ def selection_score(select: str, by_source: dict[str, float], val_loss: float) -
     return min(values) if select == "worst-source" else float(np.mean(values))
 
 
+def collapsed_sources(groups: dict[str, dict[str, Any]]) -> list[str]:
+    """Sources where one answer takes TOP_SHARE_LIMIT or more of the images: the state
+    `kedge audit` flags. Such an epoch scores exactly chance in that source, which on a
+    small validation split can beat a good epoch that is noisy there, so it is only
+    kept when every epoch collapsed."""
+    return sorted(k for k, g in groups.items()
+                  if g["n"] >= MIN_IMAGES and g["top_answer"]["share"] >= TOP_SHARE_LIMIT)
+
+
+def epoch_score(select: str, groups: dict[str, dict[str, Any]], val_loss: float) -> tuple[bool, float]:
+    """An epoch's rank, compared as a tuple (higher is better). For the per-source
+    choices, first whether no source collapsed to one answer, then the score; val-loss
+    stays the plain lowest loss."""
+    by_source = {k: float(v["balanced_accuracy"]) for k, v in groups.items()}
+    guard = select == "val-loss" or not collapsed_sources(groups)
+    return guard, selection_score(select, by_source, val_loss)
+
+
 def _three_channels(x: np.ndarray) -> np.ndarray:
     return np.repeat(x[..., None], 3, axis=-1)
 
 
 def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[LabelledImage],
         classes: Sequence[str], settings: LoopSettings, log: Callable[[str], None] | None = None,
-        progress: bool = True) -> LoopResult:
-    """Train `model` (compiled) in place and leave it holding the chosen epoch's weights."""
+        progress: bool = True, adversary: Adversary | None = None) -> LoopResult:
+    """Train `model` (compiled) in place and leave it holding the chosen epoch's weights.
+    With `adversary`, its two-headed trainer takes the steps (the source head learns
+    from each image's source) and history gains the source head's training accuracy."""
     if settings.balance not in BALANCE or settings.select not in SELECT:
         raise KedgeError(f"balance must be one of {BALANCE}, select one of {SELECT}")
     x_train = load_images(train_items, progress, "Loading training images")
@@ -96,17 +121,24 @@ def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[La
     y_val = np.array([i.label for i in val_items], np.int64)
     w_train = sample_weights(train_items, settings.balance)
     val_sources = [i.source for i in val_items]
+    source_index = {name: k for k, name in enumerate(sorted({i.source for i in train_items}))}
+    s_train = np.array([source_index[i.source] for i in train_items], np.int64)
     n, bs = len(train_items), settings.batch_size
     history: dict[str, list[float]] = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy",
                                                       "val_balanced_accuracy", "val_worst_source",
                                                       "val_mean_source")}
+    if adversary is not None:
+        history.update(source_accuracy=[], reversal=[])
     per_source: list[dict[str, float]] = []
     seconds: list[float] = []
-    best_score, best_epoch, best_weights, stale = -math.inf, 0, None, 0
+    best_score = (False, -math.inf)
+    best_epoch, best_weights, stale = 0, None, 0
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         order = np.random.default_rng([settings.seed, epoch, 1 << 20]).permutation(n)
-        losses, hits, total_w = 0.0, 0.0, 0.0
+        losses, hits, total_w, source_hits = 0.0, 0.0, 0.0, 0.0
+        if adversary is not None:
+            history["reversal"].append(adversary.begin_epoch(epoch, settings.epochs))
         steps = range(0, n, bs)
         bar = tqdm(steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", leave=False,
                    disable=None if progress else True)
@@ -117,7 +149,11 @@ def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[La
                                for i in idx])
             else:
                 xb = x_train[idx]
-            loss, acc = model.train_on_batch(_three_channels(xb), y_train[idx], sample_weight=w_train[idx])
+            if adversary is not None:
+                loss, acc, source_acc = adversary.step(_three_channels(xb), y_train[idx], s_train[idx], w_train[idx])
+                source_hits += source_acc * len(idx)
+            else:
+                loss, acc = model.train_on_batch(_three_channels(xb), y_train[idx], sample_weight=w_train[idx])
             weight = float(w_train[idx].sum())
             losses, hits, total_w = losses + loss * weight, hits + acc * len(idx), total_w + weight
             bar.set_postfix(loss=f"{losses / total_w:.3f}")
@@ -126,16 +162,19 @@ def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[La
         groups = metrics_by(val_sources, y_val, probs, classes)
         by_source = {k: float(v["balanced_accuracy"]) for k, v in groups.items()}
         overall = metrics_by(["all"] * len(y_val), y_val, probs, classes)["all"]
-        score = selection_score(settings.select, by_source, val_loss)
+        collapsed = collapsed_sources(groups)
+        score = epoch_score(settings.select, groups, val_loss)
         for key, value in (("loss", losses / total_w), ("accuracy", hits / n), ("val_loss", val_loss),
                            ("val_accuracy", overall["accuracy"]),
                            ("val_balanced_accuracy", overall["balanced_accuracy"]),
                            ("val_worst_source", min(by_source.values())),
                            ("val_mean_source", float(np.mean(list(by_source.values()))))):
             history[key].append(float(value))
+        if adversary is not None:
+            history["source_accuracy"].append(source_hits / n)
         per_source.append(by_source)
         seconds.append(time.perf_counter() - started)
-        improved = score > best_score + 1e-9
+        improved = score > best_score
         if improved:
             best_score, best_epoch, best_weights, stale = score, epoch + 1, model.get_weights(), 0
         else:
@@ -144,7 +183,10 @@ def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[La
             sources = " ".join(f"{k} {v:.3f}" for k, v in by_source.items())
             log(f"epoch {epoch + 1}/{settings.epochs}: loss {history['loss'][-1]:.4f} "
                 f"val_loss {val_loss:.4f} val_acc {overall['accuracy']:.3f} "
-                f"val balanced acc by source: {sources} ({seconds[-1]:.1f} s){' *' if improved else ''}")
+                f"val balanced acc by source: {sources}"
+                f"{' (one answer for ' + ', '.join(collapsed) + ')' if collapsed else ''}"
+                f"{f' source head {source_hits / n:.3f}' if adversary is not None else ''}"
+                f" ({seconds[-1]:.1f} s){' *' if improved else ''}")
         if settings.patience and stale >= settings.patience:
             break
     if best_weights is not None:
