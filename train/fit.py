@@ -81,6 +81,8 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     epochs = settings.epochs or arch.epochs
     if settings.batch_size < 1 or epochs < 1 or settings.lr <= 0:
         raise KedgeError("--batch-size and --epochs must be at least 1, and --lr positive")
+    if settings.adversary < 0:
+        raise KedgeError(f"--adversary {settings.adversary}: give a weight >= 0 (0 turns the head off)")
     if not 0 <= settings.label_smoothing < 1:
         raise KedgeError(f"--label-smoothing {settings.label_smoothing}: give a value in [0, 1)")
     # Output and data are checked before TensorFlow loads: their errors come fast and without TF's noise.
@@ -88,8 +90,8 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     prepared = datamod.prepare(settings.data, classes, settings.fractions, settings.seed, settings.progress,
                                settings.sources)
     with_sources = len(prepared.sources) > 1
-    if settings.adversary < 0 or (settings.adversary and not with_sources):
-        raise KedgeError(f"--adversary {settings.adversary}: give a weight >= 0, and --sources or --source-rule "
+    if settings.adversary and not with_sources:
+        raise KedgeError(f"--adversary {settings.adversary}: the source head needs --sources or --source-rule "
                          f"that name at least two sources (found {len(prepared.sources)})")
     balance = settings.balance or ("source-class" if with_sources else "class" if settings.class_weights else "none")
     select = settings.select or ("mean-source" if with_sources else "val-loss")
