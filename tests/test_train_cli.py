@@ -172,9 +172,15 @@ def test_an_epoch_that_gives_one_answer_to_a_source_is_not_kept() -> None:
     """Worst-source selection once kept collapsed epochs: all-one-answer scores exactly
     chance in every source, which beats a good epoch that is noisy in one small source."""
     from kedge.runtime.metrics import metrics_by
-    from kedge.train.loop import epoch_score
+    from kedge.train.loop import collapsed_sources, epoch_score
 
     classes = ["Normal", "Osteopenia", "Osteoporosis"]
+
+    def rank(select, sources, y, probs, val_loss=1.0):
+        groups = metrics_by(sources, y, probs, classes)
+        by_source = {k: float(v["balanced_accuracy"]) for k, v in groups.items()}
+        return epoch_score(select, by_source, collapsed_sources(groups), val_loss)
+
     sources = ["a"] * 6 + ["b"] * 6
     y = np.array([0, 1, 2, 0, 1, 2] * 2)
     one_answer = np.eye(3, dtype=np.float32)[[1] * 12]  # balanced accuracy 1/3 in both sources
@@ -182,12 +188,11 @@ def test_an_epoch_that_gives_one_answer_to_a_source_is_not_kept() -> None:
     # a slightly worse worst source (1/6) still ranks above the collapsed epoch
     spread = np.eye(3, dtype=np.float32)[[0, 1, 0, 1, 0, 0] + [0, 1, 2, 0, 1, 2]]
     worse = np.eye(3, dtype=np.float32)[[0, 2, 1, 2, 0, 0] + [0, 1, 2, 0, 1, 2]]
-    collapsed = epoch_score("worst-source", metrics_by(sources, y, one_answer, classes), 1.0)
+    collapsed = rank("worst-source", sources, y, one_answer)
     assert collapsed == (False, pytest.approx(1 / 3))
-    assert epoch_score("worst-source", metrics_by(sources, y, worse, classes), 1.0) > collapsed
-    assert epoch_score("worst-source", metrics_by(sources, y, spread, classes), 1.0) > collapsed
+    assert rank("worst-source", sources, y, worse) > collapsed
+    assert rank("worst-source", sources, y, spread) > collapsed
     # a source with fewer than five images is too small to call collapsed
-    small = metrics_by(["a"] * 4, y[:4], one_answer[:4], classes)
-    assert epoch_score("mean-source", small, 1.0)[0] is True
+    assert rank("mean-source", ["a"] * 4, y[:4], one_answer[:4])[0] is True
     # val-loss stays the plain lowest loss (the naive choice the planted-cue audit test needs)
-    assert epoch_score("val-loss", metrics_by(sources, y, one_answer, classes), 0.5) == (True, -0.5)
+    assert rank("val-loss", sources, y, one_answer, val_loss=0.5) == (True, -0.5)

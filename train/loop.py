@@ -94,13 +94,12 @@ def collapsed_sources(groups: dict[str, dict[str, Any]]) -> list[str]:
                   if g["n"] >= MIN_IMAGES and g["top_answer"]["share"] >= TOP_SHARE_LIMIT)
 
 
-def epoch_score(select: str, groups: dict[str, dict[str, Any]], val_loss: float) -> tuple[bool, float]:
+def epoch_score(select: str, by_source: dict[str, float], collapsed: Sequence[str],
+                val_loss: float) -> tuple[bool, float]:
     """An epoch's rank, compared as a tuple (higher is better). For the per-source
-    choices, first whether no source collapsed to one answer, then the score; val-loss
-    stays the plain lowest loss."""
-    by_source = {k: float(v["balanced_accuracy"]) for k, v in groups.items()}
-    guard = select == "val-loss" or not collapsed_sources(groups)
-    return guard, selection_score(select, by_source, val_loss)
+    choices, first whether no source collapsed to one answer (`collapsed_sources`),
+    then the score; val-loss stays the plain lowest loss."""
+    return select == "val-loss" or not collapsed, selection_score(select, by_source, val_loss)
 
 
 def _three_channels(x: np.ndarray) -> np.ndarray:
@@ -163,7 +162,7 @@ def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[La
         by_source = {k: float(v["balanced_accuracy"]) for k, v in groups.items()}
         overall = metrics_by(["all"] * len(y_val), y_val, probs, classes)["all"]
         collapsed = collapsed_sources(groups)
-        score = epoch_score(settings.select, groups, val_loss)
+        score = epoch_score(settings.select, by_source, collapsed, val_loss)
         for key, value in (("loss", losses / total_w), ("accuracy", hits / n), ("val_loss", val_loss),
                            ("val_accuracy", overall["accuracy"]),
                            ("val_balanced_accuracy", overall["balanced_accuracy"]),
