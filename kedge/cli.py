@@ -121,6 +121,12 @@ def models(as_json: bool) -> None:
                    "lowest validation loss (default: mean-source with sources, else val-loss). With the per-source "
                    "choices, an epoch that gives one answer to 90 %% or more of a source's images is kept only if "
                    "every epoch did.")
+@click.option("--unvalidated-source", "unvalidated_sources", multiple=True, metavar="NAME",
+              help="A source whose labels are no target (e.g. A, ultrasound T-scores): it stays in validation "
+                   "and test, where no epoch may give it one answer, but the --select score ignores it. Repeatable.")
+@click.option("--train-unvalidated/--no-train-unvalidated", default=True, show_default=True,
+              help="Whether the --unvalidated-source images are in the training split (validation and test keep "
+                   "them either way, so both variants share one split).")
 @click.option("--adversary", default=0.0, show_default=True, type=float,
               help="Domain-adversarial head: a source classifier on the penultimate features behind a "
                    "gradient-reversal layer of this weight (e.g. 0.3), ramped up over the epochs; needs sources. "

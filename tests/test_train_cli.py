@@ -196,3 +196,31 @@ def test_an_epoch_that_gives_one_answer_to_a_source_is_not_kept() -> None:
     assert rank("mean-source", ["a"] * 4, y[:4], one_answer[:4])[0] is True
     # val-loss stays the plain lowest loss (the naive choice the planted-cue audit test needs)
     assert rank("val-loss", sources, y, one_answer, val_loss=0.5) == (True, -0.5)
+
+
+def test_an_unvalidated_source_is_left_out_of_the_score_but_not_out_of_the_collapse_guard() -> None:
+    """Collection A's labels are no target: an epoch must not be chosen for doing well on
+    them, yet one answer for all of A is still the source cue and still ranks last."""
+    from kedge.train.loop import epoch_score
+
+    good_on_a = {"A": 0.9, "B": 0.5, "C": 0.6}
+    good_on_b = {"A": 0.2, "B": 0.7, "C": 0.6}
+    assert epoch_score("worst-source", good_on_a, [], 1.0) > epoch_score("worst-source", good_on_b, [], 1.0)
+    assert epoch_score("worst-source", good_on_a, [], 1.0, ["A"]) == (True, pytest.approx(0.5))
+    assert epoch_score("worst-source", good_on_b, [], 1.0, ["A"]) > \
+        epoch_score("worst-source", good_on_a, [], 1.0, ["A"])
+    assert epoch_score("mean-source", good_on_b, ["A"], 1.0, ["A"]) == (False, pytest.approx(0.65))
+
+
+def test_unvalidated_source_options_are_checked_before_training(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from kedge.cli import main
+    from kedge.train.synthetic import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, per_class=4, seed=0)
+    result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(data), "--out", str(tmp_path / "b"),
+                                       "--source-rule", "format", "--unvalidated-source", "Z"])
+    assert result.exit_code == 1 and "--unvalidated-source Z: no such source" in result.output
+    assert not (tmp_path / "b").exists()

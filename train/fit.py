@@ -51,6 +51,8 @@ class TrainSettings:
     sources: SourceSpec = field(default_factory=SourceSpec)
     balance: str | None = None  # default: "source-class" with sources, else "class" with --class-weights, else none
     select: str | None = None  # default: "mean-source" with sources, else "val-loss"
+    unvalidated_sources: tuple[str, ...] = ()  # in val/test and the collapse guard, not in the selection score
+    train_unvalidated: bool = True  # False: the unvalidated sources' images are not trained on either
     adversary: float = 0.0  # domain-adversarial source head's reversal weight; 0 = off (train/adversary.py)
     label_smoothing: float = 0.0  # 0.1 spreads 10 % of each label's mass over the classes (noisy labels)
     class_weights: bool = False  # same as balance="class" (kept for the earlier option)
@@ -93,6 +95,12 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     if settings.adversary and not with_sources:
         raise KedgeError(f"--adversary {settings.adversary}: the source head needs --sources or --source-rule "
                          f"that name at least two sources (found {len(prepared.sources)})")
+    unknown = sorted(set(settings.unvalidated_sources) - set(prepared.sources))
+    if unknown:
+        raise KedgeError(f"--unvalidated-source {', '.join(unknown)}: no such source "
+                         f"(the sources are {', '.join(sorted(prepared.sources)) or 'none'})")
+    if not settings.train_unvalidated and not settings.unvalidated_sources:
+        raise KedgeError("--no-train-unvalidated needs --unvalidated-source NAME")
     balance = settings.balance or ("source-class" if with_sources else "class" if settings.class_weights else "none")
     select = settings.select or ("mean-source" if with_sources else "val-loss")
     counts = prepared.summary()["counts"]
@@ -102,7 +110,10 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             raise KedgeError(f"{settings.data}: the {split} split has no {', '.join(missing)} image; "
                              "add images or change the split fractions")
     _log_data(prepared, log)
-    log(f"sources: {settings.sources.describe()}; loss weights: {balance}; checkpoint chosen by: {select}")
+    log(f"sources: {settings.sources.describe()}; loss weights: {balance}; checkpoint chosen by: {select}"
+        + (f" over the validated sources (not {', '.join(settings.unvalidated_sources)}"
+           f"{', not trained on either' if not settings.train_unvalidated else ''})"
+           if settings.unvalidated_sources else ""))
 
     k, tf = keras(), tensorflow()
     device = training_device()
@@ -128,7 +139,8 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
         augment = AugmentSettings(geometry=True, source_erasing=settings.source_augment) if settings.augment else None
         loop_settings = loop.LoopSettings(epochs=epochs, batch_size=settings.batch_size, seed=settings.seed,
                                           patience=settings.patience, balance=balance, select=select,
-                                          augment=augment)
+                                          unvalidated=tuple(settings.unvalidated_sources),
+                                          train_unvalidated=settings.train_unvalidated, augment=augment)
         result = loop.run(model, prepared.items("train"), prepared.items("val"), classes, loop_settings,
                           log=log if settings.progress else None, progress=settings.progress, adversary=adversary)
         history, best_epoch = result.history, result.best_epoch

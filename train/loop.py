@@ -44,6 +44,8 @@ class LoopSettings:
     patience: int = 10  # epochs without a better selection score; 0 = never stop early
     balance: str = "source-class"
     select: str = "worst-source"
+    unvalidated: tuple[str, ...] = ()  # sources the selection score ignores (labels that are no target)
+    train_unvalidated: bool = True  # False: their images are left out of the training split too
     augment: AugmentSettings | None = field(default_factory=AugmentSettings)
 
 
@@ -95,11 +97,14 @@ def collapsed_sources(groups: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def epoch_score(select: str, by_source: dict[str, float], collapsed: Sequence[str],
-                val_loss: float) -> tuple[bool, float]:
+                val_loss: float, unvalidated: Sequence[str] = ()) -> tuple[bool, float]:
     """An epoch's rank, compared as a tuple (higher is better). For the per-source
-    choices, first whether no source collapsed to one answer (`collapsed_sources`),
-    then the score; val-loss stays the plain lowest loss."""
-    return select == "val-loss" or not collapsed, selection_score(select, by_source, val_loss)
+    choices, first whether no source collapsed to one answer (`collapsed_sources`, every
+    source, unvalidated ones included: one answer for a whole source is the cue, not the
+    bone), then the score over the validated sources only (an unvalidated source's labels
+    cannot validate or refute a model); val-loss stays the plain lowest loss."""
+    scored = {k: v for k, v in by_source.items() if k not in unvalidated}
+    return select == "val-loss" or not collapsed, selection_score(select, scored, val_loss)
 
 
 def _three_channels(x: np.ndarray) -> np.ndarray:
@@ -114,6 +119,8 @@ def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[La
     from each image's source) and history gains the source head's training accuracy."""
     if settings.balance not in BALANCE or settings.select not in SELECT:
         raise KedgeError(f"balance must be one of {BALANCE}, select one of {SELECT}")
+    if not settings.train_unvalidated:
+        train_items = [i for i in train_items if i.source not in settings.unvalidated]
     x_train = load_images(train_items, progress, "Loading training images")
     x_val = load_images(val_items, progress, "Loading validation images")
     y_train = np.array([i.label for i in train_items], np.int64)
@@ -162,7 +169,7 @@ def run(model: Any, train_items: Sequence[LabelledImage], val_items: Sequence[La
         by_source = {k: float(v["balanced_accuracy"]) for k, v in groups.items()}
         overall = metrics_by(["all"] * len(y_val), y_val, probs, classes)["all"]
         collapsed = collapsed_sources(groups)
-        score = epoch_score(settings.select, by_source, collapsed, val_loss)
+        score = epoch_score(settings.select, by_source, collapsed, val_loss, settings.unvalidated)
         for key, value in (("loss", losses / total_w), ("accuracy", hits / n), ("val_loss", val_loss),
                            ("val_accuracy", overall["accuracy"]),
                            ("val_balanced_accuracy", overall["balanced_accuracy"]),
