@@ -109,7 +109,7 @@ def gate_images(paths: Sequence[str | os.PathLike[str]], count: int = 8, seed: i
         chosen = list(paths)[:count]
         return np.stack([preprocess(p) for p in chosen])
     from kedge.runtime.preprocess import to_model_input
-    from kedge.train.synthetic import knee_radiograph
+    from kedge.runtime.synthetic import knee_radiograph
 
     rng = np.random.default_rng(seed)
     densities = np.linspace(0.2, 0.8, count)

@@ -180,17 +180,6 @@ def _build_engines(bundle: Any, report: VerifyReport, say: Log) -> None:
     write_manifest(bundle.path, manifest)
 
 
-def _source_form(bundle: Any, pair: Any) -> str | None:
-    """The ONNX form an engine was built from (its sidecar says which file); None for ONNX forms."""
-    from kedge.export.golden import SOURCE_FORM
-    from kedge.runtime.engines import engine_path, read_sidecar
-
-    if pair.form.artifact is not None:
-        return None
-    path = engine_path(bundle, pair.form.precision)
-    return SOURCE_FORM.get(Path(read_sidecar(path).source_onnx).name) if path else None
-
-
 def _status(bundle: Any, pair: Any, passed: bool) -> str:
     """PASSED, FAILED, or KNOWN_FAILURE for a pair the bundle's recorded parity already FAILED."""
     from kedge.runtime.parity import FAILED as RECORDED_FAILED
@@ -198,35 +187,33 @@ def _status(bundle: Any, pair: Any, passed: bool) -> str:
 
     if passed:
         return PASSED
-    return KNOWN_FAILURE if status(bundle, pair.key)[0] == RECORDED_FAILED else FAILED
+    return KNOWN_FAILURE if status(bundle, pair)[0] == RECORDED_FAILED else FAILED
 
 
 def _golden(bundle: Any, report: VerifyReport, say: Log) -> None:
-    from kedge.export.golden import compare_form, regenerate
+    """Every runnable pair on the golden set, through the same check (and per-machine cache)
+    that `auto` uses, each shown with its parity recorded at export."""
+    from kedge.runtime.choice import check_here
     from kedge.runtime.forms import runnable_pairs
+    from kedge.runtime.parity import status
 
-    golden = bundle.manifest.get("golden")
-    if not golden:
+    if not bundle.manifest.get("golden"):
         report.add("golden set", NOT_CHECKABLE, "the bundle has no golden set (run `kedge golden BUNDLE` where it "
                    "was exported, with model.keras beside it)")
         return
-    images = regenerate(golden)
-    same = np.array([a == b for a, b in zip(images.pixel_sha256, golden["pixel_sha256"], strict=True)])
-    batch = images.tensors()
-    for pair in runnable_pairs(bundle):
-        say(f"verify: golden set on {pair}")
-        with pair.open(bundle) as backend:
-            outputs = backend.infer(batch)
-        result = compare_form(golden, pair.form.name, pair.precision, outputs, same, _source_form(bundle, pair))
-        name = f"golden {pair}"
-        if result is None:
-            report.add(name, NOT_CHECKABLE, f"nothing stored to compare {pair.form.name} with "
-                       f"(the golden set predates it; rerun `kedge golden`)")
+    pairs = runnable_pairs(bundle)
+    say(f"verify: golden set on {', '.join(str(p) for p in pairs)}")
+    here = check_here(bundle, pairs, threads=None)
+    for pair in pairs:
+        result = here[pair.key]
+        parity_state, parity_detail = status(bundle, pair)
+        detail = f"{result.detail}; parity at export: {parity_state} ({parity_detail})"
+        if result.passed is None:
+            report.add(f"golden {pair}", NOT_CHECKABLE, detail)
             continue
-        detail = (f"max |dp| {result.max_abs_diff:.2g} vs stored {result.compared_with} (tolerance "
-                  f"{result.tolerance:g}) on {result.images} images; top-1 agreement with {golden['reference']} "
-                  f"{result.agreement_with_reference:.1%}" + (f"; {result.note}" if result.note else ""))
-        report.add(name, _status(bundle, pair, result.passed), detail, asdict(result))
+        report.add(f"golden {pair}", _status(bundle, pair, result.passed), detail,
+                   {**(result.golden or {}), "passed_here": result.passed, "parity_at_export": parity_state,
+                    "ms": result.ms})
     if not any(c.name.startswith("engine ") and c.status == PASSED for c in report.checks):
         report.add("golden engines", NOT_CHECKABLE, "no TensorRT engine runs here, so none was compared")
 
@@ -253,15 +240,15 @@ def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyRep
 
 
 def _bench(bundle: Any, report: VerifyReport, iterations: int, say: Log) -> None:
-    from kedge.export.golden import class_densities, draw
     from kedge.runtime.bench import Target, run_bench
     from kedge.runtime.forms import runnable_pairs
+    from kedge.runtime.golden import draw, pool_densities
     from kedge.runtime.parity import status
 
-    images = draw(class_densities(bundle.classes, 4), seed=1).pngs
+    images = draw(pool_densities(4), seed=1).pngs
     pairs = runnable_pairs(bundle)
     targets = [Target(p.form.name, p.backend, functools.partial(p.open, bundle), p.precision,
-                      status(bundle, p.key)[0]) for p in pairs]
+                      status(bundle, p)[0]) for p in pairs]
     say(f"verify: benchmarking {', '.join(str(p) for p in pairs)}")
     rows = run_bench(targets, images, [1, 8], modes=("engine",), warmup=3, iterations=iterations)
     report.bench = [r.as_dict() for r in rows]
@@ -272,6 +259,7 @@ def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report:
     """Without an FP32 reference here (left out when shipped): each form's accuracy on --data
     against the accuracy the bundle's recorded parity gives for the same ONNX file on the same
     split, within parity's INT8 rule (1 point)."""
+    from kedge.runtime.engines import source_form_of
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
     from kedge.runtime.forms import runnable_pairs
@@ -285,7 +273,7 @@ def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report:
         items = in_split(items, data, read_split_manifest(bundle.file("split_manifest")), split)
     limit = THRESHOLDS["int8"]["max_accuracy_drop"]
     for pair in runnable_pairs(bundle):
-        source = _source_form(bundle, pair) or pair.form.name
+        source = source_form_of(bundle, pair) or pair.form.name
         say(f"verify: {pair} on {len(items)} images of {data}")
         with pair.open(bundle) as backend:
             predictions = predict_items(backend, items, 16, progress)

@@ -349,7 +349,7 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
     No real patient data is involved.
     """
     from kedge.runtime.folders import parse_classes
-    from kedge.train.synthetic import write_dataset
+    from kedge.runtime.synthetic import write_dataset
 
     paths = write_dataset(out, parse_classes(classes), per_class, seed, size, overwrite)
     _log(f"wrote {len(paths)} synthetic images to {out}")

@@ -94,6 +94,9 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
                             allow_unverified, reduced=not full_decode, audit=trail, progress=bar.update,
                             log=None if quiet else (lambda line: tqdm.write(line, file=sys.stderr)))
     bar.close()
+    if quiet:  # without --quiet the model's line above already said it
+        for line in readings.fallbacks:
+            log(f"kedge: {line}")
     for failure in readings.failures:
         log(f"kedge: error: {failure.path}: {failure.problem}")
     text = render(readings, "json" if as_json else "csv" if as_csv else "text")

@@ -207,7 +207,7 @@ def bundle_targets(bundle: Bundle, backends: Sequence[str] | None = None, precis
         auto = choose(bundle, threads=threads).pair.key
     except KedgeError:
         auto = None  # nothing passed parity: no row is auto's
-    pairs = [(p, status(bundle, p.key)[0]) for p in runnable_pairs(bundle)]
+    pairs = [(p, status(bundle, p)[0]) for p in runnable_pairs(bundle)]
     if baseline and backend_class("openvino").problem() is None:
         pairs += [(Pair("openvino", f, BASELINE), "baseline")
                   for f in (form_spec(n) for n in backend_class("openvino").forms) if has_form(bundle, f)]

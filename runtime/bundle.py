@@ -160,3 +160,15 @@ def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> 
     manifest.setdefault("preprocessing", {"version": PREPROCESS_VERSION, "interpolation": INTERPOLATION})
     atomic_write_json(folder / MANIFEST_NAME, manifest)
     return manifest
+
+
+def update_manifest(bundle: Bundle, **sections: Any) -> dict[str, Any]:
+    """Replace these top-level sections of kedge.json (a section given as None is removed)
+    and write it atomically. Only kedge.json changes, so the recorded sha256 of every
+    other file stays as it was: a file put beside a bundle (the model.keras a reference
+    was read from) is never added to its file list."""
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in sections}
+    manifest.update({k: v for k, v in sections.items() if v is not None})
+    atomic_write_json(bundle.path / MANIFEST_NAME, manifest)
+    bundle.manifest = manifest
+    return manifest

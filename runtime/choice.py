@@ -1,26 +1,37 @@
 """Which (backend, form, precision) a bundle runs on: `--backend`, `--precision` and `auto`.
 
-`auto` picks the fastest pair that PASSED parity for this bundle, never one that
-failed or was never checked. Speed is measured, not assumed: each verified pair runs
-a few batch-1 inferences (a short measurement, like TensorRT's timing cache), and the
-result is cached per machine and bundle in ~/.cache/kedge/auto/, keyed by the CPU,
-the backends' versions, the threads and the sha256 of every candidate file, so the
-measurement happens once and is redone when any of them changes.
+A pair is used only when two checks passed: parity against the Keras original, recorded
+at export for the exact file (runtime/parity.py), and the bundle's golden set on THIS
+machine (runtime/golden.py). The second exists because the same file answers
+differently on another CPU: 8-bit INT8 weights saturate on x86 CPUs without VNNI, and
+parity recorded on the export machine cannot see that. The first time a bundle runs
+on a machine, each candidate pair runs the golden set once and the passing ones are
+timed side by side (interleaved rounds, so load hits them alike); the results are
+cached in ~/.cache/kedge/auto/, keyed by the CPU and its INT8 features, the backends'
+versions, the threads, the golden set and the sha256 of every file, so later runs
+cost nothing and any change redoes them.
 
-A pair named explicitly (--backend/--precision) that failed parity or was never
-checked is refused with one line unless --allow-unverified is given. Refusing, not
+`auto` prefers the INT8 pairs; when none passes here it falls back to the bundle's
+float form and says why (stderr and every JSON/CSV row). Among passing pairs it picks
+the fastest, but pairs within TIE of the fastest count as equally fast and the first
+in the registry's fixed order wins, so the pick (and so the answers) do not depend on
+how busy the machine was while it measured.
+
+A pair named explicitly (--backend/--precision) that failed either check, or was never
+checked, is refused with one line unless --allow-unverified is given. Refusing, not
 warning, because kedge's answers are read by scripts (--json/--csv) where a warning
 on stderr goes unseen; the flag makes running an unchecked form a visible decision.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +43,20 @@ from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import FORMS, PRECISIONS, Pair, runnable_pairs
 from kedge.runtime.parity import PASSED, status
 
-TIMED_RUNS = 10  # batch-1 inferences per pair after 3 warm-up runs: enough to rank forms 1.3x apart
+TIMED_RUNS = 10  # interleaved batch-1 rounds per pair: enough to rank forms 1.3x apart
+TIE = 0.15  # pairs within 15 % of the fastest are equally fast: the fixed order decides
+FAST_PRECISION = "int8"
+
+
+@dataclass
+class Here:
+    """One pair's checks on this machine: the golden set, and its batch-1 latency."""
+
+    passed: bool | None  # None: not checkable (the bundle has no golden set for this file)
+    detail: str
+    ms: float | None = None
+    golden: dict[str, Any] | None = None  # the GoldenResult, as JSON
+    cached: bool = False  # read from the per-machine cache, not measured in this run
 
 
 @dataclass(frozen=True)
@@ -40,6 +64,7 @@ class Choice:
     pair: Pair
     reason: str  # one line: why this pair, for the user and the audit trail
     verified: bool = True
+    fallback: bool = False  # auto ran the float form because no INT8 pair passed its golden check here
 
     @property
     def form(self) -> Any:
@@ -61,30 +86,63 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
                   if precision is None or p.precision == precision]
     if not candidates:
         raise KedgeError(_nothing_to_run(bundle, backend, precision))
-    verified = [p for p in candidates if status(bundle, p.key)[0] == PASSED]
     named = backend != "auto" or precision is not None
-    if not verified:
-        first = candidates[0]
-        state, detail = status(bundle, first.key)
-        what = f"{first} {'FAILED parity' if state != 'not checked' else 'was never parity-checked'}: {detail}"
-        if not (named and allow_unverified):
-            hint = ("pass --allow-unverified to run it anyway" if named else
-                    f"run `kedge parity {bundle.path} --data DIR --split test`, or name a pair with --backend/"
-                    "--precision and --allow-unverified")
-            prefix = "" if named else "no (backend, form) pair passed parity; "
-            raise KedgeError(f"{bundle.path}: {prefix}{what}; {hint}")
-        return Choice(first, f"UNVERIFIED, run because --allow-unverified was given: {what}", verified=False)
-    if len(verified) == 1:
-        only = verified[0]
-        why = "requested" if named else "the only pair that passed parity here"
-        return Choice(only, f"{why}; parity {status(bundle, only.key)[1]}")
-    timings, cached = measure(bundle, verified, threads)
-    ranked = sorted(verified, key=lambda p: timings[p.key])
-    best, runner_up = ranked[0], ranked[1]
-    return Choice(best, f"fastest of {len(verified)} pairs that passed parity"
-                        f"{' among those requested' if named else ''}, {timings[best.key]:.1f} ms at batch 1 "
-                        f"(next {runner_up} {timings[runner_up.key]:.1f} ms; "
-                        f"{'measured earlier on this machine' if cached else 'measured just now'})")
+    recorded = [p for p in candidates if status(bundle, p)[0] == PASSED]
+    if not recorded:
+        return _unverified(bundle, candidates[0], named, allow_unverified)
+    tiers = [[p for p in recorded if p.precision == FAST_PRECISION], [p for p in recorded
+                                                                    if p.precision != FAST_PRECISION]]
+    failed: list[tuple[Pair, Here]] = []
+    for tier in (t for t in tiers if t):
+        here = check_here(bundle, tier, threads)
+        usable = [p for p in tier if here[p.key].passed is not False]
+        failed += [(p, here[p.key]) for p in tier if here[p.key].passed is False]
+        if usable:
+            return _fastest(usable, here, failed, named)
+    pair, result = failed[0]
+    what = f"{pair} passed parity at export but FAILED its golden check on this machine: {result.detail}"
+    if named and allow_unverified:
+        return Choice(pair, f"UNVERIFIED, run because --allow-unverified was given: {what}", verified=False)
+    hint = "pass --allow-unverified to run it anyway" if named else (
+        "no pair of this bundle is checked to answer right here; see `kedge verify " + str(bundle.path) + "`")
+    raise KedgeError(f"{bundle.path}: {what}; {hint}")
+
+
+def _unverified(bundle: Bundle, first: Pair, named: bool, allow_unverified: bool) -> Choice:
+    state, detail = status(bundle, first)
+    what = f"{first} {'FAILED parity' if state != 'not checked' else 'was never parity-checked'}: {detail}"
+    if not (named and allow_unverified):
+        hint = ("pass --allow-unverified to run it anyway" if named else
+                f"run `kedge parity {bundle.path} --data DIR --split test`, or name a pair with --backend/"
+                "--precision and --allow-unverified")
+        prefix = "" if named else "no (backend, form) pair passed parity; "
+        raise KedgeError(f"{bundle.path}: {prefix}{what}; {hint}")
+    return Choice(first, f"UNVERIFIED, run because --allow-unverified was given: {what}", verified=False)
+
+
+def _fastest(usable: list[Pair], here: dict[str, Here], failed: list[tuple[Pair, Here]], named: bool) -> Choice:
+    """The pick among pairs that passed here, and the one line that says why."""
+    fallback = ""
+    if failed and all(p.precision == FAST_PRECISION for p, _ in failed) and usable[0].precision != FAST_PRECISION:
+        worst = failed[0]
+        fallback = (f"FALLBACK to the float form: no {FAST_PRECISION.upper()} pair passed its golden check on this "
+                    f"machine ({worst[0]}: {worst[1].detail}); ")
+    unchecked = [p for p in usable if here[p.key].passed is None]
+    checked = "passed parity and its golden check here" if not unchecked else \
+        "passed parity (the bundle has no golden set, so NOT checked on this machine)"
+    if len(usable) == 1:
+        only = usable[0]
+        why = "requested" if named else "the only pair that " + checked
+        return Choice(only, f"{fallback}{why}", verified=not unchecked, fallback=bool(fallback))
+    ms = {p.key: float(here[p.key].ms or 0.0) for p in usable}
+    best_ms = min(ms.values())
+    best = next(p for p in usable if ms[p.key] <= best_ms * (1 + TIE))  # fixed order among near-equals
+    others = ", ".join(f"{p} {ms[p.key]:.1f} ms" for p in usable if p is not best)
+    when = "measured earlier on this machine" if all(here[p.key].cached for p in usable) else "measured just now"
+    return Choice(best, f"{fallback}fastest of {len(usable)} pairs that {checked}"
+                        f"{' among those requested' if named else ''}: {ms[best.key]:.1f} ms at batch 1, "
+                        f"pairs within {TIE:.0%} of the fastest count as equal (others: {others}; {when})",
+                  verified=not unchecked, fallback=bool(fallback))
 
 
 def _nothing_to_run(bundle: Bundle, backend: str, precision: str | None) -> str:
@@ -100,48 +158,105 @@ def _nothing_to_run(bundle: Bundle, backend: str, precision: str | None) -> str:
     return f"{bundle.path}: {who} cannot run {precision or 'any form'} from the forms this bundle holds"
 
 
-def measure(bundle: Bundle, pairs: list[Pair], threads: int | None) -> tuple[dict[str, float], bool]:
-    """Median batch-1 milliseconds of each pair, from the per-machine cache when the key matches."""
+def machine_key(bundle: Bundle, pairs: Sequence[Pair], threads: int | None) -> dict[str, Any]:
+    """What a per-machine result depends on: the CPU and its INT8 features, the backends'
+    versions, the threads and the bundle's golden set."""
     from kedge.runtime.info import cpu_info
 
     cpu = cpu_info()
-    key = {"cpu": cpu["model"], "cores": cpu["cores"], "flags": sorted(k for k, v in cpu["int8_features"].items() if v),
-           "backends": {p.backend: backend_class(p.backend).version() for p in pairs}, "threads": threads,
-           "pairs": {p.key: form_identity(bundle, p) for p in pairs}}
+    golden = bundle.manifest.get("golden")
+    return {"cpu": cpu["model"], "cores": cpu["cores"],
+            "flags": sorted(k for k, v in cpu["int8_features"].items() if v),
+            "backends": {b: backend_class(b).version() for b in sorted({p.backend for p in pairs})},
+            "threads": threads,
+            "golden": hashlib.sha256(json.dumps(golden, sort_keys=True).encode()).hexdigest() if golden else None}
+
+
+def _cache_path(bundle: Bundle, key: dict[str, Any]) -> Any:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    path = cache_root() / "auto" / f"{bundle.name}-{digest}.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") == key and set(saved.get("ms", {})) == set(key["pairs"]):
-            return {k: float(v) for k, v in saved["ms"].items()}, True
-    except (OSError, ValueError):
-        pass
-    batch = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
-    timings = {}
+    return cache_root() / "auto" / f"{bundle.name}-{digest}.json"
+
+
+def check_here(bundle: Bundle, pairs: Sequence[Pair], threads: int | None = None) -> dict[str, Here]:
+    """Each pair's golden check and batch-1 latency on this machine, from the per-machine
+    cache when its key and the pair's file match, else measured now (and cached)."""
+    key = machine_key(bundle, pairs, threads)
+    path = _cache_path(bundle, key)
+    identities = {p.key: p.identity(bundle) for p in pairs}
+    saved: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        if loaded.get("key") == key:
+            saved = {k: v for k, v in loaded.get("pairs", {}).items() if isinstance(v, dict)}
+    results: dict[str, Here] = {}
     for p in pairs:
-        with p.open(bundle, threads) as runner:
-            for _ in range(3):
-                runner.infer(batch)
-            runs = []
-            for _ in range(TIMED_RUNS):
-                start = time.perf_counter()
-                runner.infer(batch)
-                runs.append((time.perf_counter() - start) * 1000)
-        timings[p.key] = float(np.median(runs))
-    with contextlib.suppress(OSError):  # a read-only home: measure again next time rather than fail
-        atomic_write_json(path, {"key": key, "ms": timings,
-                                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    return timings, False
+        entry = saved.get(p.key)
+        if entry and entry.get("identity") == identities[p.key] and (entry.get("ms") is not None or len(pairs) == 1
+                                                                        or entry.get("passed") is False):
+            results[p.key] = Here(entry.get("passed"), str(entry.get("detail", "")), entry.get("ms"),
+                                  entry.get("golden"), cached=True)
+    todo = [p for p in pairs if p.key not in results]
+    if todo:
+        results.update(_measure(bundle, todo, threads, timed=len(pairs) > 1))
+        saved.update({k: {"identity": identities[k], "passed": r.passed, "detail": r.detail, "ms": r.ms,
+                          "golden": r.golden}
+                      for k, r in results.items()})
+        with contextlib.suppress(OSError):  # a read-only home: check again next time rather than fail
+            atomic_write_json(path, {"key": key, "pairs": saved, "at": datetime.datetime.now(
+                datetime.timezone.utc).isoformat(timespec="seconds")})
+    return results
 
 
-def form_identity(bundle: Bundle, pair: Pair) -> str:
-    """What identifies the file a pair runs: the sha256 kedge.json records for an ONNX form;
-    for an engine, its file name and the sha256 of the ONNX it was built from."""
-    if pair.form.artifact is not None:
-        relative = bundle.manifest.get("artifacts", {}).get(pair.form.artifact, "")
-        return str(bundle.manifest.get("files", {}).get(relative, relative))
-    runner = pair.open(bundle)
-    path = Path(runner.locate())
-    from kedge.runtime.engines import read_sidecar
+def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: bool) -> dict[str, Here]:
+    """Open each pair once: the golden set (which also warms it up), then, for the pairs
+    that passed, TIMED_RUNS interleaved batch-1 rounds, so a load change hits all alike."""
+    from tqdm import tqdm
 
-    return f"{path.name}:{read_sidecar(path).source_onnx_sha256}"
+    from kedge.runtime.golden import GoldenBatch, compare_form, stored_for
+
+    golden = bundle.manifest.get("golden")
+    batch = GoldenBatch(golden) if golden else None
+    results: dict[str, Here] = {}
+    with contextlib.ExitStack() as stack:
+        sessions = {}
+        bar = tqdm(pairs, desc=f"{bundle.name}: first use on this machine, checking each pair on the golden set",
+                   unit="pair", leave=False, disable=None)
+        for p in bar:
+            session = stack.enter_context(p.open(bundle, threads))
+            if batch is None:
+                results[p.key] = Here(None, "the bundle has no golden set (`kedge golden BUNDLE` where it was "
+                                            "exported)")
+            else:
+                results[p.key] = _golden_check(bundle, p, session, batch, compare_form, stored_for)
+            if results[p.key].passed is not False:
+                sessions[p.key] = session
+        if timed and sessions:
+            one = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
+            runs: dict[str, list[float]] = {k: [] for k in sessions}
+            for _ in tqdm(range(TIMED_RUNS), desc=f"{bundle.name}: timing {len(sessions)} pairs", unit="round",
+                          leave=False, disable=None):
+                for k, session in sessions.items():
+                    start = time.perf_counter()
+                    session.infer(one)
+                    runs[k].append((time.perf_counter() - start) * 1000)
+            for k, values in runs.items():
+                results[k].ms = float(np.median(values))
+    return results
+
+
+def _golden_check(bundle: Bundle, pair: Pair, session: Any, batch: Any, compare_form: Any, stored_for: Any) -> Here:
+    from kedge.runtime.engines import source_form_of
+
+    golden = batch.golden
+    source = source_form_of(bundle, pair)
+    target = source or pair.form.name
+    source_sha = bundle.manifest.get("files", {}).get(
+        bundle.manifest.get("artifacts", {}).get(FORMS[target].artifact or "", ""))
+    missing = stored_for(golden, target, source_sha)
+    if missing:
+        return Here(None, missing)
+    outputs = session.infer(batch.tensors)
+    result = compare_form(golden, pair.form.name, pair.precision, outputs, batch.same_pixels, source)
+    if result is None:
+        return Here(None, f"the golden set stores nothing for {target}")
+    return Here(result.passed, result.detail(golden["reference"]), golden=dataclasses.asdict(result))

@@ -159,3 +159,17 @@ def source_sha256(bundle: Bundle, relative: str) -> str | None:
     """The sha256 kedge.json records for an engine's source ONNX."""
     value = bundle.manifest.get("files", {}).get(relative)
     return str(value) if value is not None else None
+
+
+def source_form_of(bundle: Bundle, pair: Any) -> str | None:
+    """The ONNX form an engine pair was built from (its sidecar names the file); None for an
+    ONNX form, which is its own source."""
+    from kedge.runtime.forms import ONNX_FORMS
+
+    if pair.form.artifact is not None:
+        return None
+    path = engine_path(bundle, pair.form.precision)
+    if path is None:
+        return None
+    by_file = {f.file: f.name for f in ONNX_FORMS}
+    return by_file.get(Path(read_sidecar(path).source_onnx).name)

@@ -76,6 +76,19 @@ class Pair:
     def __str__(self) -> str:
         return f"{self.backend} {self.form.name} {self.precision}"
 
+    def identity(self, bundle: Bundle) -> str:
+        """What identifies the bytes this pair runs: the sha256 kedge.json records for an ONNX
+        form; for an engine, its file name and the sha256 of the ONNX it was built from."""
+        if self.form.artifact is not None:
+            relative = bundle.manifest.get("artifacts", {}).get(self.form.artifact, "")
+            return str(bundle.manifest.get("files", {}).get(relative, relative))
+        from pathlib import Path
+
+        from kedge.runtime.engines import read_sidecar
+
+        path = Path(self.open(bundle).locate())
+        return f"{path.name}:{read_sidecar(path).source_onnx_sha256}"
+
     def open(self, bundle: Bundle, threads: int | None = None, **options: Any) -> Backend:
         """The backend for this pair, not yet loaded (use it in a `with`, or `activate()`)."""
         return backend_class(self.backend)(bundle, self.form, self.precision, threads, **options)

@@ -36,10 +36,11 @@ class Prediction:
     backend: str
     form: str
     input_sha256: str = ""  # of the file's bytes, for the audit trail
+    fallback: str = ""  # why the float form ran: no INT8 pair passed its golden check here ("" otherwise)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
-                "backend": self.backend, "form": self.form}
+                "backend": self.backend, "form": self.form, "fallback": self.fallback}
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ class Predictor:
                 p = next(probabilities)
                 results.append(Prediction(safe_name(path), self.classes[int(np.argmax(p))],
                                           {c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                                          self.backend_name, self.choice.form.name, item[1]))
+                                          self.backend_name, self.choice.form.name, item[1],
+                                          self.choice.reason if self.choice.fallback else ""))
             if progress is not None:
                 progress()
         return results
@@ -222,6 +224,7 @@ class Readings:
     classes: list[str]  # every model's classes, in first-seen order (the CSV columns)
     per_image: list[list[Prediction]]
     failures: list[Failure]
+    fallbacks: list[str]  # one line per model that ran its float form, and why (said even with --quiet)
 
 
 def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "auto", precision: str | None = None,
@@ -231,10 +234,13 @@ def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "a
     """Every image through every bundle, one model at a time (one model's memory at once).
     `log` gets one line per model saying what runs and why; `audit` is an AuditLog."""
     results: list[list[Prediction | Failure]] = []
+    fallbacks: list[str] = []
     for bundle in bundles:
         with Predictor(bundle, backend, precision, threads, cuda_graph, triton_url, allow_unverified) as predictor:
             if log is not None:
                 log(f"{bundle.name}: {predictor.description} ({predictor.choice.reason})")
+            if predictor.choice.fallback:
+                fallbacks.append(f"{bundle.name}: {predictor.description}: {predictor.choice.reason}")
             found = []
             for result in predictor.predict(paths, batch_size, workers, progress=progress, reduced=reduced):
                 if audit is not None and isinstance(result, Prediction):
@@ -244,7 +250,7 @@ def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "a
     failures = [r for r in results[0] if isinstance(r, Failure)]  # decoding failures are the same for every model
     per_image = [[r for r in row if isinstance(r, Prediction)] for row in zip(*results, strict=True)]
     return Readings([b.name for b in bundles], list(dict.fromkeys(c for b in bundles for c in b.classes)),
-                    [row for row in per_image if row], failures)
+                    [row for row in per_image if row], failures, fallbacks)
 
 
 def render(readings: Readings, fmt: str) -> str:
@@ -259,10 +265,11 @@ def render(readings: Readings, fmt: str) -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["path", "model", "label", *(f"p_{c}" for c in readings.classes), "backend", "form"])
+        writer.writerow(["path", "model", "label", *(f"p_{c}" for c in readings.classes), "backend", "form",
+                         "fallback"])
         for p, name in rows:
             writer.writerow([p.path, name, p.label, *(f"{p.probabilities[c]:.6f}" if c in p.probabilities else ""
-                                                      for c in readings.classes), p.backend, p.form])
+                                                      for c in readings.classes), p.backend, p.form, p.fallback])
         return out.getvalue().rstrip("\n")
     lines = []
     for row in readings.per_image:

@@ -84,7 +84,7 @@ def pairs_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     bundle = load_bundle(bundle_path)
     rows = []
     for pair in runnable_pairs(bundle):
-        state, detail = status(bundle, pair.key)
+        state, detail = status(bundle, pair)
         rows.append({"backend": pair.backend, "form": pair.form.name, "precision": pair.precision,
                      "parity": state, "detail": detail})
     return rows

@@ -67,6 +67,7 @@ class ParityRow:
     problems: list[str] | None = None
     runner: str = ""  # what ran, as the backend describes itself (e.g. 'openvino:cpu onnx-int8 int8')
     near_ties: int = 0  # flips excused by the near-tie rule (module docstring); agreement counts them
+    file_sha256: str | None = None  # what the row judged (Pair.identity): a changed file makes it "not checked"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,6 +238,9 @@ def bundle_parity(
     if not compared:
         raise KedgeError(f"{bundle.path}: no exported form to compare; run `kedge export` first")
     rows, failures = run_parity(reference, compared, items, bundle.classes, batch_size, progress)
+    identities = {p.key: p.identity(bundle) for p in runnable}
+    for row in rows:
+        row.file_sha256 = identities.get(row.key)
     result = {
         "data": str(data), "split": split or "all", "reference": reference.form, "n": rows[0].n,
         "thresholds": THRESHOLDS, "rows": [r.to_json() for r in rows],
@@ -257,7 +261,7 @@ def record_parity(bundle: Any, result: dict[str, Any]) -> None:
     same reference, data and split. Only kedge.json changes, so the sha256 of every other
     file ("files") stays as recorded (a file beside a shipped bundle, such as the model.keras
     a reference was read from, is not added)."""
-    from kedge.runtime.bundle import MANIFEST_NAME, atomic_write_json
+    from kedge.runtime.bundle import update_manifest
 
     old = bundle.manifest.get("parity") or {}
     if all(old.get(k) == result[k] for k in ("reference", "data", "split")):
@@ -266,9 +270,7 @@ def record_parity(bundle: Any, result: dict[str, Any]) -> None:
         result["rows"] = result["rows"][:1] + kept + result["rows"][1:]
         result["passed"] = all(r["passed"] for r in result["rows"])
         result["forms_passed"] = forms_passed(result["rows"])
-    manifest = {**bundle.manifest, "parity": result}
-    atomic_write_json(bundle.path / MANIFEST_NAME, manifest)
-    bundle.manifest = manifest
+    update_manifest(bundle, parity=result)
 
 
 def forms_passed(rows: Sequence[dict[str, Any]]) -> bool:
@@ -295,12 +297,19 @@ def row_key(row: dict[str, Any]) -> str:
 PASSED, FAILED, UNCHECKED = "passed", "FAILED", "not checked"
 
 
-def status(bundle: Any, pair_key: str) -> tuple[str, str]:
-    """(PASSED | FAILED | UNCHECKED, detail) of one backend/form/precision in the bundle's
-    recorded parity. The reference itself counts as passed."""
+def status(bundle: Any, pair: Any) -> tuple[str, str]:
+    """(PASSED | FAILED | UNCHECKED, detail) of one (backend, form, precision) in the bundle's
+    recorded parity. The reference itself counts as passed. A row judges the bytes whose
+    sha256 it records: a row without one, or for a file that has changed since (a
+    re-export without --data, one killed during its parity step), counts as not checked."""
     parity = bundle.manifest.get("parity") or {}
     for row in parity.get("rows", []):
-        if row_key(row) == pair_key:
+        if row_key(row) == pair.key:
+            judged, now = row.get("file_sha256"), pair.identity(bundle)
+            if judged != now and (row.get("passed") or judged is not None):  # a FAILED row stays failed
+                why = ("its parity row names no file sha256 (made before rows were bound to files)" if judged is None
+                       else f"its file changed since its parity row (sha256 {str(judged)[:12]}, now {now[:12]})")
+                return UNCHECKED, f"{why}; run `kedge parity {bundle.path} --data DIR --split test`"
             where = f"vs {parity.get('reference')} on {parity.get('split')} split, n={row.get('n')}"
             if row.get("passed"):
                 return PASSED, ("the reference" if row.get("reference") else where)

@@ -100,8 +100,36 @@ def validate(manifest: dict[str, Any], folder: Path, where: Path) -> None:
             check_inside(folder, relative, where)
             if relative not in files:
                 raise fail(f"{table}.{key} ({relative}) has no sha256 in files; refused")
-    for table in ("parity", "shipped", "exports", "calibration", "card", "training", "metrics"):
+    for table in ("parity", "shipped", "exports", "calibration", "card", "training", "metrics", "golden"):
         _table(manifest, table, fail, required=False)
+    _check_parity_rows(_table(manifest, "parity", fail, required=False), fail)
+
+
+# The fields of a parity row that `auto` and the reports act on, with their JSON types.
+# bool is checked exactly: "false" (a string) or 0 must never count as passed.
+PARITY_ROW_TYPES: dict[str, tuple[type, ...]] = {
+    "form": (str,), "backend": (str,), "precision": (str,), "passed": (bool,),
+}
+PARITY_ROW_OPTIONAL: dict[str, tuple[type, ...]] = {  # checked when present
+    "n": (int,), "agreement": (int, float), "max_abs_diff": (int, float), "mean_abs_diff": (int, float),
+    "accuracy": (int, float), "macro_f1": (int, float), "near_ties": (int,), "reference": (bool,),
+    "file_sha256": (str,), "problems": (list,), "runner": (str,),
+}
+
+
+def _check_parity_rows(parity: dict[str, Any], fail: Any) -> None:
+    rows = parity.get("rows", [])
+    if not isinstance(rows, list):
+        raise fail("parity.rows must be a list")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise fail(f"parity.rows[{i}] must be a JSON object")
+        typed = {**PARITY_ROW_TYPES, **{k: t for k, t in PARITY_ROW_OPTIONAL.items() if row.get(k) is not None}}
+        for key, types in typed.items():
+            value = row.get(key)
+            if type(value) not in types:
+                raise fail(f"parity.rows[{i}].{key} must be {' or '.join(t.__name__ for t in types)}, "
+                           f"not {type(value).__name__}")
 
 
 def _table(manifest: dict[str, Any], key: str, fail: Any, required: bool = True) -> dict[str, Any]:

@@ -76,7 +76,8 @@ def save_image_model(path: Path, name: str, nodes: list, weights: list, classes:
 
 def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, parity: bool = True) -> Path:
     """`parity`: also check every runnable pair against the FP32 ONNX on `calibration_images`
-    (all of them, no split) and record the rows, as `kedge export --data` does."""
+    (all of them, no split) and record the rows, then make the golden set, as `kedge export
+    --data` does."""
     from kedge.calibration.images import select_images
     from kedge.calibration.qdq import quantize
     from kedge.calibration.ranges import calibrate
@@ -97,5 +98,8 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, 
     if parity:
         from kedge.runtime.parity import bundle_parity
 
+        from kedge.export.golden import make_golden
+
         bundle_parity(folder, calibration_images, None, progress=False)
+        make_golden(folder, count=12)
     return folder

@@ -14,7 +14,7 @@ from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions
 from kedge.runtime.folders import LabelledImage
 from kedge.runtime.parity import compare, format_table
-from kedge.train.synthetic import write_dataset
+from kedge.runtime.synthetic import write_dataset
 
 
 @pytest.fixture(scope="module")

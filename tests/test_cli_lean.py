@@ -18,7 +18,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 def test_runtime_never_imports_tensorflow() -> None:
     # TensorFlow made unimportable: every runtime module, the CLI and the synthetic generator still load and run.
     code = BLOCK_TF + (
-        "import importlib, pkgutil, cv2, numpy as np, kedge.runtime, kedge.cli, kedge.train.synthetic\n"
+        "import importlib, pkgutil, cv2, numpy as np, kedge.runtime, kedge.cli, kedge.runtime.synthetic\n"
         "for m in pkgutil.iter_modules(kedge.runtime.__path__): importlib.import_module('kedge.runtime.' + m.name)\n"
         "from kedge.runtime.preprocess import preprocess\n"
         "print(preprocess(cv2.imencode('.png', np.zeros((9, 9), np.uint8))[1].tobytes()).shape)"

@@ -58,7 +58,7 @@ def test_auto_picks_the_fastest_pair_that_passed_parity_and_says_why(lean) -> No
         pytest.skip("this machine has TensorRT and a GPU; the CPU choice does not apply")
     bundle = load_bundle(lean)
     choice = choose(bundle)
-    assert status(bundle, choice.pair.key)[0] == PASSED and choice.verified
+    assert status(bundle, choice.pair)[0] == PASSED and choice.verified
     assert "passed parity" in choice.reason and "ms at batch 1" in choice.reason
     assert "measured earlier on this machine" in choose(bundle).reason  # the timing is cached per machine
     assert choose(bundle, "onnxruntime", "fp32").pair.form.name == "onnx-fp32"
@@ -150,7 +150,7 @@ def test_infer_csv_and_glob(lean, images) -> None:
     result = kedge("infer", str(images / "nested" / "*.png"), "--model", str(lean), "--csv", "--quiet")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["path", "model", "label", *(f"p_{c}" for c in CLASSES), "backend", "form"]
+    assert list(rows[0]) == ["path", "model", "label", *(f"p_{c}" for c in CLASSES), "backend", "form", "fallback"]
     assert len(rows) == 4 and all(r["label"] in CLASSES for r in rows)
 
 
@@ -260,7 +260,7 @@ def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 def test_reduced_jpeg_decode_is_close_to_the_full_decode_and_keeps_orientation() -> None:
     from kedge.runtime.preprocess import decode_grey, jpeg_reduction, preprocess
-    from kedge.train.synthetic import knee_radiograph
+    from kedge.runtime.synthetic import knee_radiograph
 
     image = cv2.resize(knee_radiograph(0.5, np.random.default_rng(3), size=1024), (2000, 1800))
     jpeg = with_exif_orientation(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), 6)
@@ -425,7 +425,7 @@ def test_audit_file_that_cannot_be_opened(lean, synthetic_data, tmp_path) -> Non
 def test_full_decode_flag_uses_the_exact_jpeg_decode(lean, tmp_path) -> None:
     from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
     from kedge.runtime.preprocess import preprocess
-    from kedge.train.synthetic import knee_radiograph
+    from kedge.runtime.synthetic import knee_radiograph
 
     image = cv2.resize(knee_radiograph(0.4, np.random.default_rng(5), size=512), (2000, 1700))
     path = tmp_path / "large.jpg"
