@@ -37,6 +37,16 @@ def test_help_without_tensorflow() -> None:
     assert "train" in result.stdout and "evaluate" in result.stdout, result.stderr
 
 
+def test_top_level_help_loads_neither_numpy_nor_opencv() -> None:
+    """`kedge --help` is the first thing a newcomer runs: it lists commands and must not pay
+    for numpy and OpenCV (about a second), which only the commands themselves need."""
+    code = ("import sys\nfrom kedge.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('loaded:', sorted(m for m in ('numpy', 'cv2', 'tqdm') if m in sys.modules))")
+    result = python(code)
+    assert "Commands:" in result.stdout, result.stderr
+    assert result.stdout.splitlines()[-1] == "loaded: []"
+
+
 def test_every_package_folder_is_installed() -> None:
     # setup.cfg lists packages by hand (the top-level folders map into kedge.*): a new
     # sub-package left out installs fine in editable mode and breaks a real install.
