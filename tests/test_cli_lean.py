@@ -15,21 +15,38 @@ def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
+# Imports every module of kedge.runtime, sub-packages included (walk_packages, not a list).
+IMPORT_RUNTIME = ("import importlib, pkgutil, kedge.runtime\n"
+                  "for m in pkgutil.walk_packages(kedge.runtime.__path__, 'kedge.runtime.'):\n"
+                  "    importlib.import_module(m.name)\n")
+
+
 def test_runtime_never_imports_tensorflow() -> None:
     # TensorFlow made unimportable: every runtime module, the CLI and the synthetic generator still load and run.
-    code = BLOCK_TF + (
-        "import importlib, pkgutil, cv2, numpy as np, kedge.runtime, kedge.cli, kedge.train.synthetic\n"
-        "for m in pkgutil.iter_modules(kedge.runtime.__path__): importlib.import_module('kedge.runtime.' + m.name)\n"
+    code = BLOCK_TF + IMPORT_RUNTIME + (
+        "import cv2, numpy as np, kedge.cli, kedge.train.synthetic\n"
         "from kedge.runtime.preprocess import preprocess\n"
         "print(preprocess(cv2.imencode('.png', np.zeros((9, 9), np.uint8))[1].tobytes()).shape)"
     )
     result = python(code)
     assert result.returncode == 0, result.stderr
     assert "(224, 224, 3)" in result.stdout
-    # and without the block, importing the runtime still leaves TensorFlow unloaded
-    check = python("import sys, kedge.runtime.preprocess, kedge.runtime.bundle, kedge.runtime.evaluate, kedge.cli; "
-                   "print('tensorflow' in sys.modules)")
-    assert check.stdout.strip() == "False", check.stderr
+
+
+def test_runtime_loads_neither_train_export_nor_tensorflow() -> None:
+    """runtime/__init__.py promises the device side never pulls in kedge.train, kedge.export or
+    TensorFlow. Nothing is blocked here: after importing every runtime module, none is loaded."""
+    code = IMPORT_RUNTIME + (
+        "import sys\n"
+        "banned = ('kedge.train', 'kedge.export', 'tensorflow', 'tf_keras', 'keras')\n"
+        "print('modules:', len([m for m in sys.modules if m.startswith('kedge.runtime.')]))\n"
+        "print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in banned or m.startswith(banned)))"
+    )
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    modules, loaded = result.stdout.splitlines()[-2:]
+    assert int(modules.split()[1]) >= 30, modules  # the walk really reached the runtime
+    assert loaded == "loaded: []"
 
 
 def test_help_without_tensorflow() -> None:
