@@ -72,7 +72,7 @@ typecheck: setup
 	$(VENV)/bin/python -m pip download --quiet --no-deps --dest $(VENV)/trt-stubs-wheel \
 		"tensorrt-stubs==$$(grep -i '^tensorrt-stubs==' constraints.txt | cut -d= -f3)"
 	$(VENV)/bin/python .ci/trt_stubs.py $(VENV)/trt-stubs-wheel/*.whl $(TRT_STUBS)
-	MYPYPATH=$(TRT_STUBS) $(VENV)/bin/mypy
+	MYPYPATH=$(TRT_STUBS) $(VENV)/bin/python .ci/typecheck.py $(VENV)/mypy-tree
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) runs
