@@ -9,7 +9,7 @@ MODEL ?= knee-cnn
 OUT ?= runs/$(MODEL)
 KEDGE = $(VENV)/bin/kedge
 
-.PHONY: setup serve-env quickstart test lint typecheck clean
+.PHONY: setup serve-env quickstart test test-fast lint typecheck clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,11 @@ $(SERVE_VENV)/.installed: setup.cfg constraints-serve.txt
 
 test: setup serve-env
 	$(VENV)/bin/python -m pytest
+
+# The inner loop: everything that needs no TensorFlow (no training, no Keras), in a few
+# minutes; the `tensorflow` marker is set by tests/conftest.py from the tf_keras fixture.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow and not tensorflow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -100,6 +100,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, message) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.tensorflow
 def test_train_bad_data_folder_is_one_line(tmp_path) -> None:
     pytest.importorskip("tf_keras")
     result = subprocess.run([sys.executable, "-m", "kedge.cli", "train", "knee-cnn", "--data", str(tmp_path / "no"),
