@@ -28,10 +28,10 @@ ifeq ($(DATA),)
 	$(KEDGE) infer runs/synthetic-knees/Normal/normal-0000.png runs/synthetic-knees/Osteoporosis/osteoporosis-0000.png
 	@echo "== 3/5 train a small knee-cnn on the synthetic knees"
 	$(KEDGE) train knee-cnn --data runs/synthetic-knees --out runs/quickstart --width 0.25 --epochs 10 --overwrite
-	@echo "== 4/5 export to ONNX and INT8, then the parity gate on the test split (rule: README, Parity)"
+	@echo "== 4/5 export to ONNX and INT8, then the parity gate on the test split (rule: docs/export-and-parity.md)"
 	@$(KEDGE) export runs/quickstart --int8 --calib runs/synthetic-knees --calib-size 120 --data runs/synthetic-knees --split test \
-		|| { echo "quickstart: the parity gate FAILED (table above): a form disagrees with Keras beyond the rule in README"; \
-		     echo "  (Parity). runs/quickstart is kept for inspection; run make quickstart again, or see"; \
+		|| { echo "quickstart: the parity gate FAILED (table above): a form disagrees with Keras beyond the rule in"; \
+		     echo "  docs/export-and-parity.md. runs/quickstart is kept for inspection; run make quickstart again, or see"; \
 		     echo "  kedge parity runs/quickstart --data runs/synthetic-knees --split test"; exit 1; }
 	@echo "== 5/5 classify the synthetic Osteopenia folder with the new bundle"
 	$(KEDGE) infer runs/synthetic-knees/Osteopenia --model runs/quickstart --csv --quiet > runs/quickstart-osteopenia.csv

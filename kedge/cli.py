@@ -509,7 +509,7 @@ def serve(bundles: tuple[Path, ...], http_port: int, grpc_port: int, metrics_por
     `kedge infer --triton http://HOST:8000 IMAGE...`.
 
     Run it from a virtual environment made with the system Python (Triton's stub
-    must match the interpreter exactly): see README, Triton.
+    must match the interpreter exactly): see docs/triton.md.
     """
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.serve import serve as run_server

@@ -192,8 +192,8 @@ def test_lean_export_steps_say_which_extra_they_need(tmp_path, synthetic_data, f
     assert result.stderr.splitlines() == [f"kedge: error: {needs}: pip install 'kedge[export]'"]
 
 
-def test_readme_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic_data) -> None:
-    """README and `export --help`: `kedge export BUNDLE --engine --int8 --workspace 1024` on a
+def test_documented_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic_data) -> None:
+    """docs/device.md and `export --help`: `kedge export BUNDLE --engine --int8 --workspace 1024` on a
     bundle as shipped (Q/DQ and CPU INT8 ONNX, no FP32 ONNX, no Keras), with no TensorFlow and
     no --calib, gets as far as the engine step, which says TensorRT is needed."""
     from leanbundle import make_lean_bundle
@@ -210,8 +210,7 @@ def test_readme_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic
     artifacts = {k: v for k, v in manifest["artifacts"].items() if k != "onnx_fp32"}
     write_manifest(bundle, {**{k: v for k, v in manifest.items() if k not in ("files", "schema")},
                             "artifacts": artifacts})
-    readme = (REPO / "README.md").read_text()
-    assert "kedge export BUNDLE --engine --int8 --workspace 1024" in readme
+    assert "kedge export BUNDLE --engine --int8 --workspace 1024" in (REPO / "docs" / "device.md").read_text()
     result = kedge_lean("export", str(bundle), "--engine", "--int8", "--workspace", "1024")
     assert "Traceback" not in result.stderr and "error" not in result.stderr, result.stderr
     assert result.returncode == 0
