@@ -9,7 +9,7 @@ MODEL ?= knee-cnn
 OUT ?= runs/$(MODEL)
 KEDGE = $(VENV)/bin/kedge
 
-.PHONY: setup serve-env quickstart test lint typecheck clean
+.PHONY: setup serve-env quickstart test test-fast lint typecheck clean
 
 setup: $(VENV)/.installed
 
@@ -28,10 +28,10 @@ ifeq ($(DATA),)
 	$(KEDGE) infer runs/synthetic-knees/Normal/normal-0000.png runs/synthetic-knees/Osteoporosis/osteoporosis-0000.png
 	@echo "== 3/5 train a small knee-cnn on the synthetic knees"
 	$(KEDGE) train knee-cnn --data runs/synthetic-knees --out runs/quickstart --width 0.25 --epochs 10 --overwrite
-	@echo "== 4/5 export to ONNX and INT8, then the parity gate on the test split (rule: README, Parity)"
+	@echo "== 4/5 export to ONNX and INT8, then the parity gate on the test split (rule: docs/export-and-parity.md)"
 	@$(KEDGE) export runs/quickstart --int8 --calib runs/synthetic-knees --calib-size 120 --data runs/synthetic-knees --split test \
-		|| { echo "quickstart: the parity gate FAILED (table above): a form disagrees with Keras beyond the rule in README"; \
-		     echo "  (Parity). runs/quickstart is kept for inspection; run make quickstart again, or see"; \
+		|| { echo "quickstart: the parity gate FAILED (table above): a form disagrees with Keras beyond the rule in"; \
+		     echo "  docs/export-and-parity.md. runs/quickstart is kept for inspection; run make quickstart again, or see"; \
 		     echo "  kedge parity runs/quickstart --data runs/synthetic-knees --split test"; exit 1; }
 	@echo "== 5/5 classify the synthetic Osteopenia folder with the new bundle"
 	$(KEDGE) infer runs/synthetic-knees/Osteopenia --model runs/quickstart --csv --quiet > runs/quickstart-osteopenia.csv
@@ -61,6 +61,11 @@ $(SERVE_VENV)/.installed: setup.cfg constraints-serve.txt
 test: setup serve-env
 	$(VENV)/bin/python -m pytest
 
+# The inner loop: everything that needs no TensorFlow (no training, no Keras), in a few
+# minutes; the `tensorflow` marker is set by tests/conftest.py from the tf_keras fixture.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow and not tensorflow"
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -72,7 +77,7 @@ typecheck: setup
 	$(VENV)/bin/python -m pip download --quiet --no-deps --dest $(VENV)/trt-stubs-wheel \
 		"tensorrt-stubs==$$(grep -i '^tensorrt-stubs==' constraints.txt | cut -d= -f3)"
 	$(VENV)/bin/python .ci/trt_stubs.py $(VENV)/trt-stubs-wheel/*.whl $(TRT_STUBS)
-	MYPYPATH=$(TRT_STUBS) $(VENV)/bin/mypy
+	MYPYPATH=$(TRT_STUBS) $(VENV)/bin/python .ci/typecheck.py $(VENV)/mypy-tree
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) runs

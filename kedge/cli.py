@@ -70,7 +70,7 @@ def models(as_json: bool) -> None:
     from kedge.runtime.preprocess import INPUT_SHAPE
     from kedge.train.models import ARCHITECTURES
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for arch in ARCHITECTURES.values():
         rows.append({"name": arch.name, "classes": list(arch.classes), "input_shape": list(INPUT_SHAPE),
                      "parameters": arch.parameters, "default_epochs": arch.epochs, "options": arch.options,
@@ -187,7 +187,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
         parts = ()
     if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
         raise KedgeError(f"--split {text!r}: give three positive fractions that sum to 1, e.g. 0.7,0.15,0.15")
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 @main.command()
@@ -319,12 +319,12 @@ def dataset(data: Path, classes: str, fractions: str, seed: int, write_split: Pa
         click.echo(f"{data}: {len(prepared.entries)} images, {summary['groups']} distinct radiographs")
         click.echo(f"  {'split':<8}" + "".join(f"{c:>14}" for c in prepared.classes))
         for split in SPLITS:
-            counts = summary["counts"][split]  # type: ignore[index]
+            counts = summary["counts"][split]
             click.echo(f"  {split:<8}" + "".join(f"{counts.get(c, 0):>14}" for c in prepared.classes))
         if len(mix) > 1:
             click.echo(f"  {'source':<8}" + "".join(f"{c:>14}" for c in prepared.classes) + "   (all splits)")
-            for source, row in mix.items():
-                click.echo(f"  {source[:8]:<8}" + "".join(f"{row[c]:>14}" for c in prepared.classes))
+            for source, source_counts in mix.items():
+                click.echo(f"  {source[:8]:<8}" + "".join(f"{source_counts[c]:>14}" for c in prepared.classes))
         else:
             click.echo("  sources: none given (--sources or --source-rule): no per-source check")
         for warning in warnings:
@@ -515,7 +515,7 @@ def serve(bundles: tuple[Path, ...], http_port: int, grpc_port: int, metrics_por
     `kedge infer --triton http://HOST:8000 IMAGE...`.
 
     Run it from a virtual environment made with the system Python (Triton's stub
-    must match the interpreter exactly): see README, Triton.
+    must match the interpreter exactly): see docs/triton.md.
     """
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.serve import serve as run_server

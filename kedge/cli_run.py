@@ -288,7 +288,7 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
       int8         agreement >= 98 %, accuracy within 1 point of the reference
     Near ties are not counted: a flip where the reference's own top-1 margin is at
     most 2x the precision's tolerance (1e-4 fp32, 1e-3 fp16, 0.05 int8), by a form
-    whose max |dp| is within that tolerance (README, "The near-tie rule").
+    whose max |dp| is within that tolerance (docs/export-and-parity.md, "The near-tie rule").
     The rows are recorded in the bundle's kedge.json (also a shipped bundle's, with
     its model.keras put back beside it as the reference); `--backend auto` only
     picks pairs that PASSED. Exit status 1 on any FAILED row.

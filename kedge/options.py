@@ -7,17 +7,46 @@ text into values with one-line errors.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kedge.runtime.backends import names as backend_names
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import PRECISIONS
 
 Decorator = Callable[[Any], Any]
+
+
+class LazyChoice(click.Choice[str]):
+    """A click.Choice whose values are read when a command parses or shows its help,
+    not when it is declared: the backend registry and the table of forms import numpy
+    and OpenCV, and `kedge --help` should not pay for them (a test checks)."""
+
+    def __init__(self, values: Callable[[], Iterable[str]]) -> None:
+        self._values = values
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._values())
+
+    @choices.setter
+    def choices(self, values: Iterable[str]) -> None:
+        fixed = tuple(values)
+        self._values = lambda: fixed
+
+
+def _backend_names(extra: tuple[str, ...]) -> list[str]:
+    from kedge.runtime.backends import names
+
+    return ["auto", *names(), *extra]
+
+
+def _precisions() -> tuple[str, ...]:
+    from kedge.runtime.forms import PRECISIONS
+
+    return PRECISIONS
 
 
 def json_option(help: str = "Print JSON.") -> Decorator:
@@ -30,13 +59,13 @@ def model_option(f: Any) -> Any:
 
 
 def backend_option(extra: tuple[str, ...] = (), help: str = "") -> Decorator:
-    return click.option("--backend", type=click.Choice(["auto", *backend_names(), *extra]), default="auto",
+    return click.option("--backend", type=LazyChoice(lambda: _backend_names(extra)), default="auto",
                         show_default=True, help=help or "auto: the fastest (backend, form) pair that passed parity "
                         "for the bundle, measured once on this machine and cached.")
 
 
 def precision_option(help: str = "") -> Decorator:
-    return click.option("--precision", type=click.Choice(list(PRECISIONS)),
+    return click.option("--precision", type=LazyChoice(_precisions),
                         help=help or "Only pairs of this precision (bf16: OpenVINO on the FP32 file, where the CPU "
                         "has BF16).")
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+Labels = Sequence[int] | np.ndarray  # class indices, a list or an integer array
+
 
 def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
     """95 % Wilson score interval for a proportion (sound at small n and near 0 or 1)."""
@@ -22,7 +24,7 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: Labels, y_pred: Labels, n_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
@@ -30,7 +32,7 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
 
 
 def classification_report(
-    y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]
+    y_true: Labels, y_pred: Labels, classes: Sequence[str]
 ) -> dict[str, Any]:
     """Accuracy with its 95 % Wilson interval, per-class and macro precision/recall/F1,
     and the confusion matrix. A class with no predictions (or no samples) scores 0."""

@@ -53,12 +53,12 @@ def knee_radiograph(density: float, rng: np.random.Generator, size: int = 224) -
              (cx - shaft / 2, tibia_top + 0.22 * s), (cx - 0.2 * s, tibia_top + 0.09 * s)]
     cv2.fillPoly(bone, [np.array(tibia, np.int32)], 255)
 
-    noise = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), s / 224 * 1.3)
+    noise: np.ndarray = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), s / 224 * 1.3)
     noise /= noise.std() + 1e-6
     trabeculae = (noise > np.quantile(noise, 1 - 0.55 * density)).astype(np.float32)
     cortex = cv2.morphologyEx(bone, cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8)) > 0
 
-    image = np.full((size, size), 22.0, np.float32)
+    image: np.ndarray = np.full((size, size), 22.0, np.float32)  # cv2 results below are typed loosely
     image[tissue > 0] = 70.0
     inside = bone > 0
     image[inside] = 85 + 70 * density + 60 * trabeculae[inside]

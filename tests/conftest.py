@@ -38,6 +38,15 @@ def real_data() -> Path:
     return root
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that asks for TensorFlow (the tf_keras fixture, directly or through a
+    fixture it uses, such as a trained bundle) gets the `tensorflow` marker, so
+    `make test-fast` (-m "not tensorflow") leaves out all training without a hand-kept list."""
+    for item in items:
+        if "tf_keras" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.tensorflow)
+
+
 @pytest.fixture(scope="session")
 def tf_keras():
     pytest.importorskip("tf_keras", reason="needs the [train] extra (TensorFlow, tf_keras)")

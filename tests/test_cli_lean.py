@@ -15,26 +15,53 @@ def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
+# Imports every module of kedge.runtime, sub-packages included (walk_packages, not a list).
+IMPORT_RUNTIME = ("import importlib, pkgutil, kedge.runtime\n"
+                  "for m in pkgutil.walk_packages(kedge.runtime.__path__, 'kedge.runtime.'):\n"
+                  "    importlib.import_module(m.name)\n")
+
+
 def test_runtime_never_imports_tensorflow() -> None:
     # TensorFlow made unimportable: every runtime module, the CLI and the synthetic generator still load and run.
-    code = BLOCK_TF + (
-        "import importlib, pkgutil, cv2, numpy as np, kedge.runtime, kedge.cli, kedge.runtime.synthetic\n"
-        "for m in pkgutil.iter_modules(kedge.runtime.__path__): importlib.import_module('kedge.runtime.' + m.name)\n"
+    code = BLOCK_TF + IMPORT_RUNTIME + (
+        "import cv2, numpy as np, kedge.cli, kedge.runtime.synthetic\n"
         "from kedge.runtime.preprocess import preprocess\n"
         "print(preprocess(cv2.imencode('.png', np.zeros((9, 9), np.uint8))[1].tobytes()).shape)"
     )
     result = python(code)
     assert result.returncode == 0, result.stderr
     assert "(224, 224, 3)" in result.stdout
-    # and without the block, importing the runtime still leaves TensorFlow unloaded
-    check = python("import sys, kedge.runtime.preprocess, kedge.runtime.bundle, kedge.runtime.evaluate, kedge.cli; "
-                   "print('tensorflow' in sys.modules)")
-    assert check.stdout.strip() == "False", check.stderr
+
+
+def test_runtime_loads_neither_train_export_nor_tensorflow() -> None:
+    """runtime/__init__.py promises the device side never pulls in kedge.train, kedge.export or
+    TensorFlow. Nothing is blocked here: after importing every runtime module, none is loaded."""
+    code = IMPORT_RUNTIME + (
+        "import sys\n"
+        "banned = ('kedge.train', 'kedge.export', 'tensorflow', 'tf_keras', 'keras')\n"
+        "print('modules:', len([m for m in sys.modules if m.startswith('kedge.runtime.')]))\n"
+        "print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in banned or m.startswith(banned)))"
+    )
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    modules, loaded = result.stdout.splitlines()[-2:]
+    assert int(modules.split()[1]) >= 30, modules  # the walk really reached the runtime
+    assert loaded == "loaded: []"
 
 
 def test_help_without_tensorflow() -> None:
     result = python(BLOCK_TF + "from kedge.cli import main; main(['--help'])")
     assert "train" in result.stdout and "evaluate" in result.stdout, result.stderr
+
+
+def test_top_level_help_loads_neither_numpy_nor_opencv() -> None:
+    """`kedge --help` is the first thing a newcomer runs: it lists commands and must not pay
+    for numpy and OpenCV (about a second), which only the commands themselves need."""
+    code = ("import sys\nfrom kedge.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('loaded:', sorted(m for m in ('numpy', 'cv2', 'tqdm') if m in sys.modules))")
+    result = python(code)
+    assert "Commands:" in result.stdout, result.stderr
+    assert result.stdout.splitlines()[-1] == "loaded: []"
 
 
 def test_every_package_folder_is_installed() -> None:
@@ -73,6 +100,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, message) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.tensorflow
 def test_train_bad_data_folder_is_one_line(tmp_path) -> None:
     pytest.importorskip("tf_keras")
     result = subprocess.run([sys.executable, "-m", "kedge.cli", "train", "knee-cnn", "--data", str(tmp_path / "no"),
@@ -164,8 +192,8 @@ def test_lean_export_steps_say_which_extra_they_need(tmp_path, synthetic_data, f
     assert result.stderr.splitlines() == [f"kedge: error: {needs}: pip install 'kedge[export]'"]
 
 
-def test_readme_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic_data) -> None:
-    """README and `export --help`: `kedge export BUNDLE --engine --int8 --workspace 1024` on a
+def test_documented_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic_data) -> None:
+    """docs/device.md and `export --help`: `kedge export BUNDLE --engine --int8 --workspace 1024` on a
     bundle as shipped (Q/DQ and CPU INT8 ONNX, no FP32 ONNX, no Keras), with no TensorFlow and
     no --calib, gets as far as the engine step, which says TensorRT is needed."""
     from leanbundle import make_lean_bundle
@@ -182,8 +210,7 @@ def test_readme_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synthetic
     artifacts = {k: v for k, v in manifest["artifacts"].items() if k != "onnx_fp32"}
     write_manifest(bundle, {**{k: v for k, v in manifest.items() if k not in ("files", "schema")},
                             "artifacts": artifacts})
-    readme = (REPO / "README.md").read_text()
-    assert "kedge export BUNDLE --engine --int8 --workspace 1024" in readme
+    assert "kedge export BUNDLE --engine --int8 --workspace 1024" in (REPO / "docs" / "device.md").read_text()
     result = kedge_lean("export", str(bundle), "--engine", "--int8", "--workspace", "1024")
     assert "Traceback" not in result.stderr and "error" not in result.stderr, result.stderr
     assert result.returncode == 0

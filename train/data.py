@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -53,7 +54,7 @@ class PreparedData:
     def sources(self) -> list[str]:
         return sorted({e.item.source for e in self.entries})
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         counts = {s: dict(Counter(e.item.class_name for e in self.entries if e.split == s)) for s in SPLITS}
         excluded = Counter(e.note.split(":")[0] for e in self.entries if e.split == "excluded")
         by_source = {s: class_mix(self.items(s), self.classes) for s in SPLITS}
@@ -123,11 +124,11 @@ def _split_groups(entries: list[Entry], fractions: tuple[float, float, float], s
     for entry in entries:
         members[entry.group].append(entry)
     strata: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for group, group_entries in sorted(members.items()):
-        strata[(group_entries[0].item.source, group_entries[0].item.label)].append(group)
+    for group_id, group_entries in sorted(members.items()):
+        strata[(group_entries[0].item.source, group_entries[0].item.label)].append(group_id)
     for stratum in sorted(strata):
         order = [members[g] for g in strata[stratum]]
-        rng.shuffle(order)  # type: ignore[arg-type]
+        rng.shuffle(order)
         total = sum(len(g) for g in order)
         want_test, want_val = round(total * fractions[2]), round(total * fractions[1])
         taken = {"test": 0, "val": 0}

@@ -105,7 +105,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
     select = settings.select or ("mean-source" if with_sources else "val-loss")
     counts = prepared.summary()["counts"]
     for split in datamod.SPLITS:
-        missing = [c for c in classes if not counts[split].get(c)]  # type: ignore[index]
+        missing = [c for c in classes if not counts[split].get(c)]
         if missing:
             raise KedgeError(f"{settings.data}: the {split} split has no {', '.join(missing)} image; "
                              "add images or change the split fractions")
@@ -204,11 +204,11 @@ def _write_history(path: Path, history: dict[str, list[float]], seconds: list[fl
 
 def _log_data(prepared: datamod.PreparedData, log: Callable[[str], None]) -> None:
     summary = prepared.summary()
-    parts = [f"{split} {sum(summary['counts'][split].values())}" for split in datamod.SPLITS]  # type: ignore[index]
+    parts = [f"{split} {sum(summary['counts'][split].values())}" for split in datamod.SPLITS]
     log(f"data: {', '.join(parts)} images in {summary['groups']} radiographs")
-    for reason, count in summary["excluded"].items():  # type: ignore[union-attr]
+    for reason, count in summary["excluded"].items():
         log(f"  excluded {count}: {reason}")
-    mix = summary["counts_by_source"]["train"]  # type: ignore[index]
+    mix = summary["counts_by_source"]["train"]
     if len(mix) > 1:
         for source, row in mix.items():
             log(f"  train source {source}: " + ", ".join(f"{c} {n}" for c, n in row.items()))

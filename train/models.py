@@ -13,6 +13,7 @@ carries it and the runtime feeds all models the same [0, 1] tensor.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,7 @@ def imagenet_preprocess_layer() -> type:
     import tensorflow as tf
 
     @k.saving.register_keras_serializable(package="kedge")
-    class ImageNetPreprocess(k.layers.Layer):  # type: ignore[misc,name-defined]
+    class ImageNetPreprocess(k.layers.Layer):  # type: ignore[name-defined]
         """x * 255, RGB -> BGR, minus the ImageNet BGR mean (keras.applications 'caffe' mode)."""
 
         def call(self, inputs: Any) -> Any:
@@ -230,7 +231,7 @@ def custom_objects() -> dict[str, type]:
     return {"ImageNetPreprocess": imagenet_preprocess_layer()}
 
 
-def load_keras_model(path: str | Path) -> Any:
+def load_keras_model(path: str | os.PathLike[str]) -> Any:
     k = keras()
     try:
         return k.models.load_model(path, custom_objects=custom_objects(), compile=False)

@@ -5,7 +5,7 @@ People read a curve or a confusion matrix faster than a CSV; these go into the b
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kedge.runtime.bundle import atomic_path
@@ -21,7 +21,7 @@ def _pyplot() -> Any:
 
 
 def plot_history(
-    history: dict[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str], title: str,
+    history: Mapping[str, Sequence[float]], best_epoch: int, path: str | os.PathLike[str], title: str,
     val_by_source: Sequence[dict[str, float]] | None = None,
 ) -> None:
     """Loss and accuracy per epoch, training vs validation, with the kept epoch marked;

@@ -158,7 +158,7 @@ class TensorRTBackend(Session):
                 self._dev_in.free()
                 self._dev_out.free()
             self._cuda.close()
-            self._cuda = None
+            del self._cuda  # closed: a second close() finds no context (getattr above)
 
 
 class TensorRT(Backend):

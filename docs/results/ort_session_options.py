@@ -8,7 +8,7 @@ hint) and kedge's explicit OpenVINO settings. Rounds are interleaved so a load c
 on a shared machine hits every configuration alike; the median of the rounds' p50s
 is printed.
 
-    .venv/bin/python tools/ort_session_options.py runtime/models/*/model*.onnx
+    .venv/bin/python docs/results/ort_session_options.py runtime/models/*/model*.onnx
 """
 from __future__ import annotations
 
