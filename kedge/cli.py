@@ -54,6 +54,9 @@ def main() -> None:
       kedge train knee-cnn --data DIR --out runs/cnn
       kedge export runs/cnn --int8 --calib DIR --calib-split train --data DIR --split test
       kedge infer scans/ --model runs/cnn --audit readings.jsonl
+    \b
+    A BUNDLE (or --model) is a bundle folder or a shipped model's name:
+      kedge verify knee-cnn                          # `kedge info` shows where they are installed
 
     Research use only, not a diagnostic device.
     """
