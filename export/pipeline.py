@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import Bundle, load_bundle, sha256_file, write_manifest
+from kedge.runtime.bundle import Bundle, load_bundle, portable_path, sha256_file, write_manifest
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import FORMS
 
@@ -310,7 +310,8 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
     calibration = {
         "method": method, "key": key.digest, "reused": reused, "model_sha256": key.model_sha256,
         "images_sha256": key.images_sha256, "settings": dict(key.settings), "images": len(images.paths),
-        "folder": str(images.root), "split": s.calib_split, "stratified_by": images.stratified_by, "seed": s.seed,
+        "folder": portable_path(images.root, s.data), "split": s.calib_split, "stratified_by": images.stratified_by,
+        "seed": s.seed,
         "trt_cache_header_version": DEFAULT_TRT_VERSION,
     }
     if method_scores is not None:
@@ -336,7 +337,9 @@ def _needs_validation(s: ExportSettings) -> bool:
 
 
 def _validation_name(s: ExportSettings) -> str:
-    return f"{s.data}" + (f" ({s.split} split)" if s.split else "")
+    """--data as kedge.json records it: a name, never the path of this machine."""
+    name = portable_path(s.data) if s.data is not None else "no --data"
+    return name + (f" ({s.split} split)" if s.split else "")
 
 
 def _validation(bundle: Bundle, s: ExportSettings, log: Log) -> Any:

@@ -4,16 +4,19 @@ plus the model card.
 The shipped copy keeps the full manifest (training, metrics, calibration, parity), so
 it stays a model card, but its `artifacts` and `files` list only what it carries.
 Forms left behind are recorded with their sha256 and size under `shipped.left_out`,
-so a user can tell which file a left-out form would have to match.
+so a user can tell which file a left-out form would have to match. Any path of the
+exporting machine that an older manifest still records becomes a name, or a path
+relative to its data folder (`portable`).
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import load_bundle, staged_folder, write_manifest
+from kedge.runtime.bundle import load_bundle, portable_path, staged_folder, write_manifest
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import form as form_spec
 
@@ -70,8 +73,43 @@ def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], fo
                                "bytes": sum((stage / rel).stat().st_size for rel in shipped.values())}
         manifest["card"] = {"limitations": _limitations(bundle.manifest),
                             "training_data": _training_data(bundle.manifest, data_source)}
-        result = write_manifest(stage, manifest)
+        result = write_manifest(stage, portable(manifest, *_data_folders(bundle.manifest)))
     return result
+
+
+# A path of the machine that wrote a string: absolute (POSIX, Windows drive, home) or going up
+# from a working folder (../shared/data), where it begins a word, up to a space, quote or bracket.
+MACHINE_PATH = re.compile(r"(?<![\w.~/:\\-])(?:[A-Za-z]:[\\/]|~/|\.\.?/|/)(?=[\w.~-])[^\s'\"(),;]*")
+# Keys whose values are never a folder of the exporting machine: the bundle's own relative
+# files, graph node and tensor names, and source rules (a regex may hold a slash).
+NOT_PATHS = frozenset({"files", "artifacts", "nodes", "kept_in_float", "started_with", "worst", "rule"})
+
+
+def _data_folders(manifest: dict[str, Any]) -> list[str]:
+    """The --data folders a manifest recorded as machine paths (older kedge versions did):
+    the roots that other recorded paths (sources file, calibration folder, unreadable
+    images) are made relative to, as kedge now records them."""
+    training = manifest.get("training", {})
+    found = (training.get("data"), training.get("dataset", {}).get("root"), (manifest.get("parity") or {}).get("data"))
+    return [f for f in found if isinstance(f, str) and MACHINE_PATH.fullmatch(f)]
+
+
+def portable(value: Any, *roots: str) -> Any:
+    """A copy of a JSON value with every machine path in its strings made portable
+    (runtime.bundle.portable_path: relative to the longest root holding it, else its name),
+    so no folder of the exporting machine reaches a shipped kedge.json."""
+    if isinstance(value, dict):
+        return {k: v if k in NOT_PATHS else portable(v, *roots) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, *roots) for v in value]
+    if isinstance(value, str):
+        return MACHINE_PATH.sub(lambda m: _portable_token(m.group(), roots), value)
+    return value
+
+
+def _portable_token(token: str, roots: tuple[str, ...]) -> str:
+    path = token.rstrip(".:")  # the end of a sentence, not of the path
+    return portable_path(path, *roots) + token[len(path):]
 
 
 def _limitations(manifest: dict[str, Any]) -> list[str]:

@@ -259,6 +259,7 @@ def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report:
     """Without an FP32 reference here (left out when shipped): each form's accuracy on --data
     against the accuracy the bundle's recorded parity gives for the same ONNX file on the same
     split, within parity's INT8 rule (1 point)."""
+    from kedge.runtime.bundle import portable_path
     from kedge.runtime.engines import source_form_of
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
@@ -266,7 +267,8 @@ def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report:
     from kedge.runtime.parity import THRESHOLDS
 
     recorded = bundle.manifest.get("parity") or {}
-    same_split = recorded.get("split") == (split or "all") and Path(str(recorded.get("data", ""))).name == data.name
+    same_split = recorded.get("split") == (split or "all") and bool(recorded.get("data")) and \
+        portable_path(str(recorded["data"])) == portable_path(data)  # recorded by name (by path before)
     rows = _recorded_rows(recorded.get("rows", [])) if same_split else {}
     items = scan_labelled(data, bundle.classes)
     if split is not None:

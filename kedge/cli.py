@@ -16,7 +16,7 @@ import kedge
 from kedge import cli_run
 from kedge.cli_device import int8_tool_options
 from kedge.cli_device import register as register_device_commands
-from kedge.options import backend_option, precision_option, source_options
+from kedge.options import BUNDLE, backend_option, precision_option, source_options
 from kedge.options import csv_list as _csv_list
 from kedge.options import echo_parity as _echo_parity
 from kedge.options import emit_json as _emit_json
@@ -54,6 +54,9 @@ def main() -> None:
       kedge train knee-cnn --data DIR --out runs/cnn
       kedge export runs/cnn --int8 --calib DIR --calib-split train --data DIR --split test
       kedge infer scans/ --model runs/cnn --audit readings.jsonl
+    \b
+    A BUNDLE (or --model) is a bundle folder or a shipped model's name:
+      kedge verify knee-cnn                          # `kedge info` shows where they are installed
 
     Research use only, not a diagnostic device.
     """
@@ -191,7 +194,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=BUNDLE)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled class-per-folder tree.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]),
               help="Only the files the bundle's split manifest put in this split.")
@@ -357,7 +360,7 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
 
 
 @main.command(name="export")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=BUNDLE)
 @click.option("--fp16", is_flag=True, help="Also write the FP16 ONNX (FP32 I/O) and, with --engine, an FP16 engine.")
 @click.option("--int8", is_flag=True, help="Also write INT8 Q/DQ ONNX forms from --calib images (and an INT8 engine "
               "with --engine; a bundle that already holds its Q/DQ ONNX needs no --calib for that).")
@@ -442,19 +445,22 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
 
 
 @main.command()
-@click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("bundles", nargs=-1, type=BUNDLE)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON instead.")
 def card(bundles: tuple[Path, ...], as_json: bool) -> None:
     """Print a bundle's model card (default: the models shipped with kedge).
 
-    Intended use, training data (source, counts, de-duplication), test metrics with
-    95 % intervals overall, per class and per file format, parity of every exported
-    form, INT8 calibration, files with sha256, and known limitations. All of it comes
+    BUNDLES are folders or shipped model names. The card: where the bundle is on
+    this machine (a shipped model: inside the installed package), intended use,
+    training data (source, counts, de-duplication), test metrics with 95 % intervals
+    overall, per class and per file format, parity of every exported form, INT8
+    calibration, files with sha256, and known limitations. All but the location comes
     from the bundle's kedge.json.
 
     \b
     Example:
       kedge card                 # both shipped models
+      kedge card knee-cnn        # one of them, by name
       kedge card runs/cnn
     """
     from kedge.runtime.bundle import load_bundle
@@ -462,13 +468,13 @@ def card(bundles: tuple[Path, ...], as_json: bool) -> None:
 
     loaded = [load_bundle(b) for b in bundles] if bundles else _load_models(None)
     if as_json:
-        _emit_json([b.manifest for b in loaded])
+        _emit_json([{"location": str(b.path.resolve()), **b.manifest} for b in loaded])
         return
-    click.echo("\n\n".join(render_card(b.manifest) for b in loaded))
+    click.echo("\n\n".join(render_card(b.manifest, str(b.path.resolve())) for b in loaded))
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=BUNDLE)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create (e.g. "
               "runtime/models/knee-cnn).")
 @click.option("--forms", default="onnx-fp32,onnx-int8", show_default=True,
@@ -494,7 +500,7 @@ def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite
 
 
 @main.command()
-@click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("bundles", nargs=-1, type=BUNDLE)
 @click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))

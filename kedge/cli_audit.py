@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from kedge.options import (
+    BUNDLE,
     allow_unverified_option,
     backend_option,
     emit_json,
@@ -21,7 +22,7 @@ from kedge.options import (
 
 def register(main: click.Group) -> None:
     @main.command()
-    @click.argument("bundle", type=click.Path(path_type=Path))
+    @click.argument("bundle", type=BUNDLE)
     @click.option("--data", required=True, type=click.Path(path_type=Path),
                   help="Labelled class-per-folder tree (or several side by side).")
     @click.option("--split", type=click.Choice(["train", "val", "test"]),

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from kedge.options import BUNDLE
 from kedge.options import emit_json as _emit_json
 
 
@@ -25,7 +26,7 @@ def _finish(result: Any, as_json: bool) -> None:
 
 
 @click.command(name="check-trt")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=BUNDLE)
 @click.option("--trt", "versions", type=click.Choice(["10.3", "11", "all"]), default="all", show_default=True,
               help="TensorRT version to check for: 10.3 (JetPack 6) or 11.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), help="The engine profile's max batch (default 16, "
@@ -54,7 +55,7 @@ def check_trt(bundle: Path, versions: str, max_batch: int | None, as_json: bool)
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=BUNDLE)
 @click.option("--count", default=24, show_default=True, type=click.IntRange(1, 1000), help="Golden images.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds kedge's synthetic knee generator.")
 @click.option("--reference", type=click.Choice(["keras", "onnx-fp32"]),
@@ -84,7 +85,7 @@ def golden(bundle: Path, count: int, seed: int, reference: str | None, as_json: 
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=BUNDLE)
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled class-per-folder tree: also rerun parity.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Parity on this split of --data only.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as Markdown.")

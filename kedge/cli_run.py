@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from kedge.options import (
+    BUNDLE,
     allow_unverified_option,
     backend_option,
     csv_list,
@@ -264,7 +265,7 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=BUNDLE)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled class-per-folder tree.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Only this split of --data.")
 @click.option("--reference", type=click.Choice(["keras", "onnx-fp32"]),
@@ -313,7 +314,7 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
 
 
 @click.command()
-@click.option("--model", "-m", "model", type=click.Path(path_type=Path), help="Also list this bundle's (backend, "
+@click.option("--model", "-m", "model", type=BUNDLE, help="Also list this bundle's (backend, "
               "form, precision) pairs with their parity status, and its engines.")
 @json_option()
 def info(model: Path | None, as_json: bool) -> None:

@@ -49,13 +49,30 @@ def _precisions() -> tuple[str, ...]:
     return PRECISIONS
 
 
+class BundleType(click.ParamType):
+    """A bundle folder, or the name of a model shipped with kedge (resnet50-gru, knee-cnn):
+    every command that takes a bundle resolves it here, once (runtime/shipped.py says how).
+    An unknown one is a KedgeError, so the CLI prints one line and exits 1."""
+
+    name = "bundle"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        from kedge.runtime.shipped import resolve_bundle
+
+        return resolve_bundle(value)
+
+
+BUNDLE = BundleType()
+
+
 def json_option(help: str = "Print JSON.") -> Decorator:
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 def model_option(f: Any) -> Any:
-    return click.option("--model", "-m", "model", envvar="KEDGE_MODEL", type=click.Path(path_type=Path),
-                        help="Bundle folder (default: $KEDGE_MODEL, else the models shipped with kedge).")(f)
+    return click.option("--model", "-m", "model", envvar="KEDGE_MODEL", type=BUNDLE,
+                        help="Bundle folder or shipped model name (default: $KEDGE_MODEL, else the models "
+                        "shipped with kedge).")(f)
 
 
 def backend_option(extra: tuple[str, ...] = (), help: str = "") -> Decorator:

@@ -12,11 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from kedge.runtime.errors import KedgeError
@@ -60,6 +61,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _absolute(path: str | os.PathLike[str]) -> PurePath:
+    text = os.fspath(path)
+    if re.match(r"[A-Za-z]:[\\/]", text):
+        return PureWindowsPath(text)
+    return Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def portable_path(path: str | os.PathLike[str], *roots: str | os.PathLike[str] | None) -> str:
+    """How kedge.json names a folder or file of the machine that wrote it: relative to the
+    longest of `roots` (e.g. --data) that holds it, else by its own name. An absolute path
+    says where one machine keeps its data, means nothing on another, and must not ship."""
+    target = _absolute(path)
+    for root in sorted((_absolute(r) for r in roots if r is not None), key=lambda r: -len(r.parts)):
+        if target != root and target.is_relative_to(root):
+            return target.relative_to(root).as_posix()
+    return target.name or "."
 
 
 def check_output_folder(final: str | os.PathLike[str], overwrite: bool) -> None:

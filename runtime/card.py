@@ -22,13 +22,17 @@ def _ci(interval: list[float] | None) -> str:
     return "" if not interval else f" (95 % CI {100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
 
 
-def render_card(manifest: dict[str, Any]) -> str:
+def render_card(manifest: dict[str, Any], location: str | None = None) -> str:
+    """The card text; `location`: the bundle's folder on this machine (for a shipped model,
+    inside the installed package), which the manifest cannot know."""
     model = manifest.get("model", {})
     training = manifest.get("training", {})
     card = manifest.get("card", {})
     lines = [f"{model.get('name', '?')}: {', '.join(model.get('classes', []))}",
              f"  paper          {model.get('paper', '-')}",
              f"  intended use   {manifest.get('intended_use', '-')}"]
+    if location is not None:
+        lines.append(f"  location       {location}")
     params = model.get("parameters", {})
     options = model.get("options", {})
     lines.append(f"  architecture   {model.get('architecture', '-')}, {params.get('total', 0):,} parameters"

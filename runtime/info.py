@@ -129,6 +129,14 @@ def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def shipped_info() -> list[dict[str, str]]:
+    """Each shipped model's name and folder inside the installed package: what a command
+    taking a bundle accepts as a name (`kedge verify knee-cnn`)."""
+    from kedge.runtime.shipped import shipped_bundles
+
+    return [{"name": path.name, "location": str(path)} for path in shipped_bundles()]
+
+
 def collect(bundle: str | Path | None = None) -> dict[str, Any]:
     import cv2
     import numpy as np
@@ -142,6 +150,7 @@ def collect(bundle: str | Path | None = None) -> dict[str, Any]:
         "onnxruntime": onnxruntime_info(), "openvino": openvino_info(), "tensorrt": tensorrt_info(),
         "pycuda": _version("pycuda"),
         "tensorflow": _version("tensorflow"), "gpu": gpu_info(), "cpu": cpu_info(),
+        "shipped_models": shipped_info(),
     }
     if bundle is not None:
         info["bundle"] = str(bundle)
@@ -168,6 +177,8 @@ def format_info(data: dict[str, Any]) -> str:
                             f"{gpu['total_memory_mib']} MiB" if gpu else "none visible"),
         f"CPU            {cpu['model']}, {cpu['cores']} cores, {cpu['machine']}",
         "CPU INT8/BF16  " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["int8_features"].items()),
+        "shipped models " + ("; ".join(f"{m['name']} in {m['location']}" for m in data["shipped_models"])
+                             or "none in this installation"),
     ]
     if "pairs" in data:
         lines.append(f"pairs in {data['bundle']} (backend, form, precision: parity):")

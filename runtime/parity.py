@@ -216,7 +216,7 @@ def bundle_parity(
     """
     import datetime
 
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle import load_bundle, portable_path
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
     from kedge.runtime.forms import FORMS, runnable_pairs
 
@@ -242,11 +242,11 @@ def bundle_parity(
     for row in rows:
         row.file_sha256 = identities.get(row.key)
     result = {
-        "data": str(data), "split": split or "all", "reference": reference.form, "n": rows[0].n,
+        "data": portable_path(data), "split": split or "all", "reference": reference.form, "n": rows[0].n,
         "thresholds": THRESHOLDS, "rows": [r.to_json() for r in rows],
         "passed": all(r.passed for r in rows),
         "forms_passed": forms_passed([r.to_json() for r in rows]),
-        "unreadable": [{"path": p, "problem": m} for p, m in failures],
+        "unreadable": [{"path": portable_path(p, data), "problem": m} for p, m in failures],
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "forms": {name: spec.description for name, spec in FORMS.items() if name in {p.form.name for p in runnable}},
     }

@@ -86,7 +86,7 @@ def test_base_install_has_no_tensorflow() -> None:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["evaluate", "{tmp}/nope", "--data", "{tmp}"], "{tmp}/nope: no such bundle folder"),
+    (["evaluate", "{tmp}/nope", "--data", "{tmp}"], "no such bundle folder or shipped model '{tmp}/nope' (shipped: "),
     (["train", "knee-cnn", "--data", "{tmp}/none", "--out", "{tmp}/o", "--split", "0.5,0.5"],
      "--split '0.5,0.5': give three positive fractions"),
     (["synth", "--out", "{tmp}/s", "--classes", "Normal"], "--classes 'Normal': need at least two classes"),

@@ -19,6 +19,7 @@ from kedge.runtime.bundle import (
     INTENDED_USE,
     atomic_write_text,
     check_output_folder,
+    portable_path,
     staged_folder,
     write_manifest,
 )
@@ -161,6 +162,13 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
         plots.plot_confusion(test_report["confusion_matrix"], classes, stage / "confusion_matrix.png",
                              f"{arch.name}, {scored} split (n={test_report['n']})")
         options = {**arch.options, **settings.model_options}
+        if options.get("weights") not in (None, "imagenet", "none"):  # a .h5 file of this machine
+            options["weights"] = portable_path(options["weights"])
+        sources = settings.sources.to_json()
+        if sources["file"]:  # kedge.json names no folder of this machine (see portable_path)
+            sources["file"] = portable_path(sources["file"], settings.data)
+        for failure in test_report["failures"]:
+            failure["path"] = portable_path(failure["path"], settings.data)
         manifest = write_manifest(stage, {
             "kedge_version": kedge.__version__,
             "model": {"name": arch.name, "architecture": arch.name, "classes": classes, "paper": arch.paper,
@@ -173,14 +181,15 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             "training": {
                 **{key: value for key, value in asdict(settings).items()
                    if key not in ("out", "progress", "overwrite", "model_options", "data", "sources", "score_test")},
-                "data": str(settings.data), "classes": classes, "epochs": epochs, "epochs_run": len(history["loss"]),
-                "sources": settings.sources.to_json(), "balance": balance, "select": select,
+                "data": portable_path(settings.data), "classes": classes, "epochs": epochs,
+                "epochs_run": len(history["loss"]),
+                "sources": sources, "balance": balance, "select": select,
                 "best_epoch": best_epoch, "seconds": round(fit_seconds, 1),
                 "seconds_per_epoch": round(float(np.mean(result.seconds)), 2), "device": device,
                 "tensorflow": tf.__version__, "keras": f"tf_keras {k.__version__}",
                 "optimizer": "Adam", "loss": "categorical cross-entropy" + (
                     f", label smoothing {settings.label_smoothing}" if settings.label_smoothing else ""),
-                "dataset": prepared.summary(),
+                "dataset": {**prepared.summary(), "root": portable_path(prepared.root)},
             },
             "metrics": {scored: test_report},
             "intended_use": INTENDED_USE,

@@ -9,10 +9,13 @@ the CPU has BF16 and, like every pair, used by `auto` only after it passed parit
 Compiled models are cached under ~/.cache/kedge/openvino/, keyed like engines: the
 OpenVINO version, the CPU, the sha256 of the source ONNX, the precision and the
 threads. The compile options are passed again on import: without them OpenVINO
-imports a blob at its default (bf16) precision.
+imports a blob at its default (bf16) precision. Each blob's sha256 is recorded beside
+it; a blob that does not match, or does not import, is deleted and compiled again from
+the ONNX, so a damaged cache costs one compile and never changes an answer.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -62,22 +65,16 @@ class OpenVINOSession(Session):
             config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        core = _core()
         blob = None if cache is None else cache / blob_name(source_sha256, precision, threads)
-        try:
-            if blob is not None and blob.is_file():
-                self._compiled = core.import_model(io.BytesIO(blob.read_bytes()), "CPU", config)
-                self.cached = True
-            else:
-                self._compiled = core.compile_model(str(path), "CPU", config)
-                self.cached = False
-                if blob is not None:
-                    from kedge.runtime.bundle import atomic_path
-
-                    with atomic_path(blob) as tmp:
-                        tmp.write_bytes(self._compiled.export_model().getvalue())
-        except RuntimeError as err:  # OpenVINO raises RuntimeError with a long multi-line message
-            raise KedgeError(f"{path}: OpenVINO could not load it ({str(err).strip().splitlines()[0]})") from None
+        self._compiled = None if blob is None else _import_checked(blob, config)
+        self.cached = self._compiled is not None
+        if self._compiled is None:
+            try:
+                self._compiled = _core().compile_model(str(path), "CPU", config)
+            except RuntimeError as err:  # OpenVINO raises RuntimeError with a long multi-line message
+                raise KedgeError(f"{path}: OpenVINO could not load it ({_first_line(err)})") from None
+            if blob is not None:
+                _write_blob(blob, self._compiled)
         self._request = self._compiled.create_infer_request()
         self.name = f"openvino:cpu {label} {precision}"
 
@@ -91,6 +88,55 @@ class OpenVINOSession(Session):
 
 def blob_name(source_sha256: str, precision: str, threads: int | None) -> str:
     return f"{source_sha256[:32]}.{precision}.threads{threads or 0}.blob"
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _sidecar(blob: Path) -> Path:
+    """`<blob>.sha256`: the blob's own sha256, written after the blob, so a blob without a
+    matching one (changed on disk, cut short, or written by a run that was killed) is never used."""
+    return blob.with_name(blob.name + ".sha256")
+
+
+def _import_checked(blob: Path, config: dict[str, Any]) -> Any:
+    """The compiled model in `blob` if its bytes match the sha256 recorded beside it and
+    OpenVINO imports it; else None, with the blob and its record deleted so the caller
+    compiles the ONNX again. A bad blob is never imported (a changed one can load and answer
+    wrongly) and never blamed on the bundle's ONNX file, which was checked separately."""
+    try:
+        data = blob.read_bytes()
+        recorded = _sidecar(blob).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        recorded, data = "", b""
+    if data and hashlib.sha256(data).hexdigest() == recorded:
+        try:
+            return _core().import_model(io.BytesIO(data), "CPU", config)
+        except RuntimeError:
+            pass
+    _discard(blob)
+    return None
+
+
+def _write_blob(blob: Path, compiled: Any) -> None:
+    """Cache a compiled model: the blob, then its sha256 (both atomic). The cache only saves
+    time, so a folder that cannot be written leaves the model compiled and uncached."""
+    from kedge.runtime.bundle import atomic_path, atomic_write_text
+
+    try:
+        data = compiled.export_model().getvalue()
+        with atomic_path(blob) as tmp:
+            tmp.write_bytes(data)
+        atomic_write_text(_sidecar(blob), hashlib.sha256(data).hexdigest() + "\n")
+    except (OSError, RuntimeError):
+        _discard(blob)
+
+
+def _discard(blob: Path) -> None:
+    for path in (_sidecar(blob), blob):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def cache_folder() -> Path:
