@@ -142,6 +142,12 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
         from kedge.export.parity import parity_for_bundle
 
         report.parity = parity_for_bundle(bundle.path, data, s.split, s.reference, progress=s.progress, log=log)
+    if s.fp16 or calibrate or not s.engine:  # ONNX files were (re)made: record what they give here
+        from kedge.export.golden import make_golden
+
+        golden = make_golden(bundle.path, reference=s.reference, log=log)
+        report.done.append(f"golden set: {len(golden['indices'])} synthetic knees, outputs of "
+                           f"{', '.join(golden['outputs'])} (every machine checks its forms against them)")
     return report
 
 

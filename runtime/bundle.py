@@ -186,8 +186,8 @@ def update_manifest(bundle: Bundle, **sections: Any) -> dict[str, Any]:
     and write it atomically. Only kedge.json changes, so the recorded sha256 of every
     other file stays as it was: a file put beside a bundle (the model.keras a reference
     was read from) is never added to its file list."""
-    manifest = {k: v for k, v in bundle.manifest.items() if k not in sections}
-    manifest.update({k: v for k, v in sections.items() if v is not None})
+    manifest = {**bundle.manifest, **sections}  # a replaced section keeps its place in the file
+    manifest = {k: v for k, v in manifest.items() if v is not None}
     atomic_write_json(bundle.path / MANIFEST_NAME, manifest)
     bundle.manifest = manifest
     return manifest

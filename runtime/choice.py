@@ -5,8 +5,8 @@ at export for the exact file (runtime/parity.py), and the bundle's golden set on
 machine (runtime/golden.py). The second exists because the same file answers
 differently on another CPU: 8-bit INT8 weights saturate on x86 CPUs without VNNI, and
 parity recorded on the export machine cannot see that. The first time a bundle runs
-on a machine, each candidate pair runs the golden set once and the passing ones are
-timed side by side (interleaved rounds, so load hits them alike); the results are
+on a machine, the candidate pairs run the golden set side by side, in interleaved
+chunks whose times are also the speed measurement (so load hits them alike); the results are
 cached in ~/.cache/kedge/auto/, keyed by the CPU and its INT8 features, the backends'
 versions, the threads, the golden set and the sha256 of every file, so later runs
 cost nothing and any change redoes them.
@@ -43,7 +43,7 @@ from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import FORMS, PRECISIONS, Pair, runnable_pairs
 from kedge.runtime.parity import PASSED, status
 
-TIMED_RUNS = 10  # interleaved batch-1 rounds per pair: enough to rank forms 1.3x apart
+CHUNK = 8  # golden images per timed call: kedge infer's default batch size
 TIE = 0.15  # pairs within 15 % of the fastest are equally fast: the fixed order decides
 FAST_PRECISION = "int8"
 
@@ -140,7 +140,8 @@ def _fastest(usable: list[Pair], here: dict[str, Here], failed: list[tuple[Pair,
     others = ", ".join(f"{p} {ms[p.key]:.1f} ms" for p in usable if p is not best)
     when = "measured earlier on this machine" if all(here[p.key].cached for p in usable) else "measured just now"
     return Choice(best, f"{fallback}fastest of {len(usable)} pairs that {checked}"
-                        f"{' among those requested' if named else ''}: {ms[best.key]:.1f} ms at batch 1, "
+                        f"{' among those requested' if named else ''}: "
+                        f"{ms[best.key]:.1f} ms per image at batch {CHUNK}, "
                         f"pairs within {TIE:.0%} of the fastest count as equal (others: {others}; {when})",
                   verified=not unchecked, fallback=bool(fallback))
 
@@ -208,44 +209,47 @@ def check_here(bundle: Bundle, pairs: Sequence[Pair], threads: int | None = None
 
 
 def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: bool) -> dict[str, Here]:
-    """Open each pair once: the golden set (which also warms it up), then, for the pairs
-    that passed, TIMED_RUNS interleaved batch-1 rounds, so a load change hits all alike."""
+    """Open the pairs together and run the golden set through them in interleaved chunks of
+    CHUNK images: the outputs are the golden check, and the chunk times (the fastest of
+    them, per image) are the speed measurement, so one pass does both and a change of load
+    hits every pair alike. Without a golden set, synthetic chunks are timed instead."""
     from tqdm import tqdm
 
-    from kedge.runtime.golden import GoldenBatch, compare_form, stored_for
+    from kedge.runtime.golden import GoldenBatch
 
     golden = bundle.manifest.get("golden")
     batch = GoldenBatch(golden) if golden else None
-    results: dict[str, Here] = {}
+    tensors = batch.tensors if batch is not None else \
+        np.random.default_rng(0).random((2 * CHUNK, 224, 224, 3), dtype=np.float32)
+    chunks = [tensors[i:i + CHUNK] for i in range(0, len(tensors), CHUNK)]
+    outputs: dict[str, list[np.ndarray]] = {p.key: [] for p in pairs}
+    seconds: dict[str, list[float]] = {p.key: [] for p in pairs}
     with contextlib.ExitStack() as stack:
         sessions = {}
-        bar = tqdm(pairs, desc=f"{bundle.name}: first use on this machine, checking each pair on the golden set",
-                   unit="pair", leave=False, disable=None)
-        for p in bar:
-            session = stack.enter_context(p.open(bundle, threads))
-            if batch is None:
-                results[p.key] = Here(None, "the bundle has no golden set (`kedge golden BUNDLE` where it was "
-                                            "exported)")
-            else:
-                results[p.key] = _golden_check(bundle, p, session, batch, compare_form, stored_for)
-            if results[p.key].passed is not False:
-                sessions[p.key] = session
-        if timed and sessions:
-            one = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
-            runs: dict[str, list[float]] = {k: [] for k in sessions}
-            for _ in tqdm(range(TIMED_RUNS), desc=f"{bundle.name}: timing {len(sessions)} pairs", unit="round",
-                          leave=False, disable=None):
-                for k, session in sessions.items():
-                    start = time.perf_counter()
-                    session.infer(one)
-                    runs[k].append((time.perf_counter() - start) * 1000)
-            for k, values in runs.items():
-                results[k].ms = float(np.median(values))
+        for p in tqdm(pairs, desc=f"{bundle.name}: first use here, loading {len(pairs)} pairs", unit="pair",
+                      leave=False, disable=None):
+            sessions[p.key] = stack.enter_context(p.open(bundle, threads))
+            sessions[p.key].infer(tensors[:1])  # warm-up: first-run allocations are not the pair's speed
+        for chunk in tqdm(chunks, desc=f"{bundle.name}: golden check and timing", unit="chunk", leave=False,
+                          disable=None):
+            for key, session in sessions.items():
+                start = time.perf_counter()
+                outputs[key].append(np.asarray(session.infer(chunk)))
+                seconds[key].append((time.perf_counter() - start) / len(chunk))
+    results: dict[str, Here] = {}
+    for p in pairs:
+        if batch is None:
+            results[p.key] = Here(None, "the bundle has no golden set (`kedge golden BUNDLE` where it was exported)")
+        else:
+            results[p.key] = _golden_check(bundle, p, np.concatenate(outputs[p.key]), batch)
+        if timed:
+            results[p.key].ms = 1000 * min(seconds[p.key])
     return results
 
 
-def _golden_check(bundle: Bundle, pair: Pair, session: Any, batch: Any, compare_form: Any, stored_for: Any) -> Here:
+def _golden_check(bundle: Bundle, pair: Pair, outputs: np.ndarray, batch: Any) -> Here:
     from kedge.runtime.engines import source_form_of
+    from kedge.runtime.golden import compare_form, stored_for
 
     golden = batch.golden
     source = source_form_of(bundle, pair)
@@ -253,10 +257,9 @@ def _golden_check(bundle: Bundle, pair: Pair, session: Any, batch: Any, compare_
     source_sha = bundle.manifest.get("files", {}).get(
         bundle.manifest.get("artifacts", {}).get(FORMS[target].artifact or "", ""))
     missing = stored_for(golden, target, source_sha)
-    if missing:
-        return Here(None, missing)
-    outputs = session.infer(batch.tensors)
+    if missing:  # a golden set that cannot judge this file: the file is not the one that was checked
+        return Here(False, f"cannot be checked here: {missing}")
     result = compare_form(golden, pair.form.name, pair.precision, outputs, batch.same_pixels, source)
     if result is None:
-        return Here(None, f"the golden set stores nothing for {target}")
+        return Here(False, f"cannot be checked here: the golden set stores nothing for {target}")
     return Here(result.passed, result.detail(golden["reference"]), golden=dataclasses.asdict(result))

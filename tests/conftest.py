@@ -63,3 +63,16 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "knees"
     write_dataset(root, per_class=60, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Path) -> Path:
+    """Eight synthetic knees per class: enough for parity rows, quick for the reference evaluator."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small") / "knees"
+    for folder in sorted(p for p in synthetic_data.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.png"))[:8]:
+            shutil.copy(image, root / folder.name / image.name)
+    return root

@@ -31,6 +31,8 @@ def tiny_onnx(path: Path, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 224, 224, 3])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(CLASSES)])],
         [numpy_helper.from_array(conv_w, "conv_w"), numpy_helper.from_array(gemm_w, "gemm_w")])
+    for i, node in enumerate(graph.node):  # named, as exporters name them: the quantizer excludes nodes by name
+        node.name = f"{node.op_type.lower()}_{i}"
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -96,9 +98,8 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, 
                             "input": {"name": "image", "shape": [None, 224, 224, 3], "layout": "NHWC"},
                             "artifacts": artifacts})
     if parity:
-        from kedge.runtime.parity import bundle_parity
-
         from kedge.export.golden import make_golden
+        from kedge.runtime.parity import bundle_parity
 
         bundle_parity(folder, calibration_images, None, progress=False)
         make_golden(folder, count=12)

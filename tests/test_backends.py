@@ -45,17 +45,6 @@ class ToyBackend(Backend):
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory, synthetic_data) -> Path:
-    """Eight synthetic knees per class: enough for parity rows, quick for the reference evaluator."""
-    root = tmp_path_factory.mktemp("small") / "knees"
-    for folder in sorted(p for p in synthetic_data.iterdir() if p.is_dir()):
-        (root / folder.name).mkdir(parents=True)
-        for image in sorted(folder.glob("*.png"))[:8]:
-            shutil.copy(image, root / folder.name / image.name)
-    return root
-
-
-@pytest.fixture(scope="module")
 def verified(tmp_path_factory, small_data) -> Path:
     """A tiny bundle (FP32 and CPU INT8 ONNX) with parity rows for every pair runnable here."""
     return make_lean_bundle(tmp_path_factory.mktemp("verified") / "tiny", small_data)

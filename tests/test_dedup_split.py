@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
+from kedge.runtime.synthetic import class_density, knee_radiograph
 from kedge.train.data import prepare, read_split_manifest, write_split_manifest
 from kedge.train.dedup import duplicate_groups, fingerprint
-from kedge.runtime.synthetic import class_density, knee_radiograph
 
 
 def knee(seed: int, density: float = 0.6, size: int = 224) -> np.ndarray:

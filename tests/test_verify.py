@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from leanbundle import CLASSES, make_lean_bundle
+from leanbundle import make_lean_bundle
 
 from kedge.runtime.backends.base import Backend, Session
 
