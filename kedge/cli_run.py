@@ -53,10 +53,12 @@ from kedge.runtime.errors import KedgeError
 @click.option("--audit", type=click.Path(path_type=Path),
               help="Append one JSON line per reading to this file (time, input sha256, model, form sha256, "
               "backend, precision, runtime version, answer), fsynced line by line.")
+@click.option("--show-outside", is_flag=True, help="For a reading outside the model's envelope, print the "
+              "probabilities too (the class stays withheld).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no backend line on stderr.")
 def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: str | None, allow_unverified: bool,
           batch_size: int, threads: int | None, workers: int | None, cuda_graph: bool, as_json: bool, as_csv: bool,
-          full_decode: bool, triton_url: str | None, audit: Path | None, quiet: bool) -> None:
+          full_decode: bool, triton_url: str | None, audit: Path | None, show_outside: bool, quiet: bool) -> None:
     """Classify knee radiographs: the predicted class and every class's probability.
 
     INPUTS are files, folders (searched recursively; extensionless DICOMs found by
@@ -65,6 +67,14 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
     their rows), and the exit status is 1 at the end. Each model runs on the
     fastest (backend, form) pair that passed parity for it; the pair and the reason
     are printed on stderr (and the backend and form are in every JSON/CSV row).
+
+    Input gate: an image unlike the images a model was validated on (outside the
+    bundle's envelope: a photograph, a plot, an inverted or rotated film) gets no
+    class from that model ("answer withheld"); --show-outside adds its
+    probabilities. JSON/CSV rows and the --audit log carry inside, the distance as a
+    percentile of the validation images and the nearest validated source. Exit
+    status 3 if any reading was withheld (1, for an unreadable file, comes first).
+    A bundle without an envelope says once that no input check is possible.
 
     \b
     Examples:
@@ -94,14 +104,21 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
                             allow_unverified, reduced=not full_decode, audit=trail, progress=bar.update,
                             log=None if quiet else (lambda line: tqdm.write(line, file=sys.stderr)))
     bar.close()
+    for name in readings.unchecked:
+        log(f"kedge: {name}: this bundle has no input envelope, so no input check is possible: it answers for "
+            "any image (fit one with `kedge envelope`)")
     for failure in readings.failures:
         log(f"kedge: error: {failure.path}: {failure.problem}")
-    text = render(readings, "json" if as_json else "csv" if as_csv else "text")
+    text = render(readings, "json" if as_json else "csv" if as_csv else "text", show_outside)
     if text:
         click.echo(text)
     if readings.failures:
         log(f"kedge: {len(readings.failures)} of {len(paths)} file(s) could not be classified")
         sys.exit(1)
+    if readings.withheld:
+        log(f"kedge: {readings.withheld} reading(s) withheld: the image is outside the images the model was "
+            "validated on (docs/envelope.md); exit status 3")
+        sys.exit(3)
 
 
 @click.command()

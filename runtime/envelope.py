@@ -51,7 +51,8 @@ FEATURE_LENGTH = THUMBNAIL * THUMBNAIL + HISTOGRAM_BINS + len(ENERGIES)
 COMPONENTS = 20
 KEEP = 0.95  # share of the validated sources' validation images the threshold keeps inside
 MAX_ENVELOPE_BYTES = 1 << 20
-_DIGITS = 7  # significant digits stored; the threshold is set with the stored numbers
+UNKNOWN_SOURCE = "all"  # the one source of a model trained without sources (runtime.sources.UNKNOWN)
+_DIGITS = 6  # significant digits stored; the threshold is set with the stored numbers
 
 
 def image_features(x: np.ndarray) -> np.ndarray:
@@ -91,14 +92,17 @@ class Check:
     distance: float
     percentile: float  # of the distance among the validation images' (100: beyond all of them)
     nearest_source: str  # the validated source whose centroid is nearest
+    threshold: float  # the envelope's limit on the distance
 
     def as_dict(self) -> dict[str, Any]:
         return {"inside": self.inside, "envelope_distance": round(self.distance, 4),
-                "envelope_percentile": round(self.percentile, 1), "nearest_source": self.nearest_source}
+                "envelope_threshold": round(self.threshold, 4), "envelope_percentile": round(self.percentile, 1),
+                "nearest_source": self.nearest_source}
 
     def describe(self) -> str:
-        """'the 99.9th percentile', as `kedge infer` prints it."""
-        return f"the {ordinal(self.percentile)} percentile"
+        """'the 99.9th percentile'; beyond every validation image, also how far beyond the limit."""
+        beyond = f", {self.distance / self.threshold:.1f} times the limit" if self.percentile >= 100 else ""
+        return f"the {ordinal(self.percentile)} percentile{beyond}"
 
 
 def ordinal(value: float) -> str:
@@ -137,7 +141,8 @@ class Envelope:
         centres = np.stack([self.centroids[n] for n in names])
         nearest = ((scores[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
         ranks = np.searchsorted(self.validation, distances, side="right")
-        return [Check(bool(d <= self.threshold), float(d), 100.0 * float(r) / len(self.validation), names[i])
+        return [Check(bool(d <= self.threshold), float(d), 100.0 * float(r) / len(self.validation), names[i],
+                      self.threshold)
                 for d, r, i in zip(distances, ranks, nearest, strict=True)]
 
     def check(self, batch: np.ndarray) -> list[Check]:
@@ -244,6 +249,13 @@ def _vector(values: Any, length: int | None) -> np.ndarray:
     return array
 
 
+def dumps(envelope: Envelope) -> str:
+    """envelope.json's text: one line per key, each array on its line (small, and diffs by key)."""
+    data = envelope.to_json()
+    body = ",\n".join(f" {json.dumps(key)}: {json.dumps(value, separators=(',', ':'))}" for key, value in data.items())
+    return "{\n" + body + "\n}\n"
+
+
 def read_envelope(path: str | os.PathLike[str]) -> Envelope:
     try:
         if os.path.getsize(path) > MAX_ENVELOPE_BYTES:
@@ -271,7 +283,10 @@ def validated_sources(test: dict[str, Any]) -> dict[str, dict[str, Any]]:
     Wilson lower bound of its balanced accuracy (taken over its n test images) lies
     above chance. Returns source -> {validated, balanced_accuracy, lower, chance, n}."""
     rows: dict[str, dict[str, Any]] = {}
-    for name, row in (test.get("by_source") or {}).items():
+    by_source = test.get("by_source") or {}
+    if not by_source and "balanced_accuracy" in test and test.get("per_class"):  # trained without sources
+        by_source = {UNKNOWN_SOURCE: {**test, "chance": 1 / len(test["per_class"])}}
+    for name, row in by_source.items():
         balanced, n, chance = row.get("balanced_accuracy"), int(row.get("n") or 0), row.get("chance")
         if not isinstance(balanced, (int, float)) or math.isnan(balanced) or not n or chance is None:
             rows[name] = {"validated": False, "n": n, "why": "no balanced accuracy on the test split"}

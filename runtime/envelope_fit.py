@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kedge.runtime import envelope as env
-from kedge.runtime.bundle import Bundle, atomic_write_json, load_bundle, write_manifest
+from kedge.runtime.bundle import Bundle, atomic_write_text, load_bundle, write_manifest
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.folders import LabelledImage, read_split_manifest
 from kedge.runtime.preprocess import PREPROCESS_VERSION, preprocess
@@ -122,7 +122,7 @@ def held_out(envelope: env.Envelope, samples: Sequence[Sample]) -> dict[str, Any
 
 def store(bundle: Bundle, envelope: env.Envelope) -> dict[str, Any]:
     """Write envelope.json atomically and record it (with its sha256) in kedge.json."""
-    atomic_write_json(bundle.path / env.FILE_NAME, envelope.to_json())
+    atomic_write_text(bundle.path / env.FILE_NAME, env.dumps(envelope))
     manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "schema")}
     manifest["artifacts"] = {**manifest.get("artifacts", {}), env.ARTIFACT: env.FILE_NAME}
     manifest["envelope"] = summary(envelope)
