@@ -152,7 +152,8 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
     parity status and `*` marks the pair `kedge infer` picks by itself; `default`
     rows are OpenVINO out of the box (LATENCY hint, no precision hint), the baseline.
     `x fastest` is each row's mean over the fastest row's (same mode and batch);
-    `vs keras` is Keras's mean over the row's. Also times decode + preprocess.
+    `vs keras` is Keras's mean over the row's. Also times decode + preprocess, and
+    the input gate (the envelope's check, which runs beside whichever form answers).
 
     \b
     Examples:
@@ -160,7 +161,15 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
       kedge bench --model runs/cnn --backend onnxruntime,openvino --precision fp32,int8 --batch-sizes 1,8
       kedge bench --model runs/cnn --images scans/ --plot bench.png --json
     """
-    from kedge.runtime.bench import MODES, auto_vs_baseline, bundle_targets, format_rows, run_bench, time_preprocess
+    from kedge.runtime.bench import (
+        MODES,
+        auto_vs_baseline,
+        bundle_targets,
+        format_rows,
+        run_bench,
+        time_gate,
+        time_preprocess,
+    )
     from kedge.runtime.bench import plot as plot_rows
     from kedge.runtime.folders import expand_inputs
     from kedge.runtime.preprocess import preprocess, read_bytes
@@ -183,7 +192,8 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
                                  csv_list(forms, "--forms"), threads, cuda_graph, _keras_target(bundle, backends))
         progress = None if quiet or as_json else (lambda what, b=bundle: log(f"{b.name}: timing {what}"))
         rows = run_bench(targets, images, sizes, mode_list, warmup, iterations, progress=progress)
-        reports.append({"model": bundle.name, "rows": rows, "auto_vs_openvino_default": auto_vs_baseline(rows)})
+        reports.append({"model": bundle.name, "rows": rows, "auto_vs_openvino_default": auto_vs_baseline(rows),
+                        "input_gate": time_gate(bundle, images)})
         if plot is not None:
             chart = plot if len(bundles) == 1 else plot.with_name(f"{plot.stem}.{bundle.name}{plot.suffix}")
             plot_rows(rows, chart, f"{bundle.name}: mean latency per image")
@@ -199,6 +209,10 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
         for c in report["auto_vs_openvino_default"]:
             click.echo(f"  {c['mode']}: auto ({c['auto']}) p50 {c['auto_p50_ms']:.2f} ms vs {c['baseline']} "
                        f"{c['baseline_p50_ms']:.2f} ms: {c['ratio']:.2f}x")
+        gate = report["input_gate"]
+        click.echo("  input gate (envelope, the same for every form): " + (
+            f"mean {gate['mean_ms']:.2f} ms, p50 {gate['p50_ms']:.2f} ms per image, on top of the rows above"
+            if gate else "none in this bundle (no input check)"))
     click.echo("\ndecode + preprocess per image (ms): " + "; ".join(
         f"{d['decode']} mean {d['mean_ms']:.2f}, p50 {d['p50_ms']:.2f}" for d in decode)
         + f"; reduced is {decode[1]['speedup']:.2f}x faster")
