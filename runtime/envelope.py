@@ -84,6 +84,9 @@ def batch_features(batch: np.ndarray) -> np.ndarray:
     return np.stack([image_features(x) for x in batch]) if len(batch) else np.zeros((0, FEATURE_LENGTH))
 
 
+GATE_FIELDS = ("inside", "envelope_distance", "envelope_threshold", "envelope_percentile", "nearest_source")
+
+
 @dataclass(frozen=True)
 class Check:
     """One image against one envelope."""

@@ -23,7 +23,7 @@ from kedge.runtime.backends import backend_class
 from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.choice import Choice, choose
-from kedge.runtime.envelope import Check, bundle_envelope
+from kedge.runtime.envelope import GATE_FIELDS, Check, bundle_envelope
 from kedge.runtime.errors import ImageError, KedgeError, safe_name
 from kedge.runtime.forms import Form, Pair
 from kedge.runtime.preprocess import INPUT_SHAPE, preprocess, read_bytes
@@ -50,10 +50,8 @@ class Prediction:
 
     def gate(self) -> dict[str, Any]:
         """The envelope's fields of this reading (None where the bundle has no envelope)."""
-        if self.check is None:
-            return {"inside": None, "envelope_distance": None, "envelope_percentile": None, "nearest_source": None,
-                    "withheld": False}
-        return {**self.check.as_dict(), "withheld": self.withheld}
+        fields = dict.fromkeys(GATE_FIELDS) if self.check is None else self.check.as_dict()
+        return {**fields, "withheld": self.withheld}
 
 
 @dataclass(frozen=True)
