@@ -257,8 +257,9 @@ def test_ship_carries_the_envelope(gated, tmp_path) -> None:
 # --- kedge infer -----------------------------------------------------------------------------
 
 def test_infer_withholds_outside_readings_and_exits_3(gated, strangers, synthetic_data, tmp_path) -> None:
-    knee = next(p for p in sorted(synthetic_data.rglob("*.png"))
-                if env.bundle_envelope(load_bundle(gated)).check(preprocess(p)[None])[0].inside)  # type: ignore
+    fitted = env.bundle_envelope(load_bundle(gated))
+    assert fitted is not None
+    knee = next(p for p in sorted(synthetic_data.rglob("*.png")) if fitted.check(preprocess(p)[None])[0].inside)
     noise = strangers["uniform-noise-0"]
     audit = tmp_path / "audit.jsonl"
     text = kedge("infer", knee, noise, "--model", gated, "--audit", audit, "--quiet")
