@@ -300,3 +300,24 @@ def validated_sources(test: dict[str, Any]) -> dict[str, dict[str, Any]]:
                       "why": f"balanced accuracy {balanced:.3f}, 95 % Wilson lower bound {lower:.3f} "
                              f"{'above' if lower > chance else 'not above'} chance {chance:.2f} (n={n})"}
     return rows
+
+
+def card_lines(summary: dict[str, Any] | None) -> list[str]:
+    """The model card's section on the envelope (kedge.json's "envelope" table)."""
+    if not summary:
+        return ["", "Input envelope", "  none: no input check; the model answers for any image (`kedge envelope`)"]
+    rule = summary.get("rule") or {}
+    by_rule = [name for name, ok in rule.items() if ok]
+    fitted, threshold = summary.get("fitted_on") or {}, summary.get("thresholded_on") or {}
+    held = "; ".join(f"{name}{'' if row['validated'] else ' (unvalidated)'} {row['splits']}: {row['outside']} of "
+                     f"{row['n']} outside ({row['outside_share']:.0%})"
+                     for name, row in (summary.get("held_out") or {}).items())
+    return ["", "Input envelope (kedge infer withholds answers outside it; docs/envelope.md)",
+            f"  validated on   {', '.join(summary['validated'])} ({summary.get('validated_by')}"
+            + (f"; the per-source rule alone: {', '.join(by_rule) or 'none'})" if rule else ")"),
+            f"  describes      {summary.get('features')}, {summary.get('components')} components; fitted on "
+            f"{fitted.get('n')} train images, threshold keeps {summary.get('keep', KEEP):.0%} of {threshold.get('n')} "
+            "validation images",
+            f"  held out       {held}",
+            "  promises       it catches images unlike the validation images (photographs, plots, inverted or rotated "
+            "films), not wrong labels within them"]

@@ -135,6 +135,7 @@ def summary(envelope: env.Envelope) -> dict[str, Any]:
     return {"file": env.FILE_NAME, "validated": envelope.validated, "validated_by": record.get("validated_by"),
             "features": f"image statistics v{env.FEATURES_VERSION} (16x16 thumbnail, 32-bin histogram, gradient "
                         "and Laplacian energies), standardised, PCA, Mahalanobis distance",
+            "rule": {name: row["validated"] for name, row in (record.get("rule") or {}).items()},
             "components": int(len(envelope.spread)), "threshold": round(envelope.threshold, 4),
             "keep": record.get("keep"), "fitted_on": record.get("fitted_on"),
             "thresholded_on": record.get("thresholded_on"), "held_out": record.get("held_out")}
