@@ -74,6 +74,19 @@ def stress_report(envelope: env.Envelope, samples: Sequence[Sample], synthetic: 
     return {"rows": rows, "targets_met": all(r["met"] for r in rows if r["met"] is not None)}
 
 
+def device_check(bundle: Any) -> tuple[bool | None, str]:
+    """For `kedge verify`: does the envelope load here (sha256, format) and refuse every
+    non-radiograph made on this machine? (None, why) when the bundle has no envelope."""
+    fitted = env.bundle_envelope(bundle)
+    if fitted is None:
+        return None, "the bundle has no envelope, so kedge infer makes no input check (`kedge envelope` fits one)"
+    found = outsiders.non_radiographs()
+    let_in = [name for _, name, data in found if fitted.check(preprocess(data, name)[None])[0].inside]
+    detail = (f"validated on {', '.join(fitted.validated)}; {len(found) - len(let_in)} of {len(found)} "
+              "non-radiographs made here refused" + (f" (let in: {', '.join(let_in)})" if let_in else ""))
+    return not let_in, detail
+
+
 def _stack(samples: Sequence[Sample]) -> np.ndarray:
     return np.stack([s.features for s in samples]) if samples else np.zeros((0, env.FEATURE_LENGTH))
 

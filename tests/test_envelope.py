@@ -342,6 +342,17 @@ def test_bench_times_the_gate(gated, synthetic_data) -> None:
     assert 0 < gate["p50_ms"] < 100  # measured: about 0.7 ms per image on a 2-core EPYC
 
 
+def test_verify_checks_the_envelope_on_this_machine(gated, plain) -> None:
+    result = kedge("verify", gated, "--json", "--bench-iterations", "0")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    found = len(outsiders.non_radiographs())
+    assert checks["input envelope"]["status"] == "passed", checks["input envelope"]
+    assert f"{found} of {found} non-radiographs made here refused" in checks["input envelope"]["detail"]
+    plain_checks = {c["name"]: c for c in json.loads(kedge("verify", plain, "--json", "--bench-iterations",
+                                                            "0").stdout)["checks"]}
+    assert plain_checks["input envelope"]["status"] == "not checkable here"
+
+
 # --- make quickstart ------------------------------------------------------------------------
 
 def test_quickstart_recipe_tolerates_exit_status_3_on_every_infer_line() -> None:
