@@ -398,16 +398,16 @@ def test_shipped_envelopes_refuse_every_non_radiograph() -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.slow
 def test_shipped_envelopes_meet_issue_19_on_their_test_split(tmp_path) -> None:
     """Refit each shipped envelope as recorded (same sources, --dry-run) on the real
-    radiographs and check the issue's targets on the held-out test split."""
+    radiographs and check the issue's targets on the held-out test split (about 6 s)."""
     data = real_data_root()
     if data is None:
         pytest.skip("real radiographs not found (set KEDGE_REAL_DATA or place ../shared/data)")
     for folder in shipped_with_envelope():
         recorded = load_bundle(folder).manifest["envelope"]
         result = kedge("envelope", folder, "--data", data, "--validated", ",".join(recorded["validated"]),
+                       "--components", recorded["components"], "--keep", recorded["keep"],
                        "--dry-run", "--report", "--json", "--synthetic", "0")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr
         report = json.loads(result.stdout)
