@@ -20,8 +20,10 @@ from kedge.runtime.bundle import load_bundle, portable_path, staged_folder, writ
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import form as form_spec
 
-# Small files that carry provenance (and let a device rebuild INT8 engines from a shipped FP32 ONNX).
-ALWAYS = ("split_manifest", "history", "curves", "confusion_matrix", "calibration_ranges", "trt_calibration_cache")
+# Small files that carry provenance (and let a device rebuild INT8 engines from a shipped FP32 ONNX),
+# and the input envelope (envelope.json) that `kedge infer` gates on.
+ALWAYS = ("split_manifest", "history", "curves", "confusion_matrix", "calibration_ranges", "trt_calibration_cache",
+          "envelope")
 
 LIMITATIONS = [
     "Research use only, not a diagnostic device.",

@@ -118,6 +118,7 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], data: Path | None = None, 
         _build_engines(bundle, report, say)
         bundle = load_bundle(bundle.path)  # engines were added to kedge.json
     _golden(bundle, report, say)
+    _envelope(bundle, report)
     _parity(bundle, data, split, report, progress, say)
     if bench_iterations > 0:
         _bench(bundle, report, bench_iterations, say)
@@ -216,6 +217,14 @@ def _golden(bundle: Any, report: VerifyReport, say: Log) -> None:
                     "ms": result.ms})
     if not any(c.name.startswith("engine ") and c.status == PASSED for c in report.checks):
         report.add("golden engines", NOT_CHECKABLE, "no TensorRT engine runs here, so none was compared")
+
+
+def _envelope(bundle: Any, report: VerifyReport) -> None:
+    """The input gate runs beside every form (docs/envelope.md): one check, not one per pair."""
+    from kedge.runtime.envelope_report import device_check
+
+    passed, detail = device_check(bundle)
+    report.add("input envelope", NOT_CHECKABLE if passed is None else PASSED if passed else FAILED, detail)
 
 
 def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyReport, progress: bool,

@@ -537,6 +537,10 @@ from kedge import cli_audit  # noqa: E402 (commands in their own module)
 
 cli_audit.register(main)
 
+from kedge import cli_envelope  # noqa: E402
+
+cli_envelope.register(main)
+
 register_device_commands(main)  # check-trt, golden, verify
 
 if __name__ == "__main__":

@@ -53,6 +53,13 @@ def register(main: click.Group) -> None:
         flagged, so CI can gate on it.
 
         \b
+        With an input envelope (`kedge envelope`): per source, the share of images
+        inside it; a validated source's balanced accuracy inside and outside; an
+        unvalidated source's answer mix (it is described, not judged by its labels).
+        Use --split test for a held-out check: the envelope was fitted and
+        thresholded on the validated sources' train and val images.
+
+        \b
         Sources come from --sources/--source-rule, else from the bundle's split.csv.
         Examples:
           kedge audit runs/cnn --data ../shared/data --split test
@@ -61,6 +68,8 @@ def register(main: click.Group) -> None:
           kedge audit old-bundle --data ../shared/data --split test --split-manifest runs/cnn/split.csv
         """
         from kedge.runtime.bundle import load_bundle
+        from kedge.runtime.envelope import bundle_envelope
+        from kedge.runtime.envelope_audit import GateRecorder, envelope_section, format_section
         from kedge.runtime.evaluate import predict_items
         from kedge.runtime.explain import require_matplotlib
         from kedge.runtime.shortcut import audit as run_audit
@@ -73,9 +82,13 @@ def register(main: click.Group) -> None:
         loaded = load_bundle(bundle)
         items = labelled_items(loaded, data, split, spec, split_manifest)
         runner, description = open_runner(loaded, backend, precision, allow_unverified)
+        envelope = bundle_envelope(loaded)
+        gate = None if envelope is None else GateRecorder(runner, envelope)
         with runner:
-            predictions = predict_items(runner, items, batch_size, progress=not quiet and not as_json)
+            predictions = predict_items(gate or runner, items, batch_size, progress=not quiet and not as_json)
         report = run_audit(predictions, loaded.classes)
+        report["envelope"] = None if gate is None else envelope_section(
+            predictions, gate.checks, gate.envelope, loaded.classes, _splits(loaded, data, split_manifest))
         report.update({"bundle": str(loaded.path), "model": loaded.name, "data": str(data),
                        "split": split or "all", "backend": description})
         if plot is not None:
@@ -86,7 +99,18 @@ def register(main: click.Group) -> None:
             emit_json(report)
         else:
             click.echo(format_audit(report))
+            click.echo(format_section(report["envelope"], loaded.name))
             for failure in report["failures"]:
                 click.echo(f"kedge: error: {failure['path']}: {failure['problem']}", err=True)
         if report["flags"] or report["failures"]:
             sys.exit(1)
+
+
+def _splits(bundle: Any, data: Path, split_manifest: Path | None) -> dict[str, str]:
+    """Image path -> split, from --split-manifest or the bundle's split.csv ({} without one)."""
+    from kedge.runtime.folders import read_split_manifest
+
+    if split_manifest is None and "split_manifest" not in bundle.manifest.get("artifacts", {}):
+        return {}
+    assigned = read_split_manifest(split_manifest or bundle.file("split_manifest"))
+    return {str(Path(data) / relative): name for relative, name in assigned.items()}

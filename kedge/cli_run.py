@@ -54,10 +54,12 @@ from kedge.runtime.errors import KedgeError
 @click.option("--audit", type=click.Path(path_type=Path),
               help="Append one JSON line per reading to this file (time, input sha256, model, form sha256, "
               "backend, precision, runtime version, answer), fsynced line by line.")
+@click.option("--show-outside", is_flag=True, help="For a reading outside the model's envelope, print the "
+              "probabilities too (the class stays withheld).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no backend line on stderr.")
 def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: str | None, allow_unverified: bool,
           batch_size: int, threads: int | None, workers: int | None, cuda_graph: bool, as_json: bool, as_csv: bool,
-          full_decode: bool, triton_url: str | None, audit: Path | None, quiet: bool) -> None:
+          full_decode: bool, triton_url: str | None, audit: Path | None, show_outside: bool, quiet: bool) -> None:
     """Classify knee radiographs: the predicted class and every class's probability.
 
     INPUTS are files, folders (searched recursively; extensionless DICOMs found by
@@ -66,6 +68,14 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
     their rows), and the exit status is 1 at the end. Each model runs on the
     fastest (backend, form) pair that passed parity for it; the pair and the reason
     are printed on stderr (and the backend and form are in every JSON/CSV row).
+
+    Input gate: an image unlike the images a model was validated on (outside the
+    bundle's envelope: a photograph, a plot, an inverted or rotated film) gets no
+    class from that model ("answer withheld"); --show-outside adds its
+    probabilities. JSON/CSV rows and the --audit log carry inside, the distance as a
+    percentile of the validation images and the nearest validated source. Exit
+    status 3 if any reading was withheld (1, for an unreadable file, comes first).
+    A bundle without an envelope says once that no input check is possible.
 
     \b
     Examples:
@@ -98,14 +108,21 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
     if quiet:  # without --quiet the model's line above already said it
         for line in readings.fallbacks:
             log(f"kedge: {line}")
+    for name in readings.unchecked:
+        log(f"kedge: {name}: this bundle has no input envelope, so no input check is possible: it answers for "
+            "any image (fit one with `kedge envelope`)")
     for failure in readings.failures:
         log(f"kedge: error: {failure.path}: {failure.problem}")
-    text = render(readings, "json" if as_json else "csv" if as_csv else "text")
+    text = render(readings, "json" if as_json else "csv" if as_csv else "text", show_outside)
     if text:
         click.echo(text)
     if readings.failures:
         log(f"kedge: {len(readings.failures)} of {len(paths)} file(s) could not be classified")
         sys.exit(1)
+    if readings.withheld:
+        log(f"kedge: {readings.withheld} reading(s) withheld: the image is outside the images the model was "
+            "validated on (docs/envelope.md); exit status 3")
+        sys.exit(3)
 
 
 @click.command()
@@ -139,7 +156,8 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
     parity status and `*` marks the pair `kedge infer` picks by itself; `default`
     rows are OpenVINO out of the box (LATENCY hint, no precision hint), the baseline.
     `x fastest` is each row's mean over the fastest row's (same mode and batch);
-    `vs keras` is Keras's mean over the row's. Also times decode + preprocess.
+    `vs keras` is Keras's mean over the row's. Also times decode + preprocess, and
+    the input gate (the envelope's check, which runs beside whichever form answers).
 
     \b
     Examples:
@@ -147,7 +165,15 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
       kedge bench --model runs/cnn --backend onnxruntime,openvino --precision fp32,int8 --batch-sizes 1,8
       kedge bench --model runs/cnn --images scans/ --plot bench.png --json
     """
-    from kedge.runtime.bench import MODES, auto_vs_baseline, bundle_targets, format_rows, run_bench, time_preprocess
+    from kedge.runtime.bench import (
+        MODES,
+        auto_vs_baseline,
+        bundle_targets,
+        format_rows,
+        run_bench,
+        time_gate,
+        time_preprocess,
+    )
     from kedge.runtime.bench import plot as plot_rows
     from kedge.runtime.folders import expand_inputs
     from kedge.runtime.preprocess import preprocess, read_bytes
@@ -170,7 +196,8 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
                                  csv_list(forms, "--forms"), threads, cuda_graph, _keras_target(bundle, backends))
         progress = None if quiet or as_json else (lambda what, b=bundle: log(f"{b.name}: timing {what}"))
         rows = run_bench(targets, images, sizes, mode_list, warmup, iterations, progress=progress)
-        reports.append({"model": bundle.name, "rows": rows, "auto_vs_openvino_default": auto_vs_baseline(rows)})
+        reports.append({"model": bundle.name, "rows": rows, "auto_vs_openvino_default": auto_vs_baseline(rows),
+                        "input_gate": time_gate(bundle, images)})
         if plot is not None:
             chart = plot if len(bundles) == 1 else plot.with_name(f"{plot.stem}.{bundle.name}{plot.suffix}")
             plot_rows(rows, chart, f"{bundle.name}: mean latency per image")
@@ -186,6 +213,10 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
         for c in report["auto_vs_openvino_default"]:
             click.echo(f"  {c['mode']}: auto ({c['auto']}) p50 {c['auto_p50_ms']:.2f} ms vs {c['baseline']} "
                        f"{c['baseline_p50_ms']:.2f} ms: {c['ratio']:.2f}x")
+        gate = report["input_gate"]
+        click.echo("  input gate (envelope, the same for every form): " + (
+            f"mean {gate['mean_ms']:.2f} ms, p50 {gate['p50_ms']:.2f} ms per image, on top of the rows above"
+            if gate else "none in this bundle (no input check)"))
     click.echo("\ndecode + preprocess per image (ms): " + "; ".join(
         f"{d['decode']} mean {d['mean_ms']:.2f}, p50 {d['p50_ms']:.2f}" for d in decode)
         + f"; reduced is {decode[1]['speedup']:.2f}x faster")

@@ -19,7 +19,8 @@ def summary(bundle_dir: Path, predictions: Path) -> str:
     test = manifest.get("metrics", {}).get("test", {})
     parity = manifest.get("parity") or {}
     with open(predictions, newline="", encoding="utf-8") as handle:
-        labels = collections.Counter(row["label"] for row in csv.DictReader(handle))
+        labels = collections.Counter(row["label"] or "withheld (outside the input envelope)"
+                                     for row in csv.DictReader(handle))
     forms = [file for key, file in manifest.get("artifacts", {}).items() if key.startswith("onnx")]
     lines = ["", "quickstart: done",
              f"  bundle      {bundle_dir}  ({bundle.name}: {', '.join(forms)})"]

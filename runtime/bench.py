@@ -137,6 +137,25 @@ def time_preprocess(images: Sequence[bytes], warmup: int = 2, iterations: int = 
     return rows
 
 
+def time_gate(bundle: Bundle, images: Sequence[bytes], warmup: int = 2, iterations: int = 10) -> dict[str, Any] | None:
+    """The input gate per image (its features and distance, on the preprocessed image), or
+    None for a bundle without an envelope. It runs beside every form, so one row says it."""
+    from kedge.runtime.envelope import bundle_envelope
+
+    envelope = bundle_envelope(bundle)
+    if envelope is None:
+        return None
+    tensors = [preprocess(data)[None] for data in images]
+
+    def check_all() -> None:
+        for x in tensors:
+            envelope.check(x)
+
+    per_image = time_calls(check_all, warmup, iterations) / len(tensors)
+    return {"mean_ms": float(per_image.mean()), "p50_ms": float(np.percentile(per_image, 50)),
+            "p99_ms": float(np.percentile(per_image, 99))}
+
+
 def synthetic_jpeg(side: int = 2048, seed: int = 0) -> bytes:
     """A clinic-sized greyscale radiograph-like JPEG (quality 95) for end-to-end timing: smooth
     bright shapes on a dark field plus film grain, so the JPEG is as costly to decode as a real

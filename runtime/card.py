@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kedge.runtime.envelope import card_lines
 from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, group_table, not_validated
 
 
@@ -65,6 +66,7 @@ def render_card(manifest: dict[str, Any], location: str | None = None) -> str:
                   f"{training.get('balance', 'none')}; epoch chosen by {training.get('select', 'val-loss')}",
                   f"  device         {training.get('device', '-')}, {training.get('keras', '')}"]
     lines += _metrics(manifest.get("metrics", {}).get("test"))
+    lines += card_lines(manifest.get("envelope"))
     lines += _parity(manifest.get("parity"), manifest)
     calibration = manifest.get("calibration")
     if calibration:

@@ -13,7 +13,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from kedge.runtime.backends import backend_class
 from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.choice import Choice, choose
+from kedge.runtime.envelope import GATE_FIELDS, Check, bundle_envelope
 from kedge.runtime.errors import ImageError, KedgeError, safe_name
 from kedge.runtime.forms import Form, Pair
 from kedge.runtime.preprocess import INPUT_SHAPE, preprocess, read_bytes
@@ -36,11 +37,22 @@ class Prediction:
     backend: str
     form: str
     input_sha256: str = ""  # of the file's bytes, for the audit trail
+    check: Check | None = None  # against the bundle's envelope; None: the bundle has none
     fallback: str = ""  # why the float form ran: no INT8 pair passed its golden check here ("" otherwise)
+
+    @property
+    def withheld(self) -> bool:
+        """Outside the envelope: the class is not given (docs/envelope.md)."""
+        return self.check is not None and not self.check.inside
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
                 "backend": self.backend, "form": self.form, "fallback": self.fallback}
+
+    def gate(self) -> dict[str, Any]:
+        """The envelope's fields of this reading (None where the bundle has no envelope)."""
+        fields = dict.fromkeys(GATE_FIELDS) if self.check is None else self.check.as_dict()
+        return {**fields, "withheld": self.withheld}
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,7 @@ class Predictor:
                 self.runner.close()
                 raise
         self.classes = bundle.classes
+        self.envelope = bundle_envelope(bundle)  # image statistics only: the same for every form and backend
 
     @property
     def backend_name(self) -> str:
@@ -166,6 +179,8 @@ class Predictor:
     def _flush(self, pending: list[tuple[Path, Decoded]], progress: Any) -> Iterable[Prediction | Failure]:
         tensors = [x[0] for _, x in pending if not isinstance(x, str)]
         probabilities = iter(self.runner.infer(np.stack(tensors)) if tensors else [])
+        checks = iter(self.envelope.check(np.stack(tensors)) if self.envelope is not None and tensors
+                      else [None] * len(tensors))
         results: list[Prediction | Failure] = []
         for path, item in pending:
             if isinstance(item, str):
@@ -174,7 +189,7 @@ class Predictor:
                 p = next(probabilities)
                 results.append(Prediction(safe_name(path), self.classes[int(np.argmax(p))],
                                           {c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                                          self.backend_name, self.choice.form.name, item[1],
+                                          self.backend_name, self.choice.form.name, item[1], next(checks),
                                           self.choice.reason if self.choice.fallback else ""))
             if progress is not None:
                 progress()
@@ -186,7 +201,7 @@ class Predictor:
                 "form": prediction.form, "form_sha256": self.form_sha256, "backend": prediction.backend,
                 "precision": self.choice.pair.precision, "verified": self.choice.verified,
                 "runtime": self.runtime_version(), "label": prediction.label,
-                "probabilities": prediction.probabilities, "kedge": _kedge_version()}
+                "probabilities": prediction.probabilities, "kedge": _kedge_version(), **prediction.gate()}
 
     @functools.cached_property
     def form_sha256(self) -> str | None:
@@ -224,7 +239,13 @@ class Readings:
     classes: list[str]  # every model's classes, in first-seen order (the CSV columns)
     per_image: list[list[Prediction]]
     failures: list[Failure]
-    fallbacks: list[str]  # one line per model that ran its float form, and why (said even with --quiet)
+    unchecked: list[str] = field(default_factory=list)  # models whose bundle has no envelope
+    fallbacks: list[str] = field(default_factory=list)  # one line per model that ran its float form, and why
+
+    @property
+    def withheld(self) -> int:
+        """How many readings (image, model) were outside their model's envelope."""
+        return sum(p.withheld for row in self.per_image for p in row)
 
 
 def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "auto", precision: str | None = None,
@@ -235,12 +256,15 @@ def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "a
     `log` gets one line per model saying what runs and why; `audit` is an AuditLog."""
     results: list[list[Prediction | Failure]] = []
     fallbacks: list[str] = []
+    unchecked = []
     for bundle in bundles:
         with Predictor(bundle, backend, precision, threads, cuda_graph, triton_url, allow_unverified) as predictor:
             if log is not None:
                 log(f"{bundle.name}: {predictor.description} ({predictor.choice.reason})")
             if predictor.choice.fallback:
                 fallbacks.append(f"{bundle.name}: {predictor.description}: {predictor.choice.reason}")
+            if predictor.envelope is None:
+                unchecked.append(bundle.name)
             found = []
             for result in predictor.predict(paths, batch_size, workers, progress=progress, reduced=reduced):
                 if audit is not None and isinstance(result, Prediction):
@@ -250,33 +274,62 @@ def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "a
     failures = [r for r in results[0] if isinstance(r, Failure)]  # decoding failures are the same for every model
     per_image = [[r for r in row if isinstance(r, Prediction)] for row in zip(*results, strict=True)]
     return Readings([b.name for b in bundles], list(dict.fromkeys(c for b in bundles for c in b.classes)),
-                    [row for row in per_image if row], failures, fallbacks)
+                    [row for row in per_image if row], failures, unchecked, fallbacks)
 
 
-def render(readings: Readings, fmt: str) -> str:
-    """The readings as `json`, `csv` or `text` (one line per image, every model's answer)."""
+GATE_COLUMNS = ("inside", "envelope_percentile", "envelope_distance", "nearest_source", "withheld")
+
+
+def render(readings: Readings, fmt: str, show_outside: bool = False) -> str:
+    """The readings as `json`, `csv` or `text` (one line per image, every model's answer).
+
+    A reading outside its model's envelope never gives its class; its probabilities
+    only with `show_outside`."""
     import csv
     import io
     import json
 
     rows = [(p, name) for row in readings.per_image for p, name in zip(row, readings.models, strict=True)]
     if fmt == "json":
-        return json.dumps([{**p.as_dict(), "model": name} for p, name in rows], indent=2, default=str)
+        return json.dumps([{**p.as_dict(), "model": name, **p.gate(), **_withheld(p, show_outside)}
+                           for p, name in rows], indent=2, default=str)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["path", "model", "label", *(f"p_{c}" for c in readings.classes), "backend", "form",
-                         "fallback"])
+                         "fallback", *GATE_COLUMNS])
         for p, name in rows:
-            writer.writerow([p.path, name, p.label, *(f"{p.probabilities[c]:.6f}" if c in p.probabilities else ""
-                                                      for c in readings.classes), p.backend, p.form, p.fallback])
+            shown = {**p.as_dict(), **_withheld(p, show_outside)}
+            probabilities = shown["probabilities"] or {}
+            gate = {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v)
+                    for k, v in p.gate().items()}
+            writer.writerow([p.path, name, shown["label"] or "", *(f"{probabilities[c]:.6f}" if c in probabilities
+                                                                  else "" for c in readings.classes),
+                             p.backend, p.form, p.fallback, *(gate[k] for k in GATE_COLUMNS)])
         return out.getvalue().rstrip("\n")
     lines = []
     for row in readings.per_image:
-        answers = [f"{p.label}  ({'  '.join(f'{c} {v:.3f}' for c, v in p.probabilities.items())})" for p in row]
+        answers = [_text_answer(p, name, show_outside) for p, name in zip(row, readings.models, strict=True)]
         if len(row) == 1:
             lines.append(f"{row[0].path}: {answers[0]}")
         else:
-            lines.append(f"{row[0].path}: " + "; ".join(f"{name} {a}" for name, a in zip(readings.models, answers,
-                                                                                       strict=True)))
+            lines.append(f"{row[0].path}: " + "; ".join(a if p.withheld else f"{name} {a}"
+                                                        for p, name, a in zip(row, readings.models, answers,
+                                                                              strict=True)))
     return "\n".join(lines)
+
+
+def _withheld(p: Prediction, show_outside: bool) -> dict[str, Any]:
+    """What an output row says instead of the answer of a reading outside the envelope."""
+    if not p.withheld:
+        return {}
+    return {"label": None, "probabilities": p.probabilities if show_outside else None}
+
+
+def _text_answer(p: Prediction, model: str, show_outside: bool) -> str:
+    probabilities = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
+    if p.check is None or not p.withheld:
+        return f"{p.label}  ({probabilities})"
+    shown = f" [probabilities, shown on request: {probabilities}]" if show_outside else ""
+    return (f"{model}: outside the images this model was validated on (distance at {p.check.describe()}); "
+            f"answer withheld{shown}")

@@ -16,6 +16,7 @@ from leanbundle import CLASSES, make_lean_bundle
 
 from conftest import BLOCK_TF
 from kedge.runtime.bundle import load_bundle
+from kedge.runtime.envelope import GATE_FIELDS
 from kedge.runtime.errors import KedgeError
 
 REPORT_TF = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
@@ -125,8 +126,10 @@ def test_infer_json_without_tensorflow_and_one_bad_file(lean, images) -> None:
     assert "TENSORFLOW_LOADED=False" in result.stderr
     assert f"kedge: error: {images / 'broken.png'}:" in result.stderr and "Traceback" not in result.stderr
     rows = json.loads(result.stdout)
-    assert len(rows) == 9 and {tuple(sorted(r)) for r in rows} == {
-        ("backend", "form", "label", "model", "path", "probabilities")}
+    assert len(rows) == 9 and {tuple(sorted(r)) for r in rows} == {tuple(sorted((
+        "backend", "form", "label", "model", "path", "probabilities", *GATE_FIELDS, "withheld")))}
+    assert all(r["inside"] is None and r["withheld"] is False for r in rows)  # no envelope: no input check
+    assert result.stderr.count("no input check is possible") == 1  # said once, not per image
     assert {r["model"] for r in rows} == {"tiny"}
     from kedge.runtime.choice import choose
 
@@ -150,7 +153,8 @@ def test_infer_csv_and_glob(lean, images) -> None:
     result = kedge("infer", str(images / "nested" / "*.png"), "--model", str(lean), "--csv", "--quiet")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["path", "model", "label", *(f"p_{c}" for c in CLASSES), "backend", "form", "fallback"]
+    assert list(rows[0]) == ["path", "model", "label", *(f"p_{c}" for c in CLASSES), "backend", "form", "fallback",
+                             "inside", "envelope_percentile", "envelope_distance", "nearest_source", "withheld"]
     assert len(rows) == 4 and all(r["label"] in CLASSES for r in rows)
 
 
@@ -404,7 +408,7 @@ def test_audit_trail_survives_a_kill_and_appends(lean, synthetic_data, tmp_path)
     runtime = {"onnxruntime": "ONNX Runtime ", "openvino": "OpenVINO "}[auto.backend]
     for entry in entries:
         assert set(entry) == {"time_utc", "input_sha256", "model", "form", "form_sha256", "backend", "precision",
-                              "verified", "runtime", "label", "probabilities", "kedge"}
+                              "verified", "runtime", "label", "probabilities", "kedge", *GATE_FIELDS, "withheld"}
         assert entry["input_sha256"] in digests and entry["model"] == "tiny" and entry["form"] == auto.form.name
         assert entry["form_sha256"] == load_bundle(lean).manifest["files"][auto.form.file]
         assert entry["backend"] == auto.backend and entry["precision"] == auto.precision and entry["verified"]
