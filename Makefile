@@ -66,6 +66,11 @@ $(SERVE_VENV)/.installed: setup.cfg constraints-serve.txt
 		touch $@; \
 	else echo "serve-env: $(SERVE_PYTHON) not found; the Triton tests will skip"; fi
 
+# Rebuild both shipped models from the real radiographs (hours on 2 cores; see `kedge rebuild --help`).
+models: setup
+	$(KEDGE) rebuild knee-cnn --data "$(or $(DATA),../shared/data)"
+	$(KEDGE) rebuild resnet50-gru --data "$(or $(DATA),../shared/data)"
+
 test: setup serve-env
 	$(VENV)/bin/python -m pytest
 

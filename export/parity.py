@@ -42,7 +42,8 @@ def reference_candidate(bundle_dir: str | os.PathLike[str], reference: str | Non
     from kedge.runtime.parity import onnx_reference
 
     if reference not in (None, "keras", "onnx-fp32"):
-        raise KedgeError(f"--reference {reference}: choose keras or onnx-fp32")
+        raise KedgeError(f"--reference {reference}: choose keras or onnx-fp32 (which falls back to the float form "
+                         "onnx-fp16 where a shipped bundle has no FP32 file)")
     bundle = load_bundle(bundle_dir)
     chosen = reference or ("keras" if tensorflow_available() and has_keras(bundle) else "onnx-fp32")
     if chosen == "onnx-fp32":

@@ -500,6 +500,33 @@ def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite
 
 
 @main.command()
+@click.argument("model", type=click.Choice(["knee-cnn", "resnet50-gru"]))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The real radiographs with their manifest.csv (../shared/data).")
+@click.option("--work", type=click.Path(path_type=Path), help="The full training bundle (default: runs/MODEL).")
+@click.option("--out", type=click.Path(path_type=Path), help="Where the shipped copy goes (default: "
+              "runtime/models/MODEL, replaced only once the new one is complete).")
+@click.option("--skip-training", is_flag=True, help="Continue from the trained bundle in --work (export onwards).")
+def rebuild(model: str, data: Path, work: Path | None, out: Path | None, skip_training: bool) -> None:
+    """Rebuild a shipped MODEL from the real radiographs, exactly as it was made: train
+    (deterministic), export the FP16 float form and both 7-bit INT8 forms with the parity
+    gate on the test split and the golden set, fit the input envelope, ship. Each step is
+    the kedge command printed before it runs; all of them, with their seeds, go into the
+    shipped kedge.json (`rebuild`). Takes hours on a 2-core CPU; stops at the first step
+    that fails, keeping --work.
+
+    \b
+    Examples:
+      kedge rebuild knee-cnn --data ../shared/data
+      kedge rebuild resnet50-gru --data ../shared/data --work runs/gru --out /tmp/gru
+    """
+    from kedge.train.rebuild import rebuild as run_rebuild
+
+    run_rebuild(model, data, work or Path("runs") / model, out or Path("runtime/models") / model, _log,
+                skip_training=skip_training)
+
+
+@main.command()
 @click.argument("bundles", nargs=-1, type=BUNDLE)
 @click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))

@@ -10,12 +10,12 @@ from typing import Any
 
 import click
 
-from kedge.options import csv_list, emit_json, json_option, log, machine, source_options, source_spec
+from kedge.options import BUNDLE, csv_list, emit_json, json_option, log, machine, source_options, source_spec
 
 
 def register(main: click.Group) -> None:
     @main.command()
-    @click.argument("bundle", type=click.Path(path_type=Path))
+    @click.argument("bundle", type=BUNDLE)
     @click.option("--data", required=True, type=click.Path(path_type=Path),
                   help="The labelled folder the model was trained on (paths in the bundle's split.csv are "
                        "relative to it), e.g. ../shared/data.")

@@ -181,21 +181,9 @@ def _cache_path(bundle: Bundle, key: dict[str, Any]) -> Any:
 def check_here(bundle: Bundle, pairs: Sequence[Pair], threads: int | None = None) -> dict[str, Here]:
     """Each pair's golden check and batch-1 latency on this machine, from the per-machine
     cache when its key and the pair's file match, else measured now (and cached)."""
-    key = machine_key(bundle, pairs, threads)
-    path = _cache_path(bundle, key)
-    identities = {p.key: p.identity(bundle) for p in pairs}
-    saved: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-        if loaded.get("key") == key:
-            saved = {k: v for k, v in loaded.get("pairs", {}).items() if isinstance(v, dict)}
-    results: dict[str, Here] = {}
-    for p in pairs:
-        entry = saved.get(p.key)
-        if entry and entry.get("identity") == identities[p.key] and (entry.get("ms") is not None or len(pairs) == 1
-                                                                        or entry.get("passed") is False):
-            results[p.key] = Here(entry.get("passed"), str(entry.get("detail", "")), entry.get("ms"),
-                                  entry.get("golden"), cached=True)
+    path, key, identities, saved = _cached(bundle, pairs, threads)
+    results = {k: v for k, v in _from_cache(pairs, identities, saved).items()
+               if v.ms is not None or len(pairs) == 1 or v.passed is False}
     todo = [p for p in pairs if p.key not in results]
     if todo:
         results.update(_measure(bundle, todo, threads, timed=len(pairs) > 1))
@@ -206,6 +194,33 @@ def check_here(bundle: Bundle, pairs: Sequence[Pair], threads: int | None = None
             atomic_write_json(path, {"key": key, "pairs": saved, "at": datetime.datetime.now(
                 datetime.timezone.utc).isoformat(timespec="seconds")})
     return results
+
+
+def _cached(bundle: Bundle, pairs: Sequence[Pair], threads: int | None) -> tuple[Any, dict[str, Any], dict[str, str],
+                                                                               dict[str, Any]]:
+    """(cache file, its key, each pair's file identity, the cached entries by pair key)."""
+    key = machine_key(bundle, pairs, threads)
+    path = _cache_path(bundle, key)
+    identities = {p.key: p.identity(bundle) for p in pairs}
+    saved: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        if loaded.get("key") == key:
+            saved = {k: v for k, v in loaded.get("pairs", {}).items() if isinstance(v, dict)}
+    return path, key, identities, saved
+
+
+def _from_cache(pairs: Sequence[Pair], identities: dict[str, str], saved: dict[str, Any]) -> dict[str, Here]:
+    return {p.key: Here(entry.get("passed"), str(entry.get("detail", "")), entry.get("ms"), entry.get("golden"),
+                        cached=True)
+            for p in pairs if (entry := saved.get(p.key)) and entry.get("identity") == identities[p.key]}
+
+
+def checked_here(bundle: Bundle, pairs: Sequence[Pair], threads: int | None = None) -> dict[str, Here]:
+    """What this machine's cache already knows of these pairs (nothing is run): for
+    `kedge info`, which must stay quick."""
+    _, _, identities, saved = _cached(bundle, pairs, threads)
+    return _from_cache(pairs, identities, saved)
 
 
 def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: bool) -> dict[str, Here]:

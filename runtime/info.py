@@ -76,17 +76,26 @@ def openvino_info() -> dict[str, Any] | None:
 
 
 def pairs_info(bundle_path: str | Path) -> list[dict[str, Any]]:
-    """Each (backend, form, precision) this machine can run from the bundle, with its parity status."""
+    """Each (backend, form, precision) this machine can run from the bundle, with both of its
+    checks: parity recorded at export, and the golden check on this machine (from the
+    per-machine cache; it runs on first use or with `kedge verify`)."""
     from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.choice import checked_here
     from kedge.runtime.forms import runnable_pairs
     from kedge.runtime.parity import status
 
     bundle = load_bundle(bundle_path)
+    pairs = runnable_pairs(bundle)
+    here = checked_here(bundle, pairs)
     rows = []
-    for pair in runnable_pairs(bundle):
+    for pair in pairs:
         state, detail = status(bundle, pair)
+        found = here.get(pair.key)
+        on_machine = "not checked yet (first use, or `kedge verify`, runs it)" if found is None else \
+            {True: "passed", False: "FAILED", None: "not checkable"}[found.passed]
         rows.append({"backend": pair.backend, "form": pair.form.name, "precision": pair.precision,
-                     "parity": state, "detail": detail})
+                     "parity": state, "detail": detail, "here": on_machine,
+                     "here_detail": found.detail if found else ""})
     return rows
 
 
@@ -181,8 +190,9 @@ def format_info(data: dict[str, Any]) -> str:
                              or "none in this installation"),
     ]
     if "pairs" in data:
-        lines.append(f"pairs in {data['bundle']} (backend, form, precision: parity):")
-        lines += [f"  {p['backend']:<12}{p['form']:<15}{p['precision']:<6}{p['parity']}: {p['detail']}"
+        lines.append(f"pairs in {data['bundle']} (backend, form, precision: parity at export; golden check here):")
+        lines += [f"  {p['backend']:<12}{p['form']:<15}{p['precision']:<6}{p['parity']}: {p['detail']}; "
+                  f"here: {p['here']}{' (' + p['here_detail'] + ')' if p['here_detail'] else ''}"
                   for p in data["pairs"]] or ["  none runnable here"]
         lines.append(f"engines in {data['bundle']}: " + ("none" if not data["engines"] else ""))
         lines += [f"  {e['engine']}: " + ("runs here" if e["compatible"] else f"not here ({e['problem']})")

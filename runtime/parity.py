@@ -141,16 +141,20 @@ class Candidate:
 
 
 def onnx_reference(bundle: Any) -> Candidate:
-    """The lean reference: the bundle's FP32 ONNX on ONNX Runtime (one line when it has none)."""
+    """The lean reference: the bundle's FP32 ONNX on ONNX Runtime, else its float form
+    (the FP16-stored weights a shipped bundle carries, run in FP32), so parity runs on a
+    lean install of a shipped model too (one line when it has neither)."""
     from kedge.runtime.forms import pair
 
-    if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
-        if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
-            bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
-        raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
-                         f"ONNX (run `kedge export {bundle.path}`)")
-    return Candidate("onnx-fp32", "onnxruntime", "fp32", functools.partial(pair("onnxruntime", "onnx-fp32").open,
-                                                                           bundle))
+    artifacts = bundle.manifest.get("artifacts", {})
+    for name, key, precision in (("onnx-fp32", "onnx_fp32", "fp32"), ("onnx-fp16", "onnx_fp16", "fp16")):
+        if key in artifacts:
+            return Candidate(name, "onnxruntime", precision, functools.partial(pair("onnxruntime", name).open,
+                                                                              bundle))
+    if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
+        bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
+    raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
+                     f"or FP16 ONNX (run `kedge export {bundle.path}`)")
 
 
 def run_parity(

@@ -76,7 +76,7 @@ def test_documented_command_parses(parse_only, args) -> None:
     ["infer", "knee.png", "--backend", "no-such-backend"],
     ["infer", "knee.png", "--precision", "fp8"],
     ["no-such-command", "BUNDLE"],
-    ["parity", "BUNDLE"],  # --data is required
+    ["parity", "."],  # --data is required (an existing folder: BUNDLE itself is resolved as it parses)
 ])
 def test_a_command_that_does_not_parse_is_caught(parse_only, args) -> None:
     with pytest.raises(click.UsageError):

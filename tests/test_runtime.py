@@ -60,7 +60,7 @@ def test_auto_picks_the_fastest_pair_that_passed_parity_and_says_why(lean) -> No
     bundle = load_bundle(lean)
     choice = choose(bundle)
     assert status(bundle, choice.pair)[0] == PASSED and choice.verified
-    assert "passed parity" in choice.reason and "ms at batch 1" in choice.reason
+    assert "passed parity and its golden check here" in choice.reason and "ms per image at batch 8" in choice.reason
     assert "measured earlier on this machine" in choose(bundle).reason  # the timing is cached per machine
     assert choose(bundle, "onnxruntime", "fp32").pair.form.name == "onnx-fp32"
     with pytest.raises(KedgeError, match=r"no fp16 ONNX form; make it with `kedge export .* --fp16`"):
@@ -127,7 +127,7 @@ def test_infer_json_without_tensorflow_and_one_bad_file(lean, images) -> None:
     assert f"kedge: error: {images / 'broken.png'}:" in result.stderr and "Traceback" not in result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 9 and {tuple(sorted(r)) for r in rows} == {tuple(sorted((
-        "backend", "form", "label", "model", "path", "probabilities", *GATE_FIELDS, "withheld")))}
+        "backend", "fallback", "form", "label", "model", "path", "probabilities", *GATE_FIELDS, "withheld")))}
     assert all(r["inside"] is None and r["withheld"] is False for r in rows)  # no envelope: no input check
     assert result.stderr.count("no input check is possible") == 1  # said once, not per image
     assert {r["model"] for r in rows} == {"tiny"}

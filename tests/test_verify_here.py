@@ -205,3 +205,28 @@ def test_parity_rows_are_type_checked_at_load(bundle_dir, field, value) -> None:
     result = kedge("infer", bundle_dir / "model.onnx", "--model", bundle_dir)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bundle_dir, small_data,
+                                                                              tmp_path) -> None:
+    """Shipped without its FP32 file, a bundle still has a reference on a lean install (its
+    FP16-stored float form, widened to FP32 by ONNX Runtime) and a form to fall back to."""
+    from kedge.runtime.choice import choose
+
+    assert kedge("export", bundle_dir, "--fp16", "--quiet", "--data", small_data).returncode == 0
+    shipped = tmp_path / "shipped"
+    result = kedge("ship", bundle_dir, "--out", shipped, "--forms", "onnx-fp16,onnx-int8")
+    assert result.returncode == 0, result.stderr
+    assert not (shipped / "model.onnx").exists()
+    parity = kedge("parity", shipped, "--data", small_data, "--json")
+    assert parity.returncode == 0, parity.stderr
+    rows = json.loads(parity.stdout)["rows"]
+    assert rows[0]["form"] == "onnx-fp16" and rows[0]["reference"]
+    assert {r["form"] for r in rows[1:]} == {"onnx-int8"} and all(r["passed"] for r in rows)
+
+    bundle = load_bundle(shipped)
+    golden = dict(bundle.manifest["golden"])
+    golden["outputs"] = {**golden["outputs"], "onnx-int8": shift(golden["outputs"]["onnx-int8"], SATURATION_ERROR)}
+    update_manifest(bundle, golden=golden)
+    choice = choose(load_bundle(shipped))
+    assert choice.fallback and choice.pair.form.name == "onnx-fp16"

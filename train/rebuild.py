@@ -1,0 +1,101 @@
+"""`kedge rebuild MODEL`: one command from `../shared/data` to a shipped model.
+
+A shipped model is only as trustworthy as the way back to it. The recipe of each
+shipped model lives here, in one table, and this module runs it as the `kedge`
+commands a person would type: train, export (FP16 float form and both 7-bit INT8
+forms, parity gate on the test split, golden set), fit the input envelope, ship.
+Every command, with its seeds, is recorded in the shipped kedge.json under
+`rebuild`, so the card says exactly how to make the model again. Training is
+deterministic (train/loop.py), so a rerun on one machine gives the same Keras weights.
+"""
+from __future__ import annotations
+
+import datetime
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kedge.runtime.errors import KedgeError
+
+SOURCES = ("--sources", "{data}/manifest.csv", "--source-column", "collection")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one shipped model is made: the arguments of each step after the bundle/data."""
+
+    train: tuple[str, ...]
+    validated: str  # the sources the envelope describes (docs/envelope.md)
+    forms: str  # what ships: the float fallback and both INT8 forms
+    data_source: str
+
+
+RECIPES: dict[str, Recipe] = {
+    # Collection A's labels are ultrasound T-scores (../shared/data/README.md): it stays in
+    # validation and test, where no epoch may give it one answer, but no choice is made on it.
+    "knee-cnn": Recipe(
+        train=(*SOURCES, "--lr", "3e-4", "--epochs", "24", "--patience", "8", "--seed", "1",
+               "--select", "worst-source", "--unvalidated-source", "A"),
+        validated="B,C", forms="onnx-fp16,onnx-int8,onnx-int8-qdq",
+        data_source="public Kaggle knee osteoporosis collections A, B, C (../shared/data)"),
+    "resnet50-gru": Recipe(
+        train=(*SOURCES, "--lr", "1e-3", "--epochs", "30", "--patience", "0", "--seed", "0",
+               "--unvalidated-source", "A"),
+        validated="B,C", forms="onnx-fp16,onnx-int8,onnx-int8-qdq",
+        data_source="public Kaggle knee osteoporosis collections A, B, C (../shared/data)"),
+}
+
+
+def commands(model: str, data: Path, work: Path, out: Path, train_extra: tuple[str, ...] = ()) -> list[list[str]]:
+    """The kedge commands of a rebuild, in order (without the leading `kedge`)."""
+    recipe = RECIPES.get(model)
+    if recipe is None:
+        raise KedgeError(f"no rebuild recipe for {model!r} (recipes: {', '.join(RECIPES)})")
+    d = str(data)
+    train = [a.format(data=d) for a in recipe.train]
+    return [
+        ["train", model, "--data", d, *train, *train_extra, "--out", str(work), "--overwrite"],
+        ["export", str(work), "--fp16", "--int8", "--calib", d, "--calib-split", "train", "--data", d,
+         "--split", "test"],
+        ["envelope", str(work), "--data", d, "--validated", recipe.validated, "--report"],
+        ["ship", str(work), "--out", str(out), "--forms", recipe.forms, "--data-source", recipe.data_source,
+         "--overwrite"],
+    ]
+
+
+def rebuild(model: str, data: Path, work: Path, out: Path, log: Callable[[str], None],
+            train_extra: tuple[str, ...] = (), skip_training: bool = False) -> dict[str, object]:
+    """Run the recipe; stop at the first step that fails (its own message says why)."""
+    from kedge.runtime.bundle import load_bundle, update_manifest
+
+    if not (data / "manifest.csv").is_file():
+        raise KedgeError(f"{data}: no manifest.csv (the rebuild reads sources from ../shared/data/manifest.csv)")
+    recipe = commands(model, data, work, out, train_extra)
+    steps = recipe
+    if skip_training:
+        if not (work / "kedge.json").is_file():
+            raise KedgeError(f"{work}: no trained bundle to continue from (drop --skip-training)")
+        steps = recipe[1:]
+    ran = []
+    for step in steps:
+        line = "kedge " + shlex.join(step)
+        log(f"rebuild: {line}")
+        started = datetime.datetime.now(datetime.timezone.utc)
+        result = subprocess.run([sys.executable, "-m", "kedge.cli", *step], check=False)
+        if result.returncode != 0:
+            raise KedgeError(f"rebuild {model}: `{line}` failed (exit {result.returncode}); {work} is kept")
+        ran.append({"command": line, "at": started.isoformat(timespec="seconds")})
+    shipped = load_bundle(out)
+    record = {"recipe": f"kedge rebuild {model} --data DATA",
+              "commands": ["kedge " + shlex.join(step) for step in recipe], "ran": ran,
+              "seeds": {"train": int(_value(recipe[0], "--seed", "0")), "calibration": 0, "golden": 0},
+              "python": sys.version.split()[0]}
+    update_manifest(shipped, rebuild=record)
+    return record
+
+
+def _value(args: list[str], flag: str, default: str) -> str:
+    return args[args.index(flag) + 1] if flag in args else default
