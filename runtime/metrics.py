@@ -13,7 +13,7 @@ import numpy as np
 Labels = Sequence[int] | np.ndarray  # class indices, a list or an integer array
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson_interval(successes: float, total: int, z: float = 1.959964) -> tuple[float, float]:
     """95 % Wilson score interval for a proportion (sound at small n and near 0 or 1)."""
     if total == 0:
         return (math.nan, math.nan)

@@ -89,10 +89,10 @@ def rebuild(model: str, data: Path, work: Path, out: Path, log: Callable[[str], 
             raise KedgeError(f"rebuild {model}: `{line}` failed (exit {result.returncode}); {work} is kept")
         ran.append({"command": line, "at": started.isoformat(timespec="seconds")})
     shipped = load_bundle(out)
-    record = {"recipe": f"kedge rebuild {model} --data DATA",
-              "commands": ["kedge " + shlex.join(step) for step in recipe], "ran": ran,
-              "seeds": {"train": int(_value(recipe[0], "--seed", "0")), "calibration": 0, "golden": 0},
-              "python": sys.version.split()[0]}
+    record: dict[str, object] = {
+        "recipe": f"kedge rebuild {model} --data DATA", "commands": ["kedge " + shlex.join(step) for step in recipe],
+        "ran": ran, "seeds": {"train": int(_value(recipe[0], "--seed", "0")), "calibration": 0, "golden": 0},
+        "python": sys.version.split()[0]}
     update_manifest(shipped, rebuild=record)
     return record
 
