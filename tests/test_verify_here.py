@@ -222,7 +222,7 @@ def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bu
     assert parity.returncode == 0, parity.stderr
     rows = json.loads(parity.stdout)["rows"]
     assert rows[0]["form"] == "onnx-fp16" and rows[0]["reference"]
-    assert {r["form"] for r in rows[1:]} == {"onnx-int8"} and all(r["passed"] for r in rows)
+    assert "onnx-int8" in {r["form"] for r in rows[1:]} and all(r["passed"] for r in rows)
 
     bundle = load_bundle(shipped)
     golden = dict(bundle.manifest["golden"])
