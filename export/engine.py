@@ -21,6 +21,7 @@ default), so FP32 means FP32. The engine and its sidecar are written atomically.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import re
 import sys
 import time
@@ -141,8 +142,10 @@ def build_engine(
         build_seconds=round(seconds, 1), built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
     )
     engine_path = bundle_dir / ENGINE_DIR / info.file_name
+    engine_bytes = bytes(memoryview(serialized))
+    info.engine_sha256 = hashlib.sha256(engine_bytes).hexdigest()
     with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(bytes(memoryview(serialized)))
+        tmp.write_bytes(engine_bytes)
     with atomic_path(timing_path) as tmp:
         tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     write_sidecar(engine_path, info)

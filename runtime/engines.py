@@ -43,6 +43,7 @@ class EngineInfo:
     input_name: str = "image"
     output_name: str = "probabilities"
     extra: dict[str, Any] = field(default_factory=dict)
+    engine_sha256: str | None = None  # of the engine file itself; None in sidecars written before it was kept
 
     @property
     def file_name(self) -> str:
@@ -94,6 +95,21 @@ def check_compatible(engine: str | os.PathLike[str], info: EngineInfo, tensorrt_
                         f"the bundle's is {onnx_sha256[:12]})")
     if problems:
         raise KedgeError(f"{engine}: {'; '.join(problems)}; rebuild it here with "
+                         f"`{rebuild_command(engine, info.precision)}`")
+
+
+def check_engine_bytes(engine: str | os.PathLike[str], data: bytes, info: EngineInfo) -> None:
+    """Refuse an engine file whose bytes are not the ones its sidecar recorded when it was
+    built (a truncated copy, a flipped byte): deserializing those is undefined, so the
+    error names the engine file, not the ONNX it came from, and how to rebuild it."""
+    import hashlib
+
+    if info.engine_sha256 is None:
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info.engine_sha256:
+        raise KedgeError(f"{engine}: sha256 {digest[:12]} differs from the {info.engine_sha256[:12]} recorded when it "
+                         f"was built (changed or corrupted); rebuild it with "
                          f"`{rebuild_command(engine, info.precision)}`")
 
 

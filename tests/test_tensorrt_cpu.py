@@ -14,6 +14,7 @@ import re
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -238,13 +239,33 @@ def test_an_input_shape_tensorrt_refuses_is_an_error() -> None:
         backend.infer(np.zeros((5, 2, 2, 3), np.float32))
 
 
-def test_engine_from_another_patch_release_is_refused() -> None:
-    from kedge.runtime.engines import EngineInfo, check_compatible
+def _engine_info(**extra: object) -> Any:
+    from kedge.runtime.engines import EngineInfo
 
-    info = EngineInfo(model="m", precision="fp16", tensorrt_version="10.3.0.26", gpu_name="Orin",
+    return EngineInfo(model="m", precision="fp16", tensorrt_version="10.3.0.26", gpu_name="Orin",
                       compute_capability="8.7", source_onnx="model.onnx", source_onnx_sha256="ab" * 32,
                       build_path="flags", batch={"min": 1, "opt": 1, "max": 8}, workspace_mib=None,
-                      build_seconds=1.0, built_at="2026-12-06T00:00:00+00:00")
+                      build_seconds=1.0, built_at="2026-12-06T00:00:00+00:00", **extra)  # type: ignore[arg-type]
+
+
+def test_engine_whose_bytes_changed_since_it_was_built_is_refused_before_deserializing() -> None:
+    import hashlib
+
+    from kedge.runtime.engines import check_engine_bytes
+
+    built = b"\x00engine bytes" * 100
+    info = _engine_info(engine_sha256=hashlib.sha256(built).hexdigest())
+    check_engine_bytes("b/engines/x.engine", built, info)
+    for damaged in (built[:-7], built[:50] + b"\xff" + built[51:]):
+        with pytest.raises(KedgeError, match=r"^b/engines/x.engine: sha256 .* recorded when it was built .* rebuild"):
+            check_engine_bytes("b/engines/x.engine", damaged, info)
+    check_engine_bytes("b/engines/x.engine", built[:-7], _engine_info())  # an older sidecar: nothing to check
+
+
+def test_engine_from_another_patch_release_is_refused() -> None:
+    from kedge.runtime.engines import check_compatible
+
+    info = _engine_info()
     check_compatible("b/engines/x.engine", info, "10.3.0.26", "8.7")
     with pytest.raises(KedgeError, match=r"built with TensorRT 10\.3\.0\.26, this machine has 10\.3\.0\.30"):
         check_compatible("b/engines/x.engine", info, "10.3.0.30", "8.7")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import Backend, Session
-from kedge.runtime.engines import check_compatible, read_sidecar, rebuild_command
+from kedge.runtime.engines import check_compatible, check_engine_bytes, read_sidecar, rebuild_command
 from kedge.runtime.errors import KedgeError
 
 
@@ -69,7 +69,9 @@ class TensorRTBackend(Session):
     def _load(self, trt: Any, path: Path, info: Any) -> None:
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
+        data = path.read_bytes()
+        check_engine_bytes(path, data, info)
+        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(data)
         if self._engine is None:
             raise KedgeError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
                              f"with `{rebuild_command(path, info.precision)}`")
