@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ FULL_SCALE = 65535
 DEFLATED = b"1.2.840.10008.1.2.1.99"
 MAX_BYTES = 2 * MAX_PIXELS + (16 << 20)  # 16-bit pixels at the pixel limit, plus room for the header
 _INFLATE_STEP = 1 << 20
+INFLATE_SECONDS = 30  # a 400 MiB body inflates in about 2 s; far past that, something is wrong
 _LOCK = threading.Lock()  # warnings filters are process-wide: one DICOM decode at a time
 
 # pydicom logs parse problems, sometimes with raw header bytes: never let them through.
@@ -88,7 +90,12 @@ def decode_dicom(data: bytes, name: str | os.PathLike[str]) -> tuple[np.ndarray,
 
 def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
     """Inflate a Deflated Explicit VR body in 1 MiB steps, discarding the output, and
-    refuse it once it passes MAX_BYTES (pydicom would inflate it all at once)."""
+    refuse it once it passes MAX_BYTES (pydicom would inflate it all at once).
+
+    The loop ends at the stream's end (`eof`): bytes after it (pydicom pads the body
+    to an even length) stay in `unconsumed_tail` forever, so waiting for the tail to
+    empty would spin. Steps and wall time are bounded too, as a last guard: this runs
+    under the module lock, so a spin here would stall every other file's decode."""
     meta = data[132:132 + 12]
     if len(meta) < 12 or meta[:4] != b"\x02\x00\x00\x00":
         return  # no group length: pydicom decides (and the wall catches what it raises)
@@ -97,7 +104,8 @@ def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
         return
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     tail, total = data[body:], 0
-    while True:
+    deadline = time.monotonic() + INFLATE_SECONDS
+    for _ in range(MAX_BYTES // _INFLATE_STEP + 2):  # each step but the last yields a full 1 MiB
         try:
             out = inflater.decompress(tail, _INFLATE_STEP)
         except zlib.error:
@@ -106,8 +114,10 @@ def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
         tail = inflater.unconsumed_tail
         if total > MAX_BYTES:
             raise ImageError(name, f"DICOM deflated data inflates past kedge's limit ({MAX_BYTES >> 20} MiB)")
-        if not out and not tail:
+        if inflater.eof or not (out or tail):
             break
+        if time.monotonic() > deadline:
+            raise ImageError(name, f"DICOM deflated data takes over {INFLATE_SECONDS} s to inflate; refused")
     if not inflater.eof:
         raise ImageError(name, "DICOM deflated data is cut short")
 

@@ -383,9 +383,46 @@ def test_deflated_dicom_is_inflated_in_bounded_steps(monkeypatch) -> None:
 
     monkeypatch.setattr(dicom_module, "MAX_BYTES", 4 << 20)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    blob = packer.compress(bytes(64 << 20)) + packer.flush()  # 64 MiB of zeros in about 64 KB
-    syntax = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(dicom_module.DEFLATED)) + dicom_module.DEFLATED
-    meta = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(syntax)) + syntax
-    data = bytes(128) + b"DICM" + meta + blob
+    data = deflated_dicom(packer.compress(bytes(64 << 20)) + packer.flush())  # 64 MiB of zeros in about 64 KB
     with pytest.raises(ImageError, match="inflates past"):
         dicom_module.decode_dicom(data, "bomb.dcm")
+
+
+# ---------------------------------------------------------------- hangs and memory (issue 21)
+
+
+def bounded(code: str, seconds: float, max_mib: float | None = None, *args: str) -> str:
+    """Run `code` in a fresh interpreter; fail if it outlives `seconds`, dies, or (with
+    `max_mib`) peaks above that RSS. Returns its stdout, whose last line is the peak."""
+    probe = "\nimport resource\nprint('peak-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    try:
+        result = subprocess.run([sys.executable, "-c", code + probe, *args], capture_output=True, text=True,
+                                timeout=seconds, cwd=Path(__file__).parent)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {seconds} s (a hang)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    peak_mib = int(result.stdout.split()[-1]) / 1024
+    if max_mib is not None:
+        assert peak_mib <= max_mib, f"peak RSS {peak_mib:.0f} MiB, limit {max_mib} MiB"
+    return result.stdout
+
+
+def deflated_dicom(blob: bytes) -> bytes:
+    """The smallest file kedge treats as Deflated Explicit VR: preamble, DICM, the
+    transfer-syntax element, then `blob` as the body."""
+    from kedge.runtime.dicom import DEFLATED
+
+    syntax = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(DEFLATED)) + DEFLATED
+    meta = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(syntax)) + syntax
+    return bytes(128) + b"DICM" + meta + blob
+
+
+def test_deflated_dicom_with_a_pad_byte_after_the_stream_does_not_hang(tmp_path) -> None:
+    """pydicom pads the deflated body to an even length; the byte after the stream's end
+    stays in zlib's unconsumed_tail, which once made the inflate loop spin forever."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = tmp_path / "padded.dcm"
+    path.write_bytes(deflated_dicom(packer.compress(bytes(3 << 20)) + packer.flush() + b"\x00"))
+    code = ("import sys\nfrom kedge.runtime.dicom import _check_deflated_size\n"
+            "_check_deflated_size(open(sys.argv[1], 'rb').read(), 'padded.dcm')")
+    bounded(code, 30, None, str(path))
