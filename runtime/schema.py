@@ -120,7 +120,11 @@ def check_inside(folder: Path, relative: str, where: Path | str) -> Path:
     if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative or "\0" in relative:
         raise KedgeError(f"{where}: path {relative!r} must be relative and inside the bundle")
     path = folder / pure
-    if not _within(path.resolve(), folder.resolve()):
+    try:
+        inside = _within(path.resolve(), folder.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        raise KedgeError(f"{where}: path {relative!r} is a symlink loop; refused") from None
+    if not inside:
         raise KedgeError(f"{where}: path {relative!r} leads outside the bundle (symlink); refused")
     return path
 

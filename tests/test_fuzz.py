@@ -426,3 +426,44 @@ def test_deflated_dicom_with_a_pad_byte_after_the_stream_does_not_hang(tmp_path)
     code = ("import sys\nfrom kedge.runtime.dicom import _check_deflated_size\n"
             "_check_deflated_size(open(sys.argv[1], 'rb').read(), 'padded.dcm')")
     bounded(code, 30, None, str(path))
+
+
+def test_an_oversized_manifest_is_refused_before_it_is_read(tmp_path) -> None:
+    """A 1 GiB sparse kedge.json: refused from its size, in a few MiB and well under a second's work."""
+    (tmp_path / "big").mkdir()
+    with open(tmp_path / "big" / "kedge.json", "wb") as handle:
+        handle.truncate(1 << 30)
+    code = ("import sys\nfrom kedge.runtime.bundle import load_bundle\nfrom kedge.runtime.errors import KedgeError\n"
+            "try:\n    load_bundle(sys.argv[1])\nexcept KedgeError as err:\n    print(err)\n")
+    out = bounded(code, 20, 200, str(tmp_path / "big"))
+    assert "manifest is over 8 MiB" in out
+
+
+def _one_line_refusal(bundle: Path, image: Path, expected: str) -> None:
+    result = _infer(bundle, image)
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("kedge: error: ") and expected in lines[0], lines
+
+
+def test_links_loops_and_fifos_in_a_bundle_are_one_line_errors(tmp_path, synthetic_data) -> None:
+    base = make_lean_bundle(tmp_path / "base", synthetic_data, int8=False)
+    image = tmp_path / "knee.png"
+    image.write_bytes(encode(pattern(64, 64, seed=SEED), ".png"))
+    loop = Path(shutil.copytree(base, tmp_path / "loop"))
+    (loop / "model.onnx").unlink()
+    (loop / "model.onnx").symlink_to("other.onnx")
+    (loop / "other.onnx").symlink_to("model.onnx")
+    _one_line_refusal(loop, image, "symlink loop")
+    linked = Path(shutil.copytree(base, tmp_path / "linked"))
+    (linked / "kedge.json").rename(tmp_path / "outside.json")
+    (linked / "kedge.json").symlink_to(tmp_path / "outside.json")
+    _one_line_refusal(linked, image, "leads outside the bundle")
+    fifo = Path(shutil.copytree(base, tmp_path / "fifo"))
+    (fifo / "model.onnx").unlink()
+    os.mkfifo(fifo / "model.onnx")
+    _one_line_refusal(fifo, image, "not a regular file")
+    manifest_fifo = Path(shutil.copytree(base, tmp_path / "manifest-fifo"))
+    (manifest_fifo / "kedge.json").unlink()
+    os.mkfifo(manifest_fifo / "kedge.json")
+    _one_line_refusal(manifest_fifo, image, "not a regular file")
