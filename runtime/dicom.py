@@ -44,6 +44,7 @@ FULL_SCALE = 65535
 DEFLATED = b"1.2.840.10008.1.2.1.99"
 MAX_BYTES = 2 * MAX_PIXELS + (16 << 20)  # 16-bit pixels at the pixel limit, plus room for the header
 _INFLATE_STEP = 1 << 20
+_BAND_PIXELS = 1 << 20  # pixels per band of the display pipeline: about 30 MB of temporaries
 INFLATE_SECONDS = 30  # a 400 MiB body inflates in about 2 s; far past that, something is wrong
 _LOCK = threading.Lock()  # warnings filters are process-wide: one DICOM decode at a time
 
@@ -123,26 +124,35 @@ def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
 
 
 def _display(ds: Any, name: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """The PS3.3 display pipeline (module docstring) on a parsed dataset."""
+    """The PS3.3 display pipeline (module docstring) on a parsed dataset, a band of rows
+    at a time into the output array: int64 and float64 copies of a whole 200 MP image
+    once took 9 GB. Peak memory is the stored pixels, one inflated body while pydicom
+    parses it, the output (1 or 2 bytes a pixel) and one band's temporaries."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     _check_supported(ds, name)
     bits = _integer(ds, "BitsStored", 16, name, 1, 32)
-    pixels = _stored_pixels(ds, name, bits)
+    pixels = _stored_pixels(ds, name)
+    ds.buffer = None  # pydicom keeps the whole inflated body for lazy reads; the pixels are all kedge needs
     _check_luts(ds, name)
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    low, high = _display_range(ds, name, bits)
-    if _has_voi(ds):
-        values = apply_voi_lut(values, ds, index=0).astype(np.float64)
-        low, high = _voi_output_range(ds, name, bits)
-    if not np.isfinite(values).all() or not (math.isfinite(low) and math.isfinite(high)):
+    low, high = _voi_output_range(ds, name, bits) if _has_voi(ds) else _display_range(ds, name, bits)
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ImageError(name, "DICOM pixel values are not finite after rescaling and windowing")
-    unit = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        unit = 1.0 - unit
-    if bits <= 8:  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
-        return np.round(unit * 255).astype(np.uint8), 255
-    return np.round(unit * FULL_SCALE).astype(np.uint16), FULL_SCALE
+    full_scale = 255 if bits <= 8 else FULL_SCALE  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
+    out = np.empty(pixels.shape, np.uint8 if bits <= 8 else np.uint16)
+    inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    band = max(1, _BAND_PIXELS // max(1, pixels.shape[1]))
+    for top in range(0, pixels.shape[0], band):
+        values = apply_modality_lut(_masked(pixels[top:top + band], ds, bits), ds).astype(np.float64)
+        if _has_voi(ds):
+            values = apply_voi_lut(values, ds, index=0).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ImageError(name, "DICOM pixel values are not finite after rescaling and windowing")
+        unit = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+        if inverted:
+            unit = 1.0 - unit
+        out[top:top + band] = np.round(unit * full_scale)
+    return out, full_scale
 
 
 def _number(ds: Any, keyword: str, default: float, name: str | os.PathLike[str]) -> float:
@@ -217,9 +227,13 @@ def _lut_bits(ds: Any, keyword: str, name: str | os.PathLike[str]) -> int:
     return bits
 
 
-def _stored_pixels(ds: Any, name: str | os.PathLike[str], bits: int) -> np.ndarray:
+def _stored_pixels(ds: Any, name: str | os.PathLike[str]) -> np.ndarray:
+    """The stored pixels, as a read-only view of pydicom's PixelData where the syntax
+    allows (no second full-size copy)."""
+    from pydicom.pixels import pixel_array
+
     try:
-        pixels = np.asarray(ds.pixel_array)
+        pixels = np.asarray(pixel_array(ds, view_only=True))
     except Exception as err:  # no plugin for the syntax, or corrupt data: pydicom's error types vary by version
         syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
         if syntax in PLUGINS:
@@ -227,7 +241,12 @@ def _stored_pixels(ds: Any, name: str | os.PathLike[str], bits: int) -> np.ndarr
         raise ImageError(name, f"DICOM pixel data cannot be decoded ({type(err).__name__})") from None
     if pixels.ndim != 2:
         raise ImageError(name, "DICOM pixel data is not one 2-D frame")
-    if int(ds.get("PixelRepresentation", 0) or 0) == 1:  # signed: sign-extend from BitsStored
+    return pixels
+
+
+def _masked(pixels: np.ndarray, ds: Any, bits: int) -> np.ndarray:
+    """A band of stored pixels masked to BitsStored, or sign-extended from it when signed."""
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
         shift = 64 - bits
         return (pixels.astype(np.int64) << shift) >> shift
     return pixels.astype(np.int64) & ((1 << bits) - 1)

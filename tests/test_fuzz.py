@@ -391,10 +391,16 @@ def test_deflated_dicom_is_inflated_in_bounded_steps(monkeypatch) -> None:
 # ---------------------------------------------------------------- hangs and memory (issue 21)
 
 
+def status_kib(field: str) -> str:
+    """Python source for one /proc/self/status figure of the running process, in KiB."""
+    return f"[line.split()[1] for line in open('/proc/self/status') if line.startswith('{field}:')][0]"
+
+
 def bounded(code: str, seconds: float, max_mib: float | None = None, *args: str) -> str:
     """Run `code` in a fresh interpreter; fail if it outlives `seconds`, dies, or (with
     `max_mib`) peaks above that RSS. Returns its stdout, whose last line is the peak."""
-    probe = "\nimport resource\nprint('peak-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    # VmHWM, not ru_maxrss: Linux carries a forked parent's high-water mark across exec into ru_maxrss
+    probe = f"\nprint('peak-kib', {status_kib('VmHWM')})"
     try:
         result = subprocess.run([sys.executable, "-c", code + probe, *args], capture_output=True, text=True,
                                 timeout=seconds, cwd=Path(__file__).parent)
@@ -485,3 +491,23 @@ def test_the_header_reader_does_not_walk_junk_byte_by_byte(tmp_path, head, size)
     out = bounded(code, 60, None, str(path)).splitlines()
     assert float(out[1].split()[1]) < 2.0, out
     assert "truncated or corrupt image header" in out[0]
+
+
+def test_a_large_deflated_dicom_peaks_near_its_pixels(tmp_path) -> None:
+    """A 6000 x 6000 16-bit deflated DICOM (a few hundred KB on disk): the decode peaks at
+    most 5 bytes a pixel above the interpreter (the stored pixels and the output, 2 each,
+    plus about 1 for pydicom's copies) and a 64 MiB margin; int64 and float64 copies of
+    the whole image once made it about 30 bytes a pixel (8.95 GB at 14,000 x 14,000)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    side = 6000
+    stored = np.zeros((side, side), np.uint16)
+    stored[::97] = 4000
+    path = tmp_path / "big.dcm"
+    path.write_bytes(dicom(stored, 16, syntax=DeflatedExplicitVRLittleEndian, patient=PATIENT))
+    del stored
+    code = ("import sys\nimport pydicom\nfrom kedge.runtime.preprocess import preprocess\n"
+            f"print('base-kib', {status_kib('VmRSS')})\nprint(preprocess(sys.argv[1]).shape)")
+    out = bounded(code, 60, None, str(path)).split()
+    above_mib = (int(out[-1]) - int(out[1])) / 1024
+    assert above_mib <= (5 * side * side >> 20) + 64, f"{above_mib:.0f} MiB above the interpreter"
