@@ -200,6 +200,8 @@ def _check_supported(ds: Any, name: str | os.PathLike[str]) -> None:
 def _check_luts(ds: Any, name: str | os.PathLike[str]) -> None:
     """Rescale and window values pydicom would apply: finite, and a window at least 1 wide
     (PS3.3 C.11.2.1.2); LUT sequences non-empty with a usable descriptor."""
+    if ("RescaleSlope" in ds) != ("RescaleIntercept" in ds):  # pydicom rescales only with both: never half
+        raise ImageError(name, "DICOM has only one of RescaleSlope and RescaleIntercept; refused")
     if _number(ds, "RescaleSlope", 1.0, name) == 0:
         raise ImageError(name, "DICOM RescaleSlope is 0")
     _number(ds, "RescaleIntercept", 0.0, name)
