@@ -511,3 +511,19 @@ def test_a_large_deflated_dicom_peaks_near_its_pixels(tmp_path) -> None:
     out = bounded(code, 60, None, str(path)).split()
     above_mib = (int(out[-1]) - int(out[1])) / 1024
     assert above_mib <= (5 * side * side >> 20) + 64, f"{above_mib:.0f} MiB above the interpreter"
+
+
+def test_an_audit_trail_that_is_a_fifo_is_refused_not_waited_on(tmp_path, synthetic_data) -> None:
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    image = tmp_path / "knee.png"
+    image.write_bytes(encode(pattern(64, 64, seed=SEED), ".png"))
+    os.mkfifo(tmp_path / "trail.jsonl")
+    try:
+        result = subprocess.run([sys.executable, "-m", "kedge.cli", "infer", str(image), "--model", str(bundle),
+                                 "--precision", "fp32", "--quiet", "--audit", str(tmp_path / "trail.jsonl")],
+                                capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("kedge infer --audit FIFO hung")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"kedge: error: {tmp_path / 'trail.jsonl'}: the audit file is not a "
+                                          "regular file (a FIFO, device or socket); refused"]
