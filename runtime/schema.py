@@ -83,6 +83,8 @@ def validate(manifest: dict[str, Any], folder: Path, where: Path) -> None:
         raise fail("model.classes must be a list of at least two class names")
     if len({c.lower() for c in classes}) != len(classes):
         raise fail("model.classes names a class twice")
+    if not all(c.isprintable() for c in classes):  # printed in every answer: a newline or ESC would forge output
+        raise fail("model.classes: a class name holds a control character; refused")
     shape = _table(manifest, "input", fail).get("shape")
     if not isinstance(shape, list) or len(shape) != 4 or shape[1:] != [224, 224, 3]:
         raise fail("input.shape must be [batch, 224, 224, 3]")

@@ -271,6 +271,8 @@ def tampered_bundles(base: Path, other: Path, rng: np.random.Generator) -> dict[
                         (("model", "classes"), [1, 2, 3]), (("model", "classes"), ["A"]),
                         (("model", "classes"), ["Normal", "normal", "Osteoporosis"]),
                         (("model", "classes"), ["A", "B", "C", "D"]), (("model", "classes"), ["A", "B"]),
+                        (("model", "classes"), ["Normal\nkedge: forged", "Osteopenia", "Osteoporosis"]),
+                        (("model", "classes"), ["\x1b[31mNormal", "Osteopenia", "Osteoporosis"]),
                         (("input",), "image"), (("input", "shape"), [None, 128, 128, 3]),
                         (("preprocessing",), None), (("preprocessing", "version"), "99"),
                         (("preprocessing", "version"), 2), (("files",), []), (("files", "model.onnx"), ""),
@@ -527,3 +529,12 @@ def test_an_audit_trail_that_is_a_fifo_is_refused_not_waited_on(tmp_path, synthe
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [f"kedge: error: {tmp_path / 'trail.jsonl'}: the audit file is not a "
                                           "regular file (a FIFO, device or socket); refused"]
+
+
+def test_a_class_name_with_a_control_character_is_refused_for_training() -> None:
+    """The bundle would refuse it when loaded: refuse it before training, not after."""
+    from kedge.runtime.errors import KedgeError
+    from kedge.runtime.folders import parse_classes
+
+    with pytest.raises(KedgeError, match="control character"):
+        parse_classes("Normal,\x1b[31mOsteoporosis")
