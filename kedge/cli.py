@@ -489,6 +489,9 @@ def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite
 
 @main.command()
 @click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address Triton's HTTP, gRPC and metrics endpoints listen on. 0.0.0.0 listens on every "
+              "interface, unauthenticated and unencrypted: put a TLS proxy in front instead (docs/hardening.md).")
 @click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
@@ -498,7 +501,7 @@ def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite
               help="Largest batch Triton's dynamic batcher forms.")
 @click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="How long the batcher waits to fill a batch, microseconds.")
-def serve(bundles: tuple[Path, ...], http_port: int, grpc_port: int, metrics_port: int, backend: str,
+def serve(bundles: tuple[Path, ...], host: str, http_port: int, grpc_port: int, metrics_port: int, backend: str,
           precision: str | None, max_batch: int, queue_delay_us: int) -> None:
     """Serve BUNDLES (default: the shipped models) on a real NVIDIA Triton server.
 
@@ -508,14 +511,22 @@ def serve(bundles: tuple[Path, ...], http_port: int, grpc_port: int, metrics_por
     (TensorRT on a GPU, ONNX Runtime on the CPU). Clients send preprocessed tensors:
     `kedge infer --triton http://HOST:8000 IMAGE...`.
 
+    Listens on 127.0.0.1 unless --host says otherwise. Tensors that are not finite
+    or not within [0, 1] are refused with an error reply.
     Run it from a virtual environment made with the system Python (Triton's stub
     must match the interpreter exactly): see README, Triton.
+
+    \b
+    Examples:
+      kedge serve                                   # the shipped models, on 127.0.0.1:8000
+      kedge serve runs/cnn --host 10.0.0.5 --http-port 9000
     """
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.serve import serve as run_server
 
     loaded = [load_bundle(b) for b in bundles] if bundles else _load_models(None)
-    run_server(loaded, http_port, grpc_port, metrics_port, backend, precision, max_batch, queue_delay_us, log=_log)
+    run_server(loaded, http_port, grpc_port, metrics_port, backend, precision, max_batch, queue_delay_us, log=_log,
+               host=host)
 
 
 for _command in (cli_run.infer, cli_run.bench, cli_run.explain, cli_run.parity, cli_run.info):
