@@ -1,8 +1,11 @@
-"""`kedge serve` without a Triton server: PyTriton replaced by a recorder, so what kedge
-asks of Triton (the listening address) and what its model function answers (a refusal
-for tensors that are not finite or out of range) are checked on a lean install."""
+"""Triton without a Triton server, on a lean install. `kedge serve`: PyTriton replaced by
+a recorder, so what kedge asks of Triton (the listening address) and what its model
+function answers (a refusal for tensors that are not finite or out of range) are
+checked. `kedge infer --triton`: tritonclient replaced by a fake server with
+max_batch_size 4, to check batch splitting and the output check."""
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import types
@@ -89,3 +92,83 @@ def test_serve_help_names_the_host_and_its_default() -> None:
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
     assert "--host" in result.output and "127.0.0.1" in result.output and "Examples:" in result.output
+
+
+class _Answer:
+    def __init__(self, probabilities):
+        self.probabilities = probabilities
+
+    def as_numpy(self, name):
+        return self.probabilities
+
+
+class _Client:
+    """A Triton HTTP client whose server runs a model with `classes` outputs and max_batch_size 4."""
+
+    classes = 3
+    batches: list[int] = []
+
+    def __init__(self, address, **kwargs):
+        pass
+
+    def is_model_ready(self, model):
+        return True
+
+    def get_model_config(self, model):
+        return {"name": model, "max_batch_size": 4}
+
+    def infer(self, model, inputs):
+        (tensor,) = inputs
+        if len(tensor.data) > 4:
+            raise RuntimeError("[request id: <id_unknown>] inference request batch-size must be <= 4")
+        _Client.batches.append(len(tensor.data))
+        return _Answer(np.full((len(tensor.data), self.classes), 1.0 / self.classes, np.float32))
+
+    def close(self):
+        pass
+
+
+class _Input:
+    def __init__(self, name, shape, dtype):
+        self.data = None
+
+    def set_data_from_numpy(self, data):
+        self.data = data
+
+
+@pytest.fixture
+def fake_tritonclient(monkeypatch):
+    http = types.ModuleType("tritonclient.http")
+    http.InferenceServerClient, http.InferInput = _Client, _Input
+    monkeypatch.setitem(sys.modules, "tritonclient", types.ModuleType("tritonclient"))
+    monkeypatch.setitem(sys.modules, "tritonclient.http", http)
+    monkeypatch.setattr(_Client, "batches", [])
+    return _Client
+
+
+def _infer_triton(bundle, images, *options):
+    from click.testing import CliRunner
+
+    from kedge.cli import main
+
+    return CliRunner().invoke(main, ["infer", *map(str, images), "--model", str(bundle), "--triton",
+                                     "http://127.0.0.1:1", "--json", "--quiet", *options])
+
+
+def test_triton_batches_are_split_to_the_servers_max_batch(fake_tritonclient, tmp_path, synthetic_data) -> None:
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    images = sorted(synthetic_data.rglob("*.png"))[:10]
+    result = _infer_triton(bundle, images, "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 10
+    assert max(fake_tritonclient.batches) <= 4 and sum(fake_tritonclient.batches) == 1 + 10  # + the load check
+
+
+def test_triton_model_with_another_class_count_is_one_line(fake_tritonclient, monkeypatch, tmp_path,
+                                                           synthetic_data) -> None:
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    monkeypatch.setattr(_Client, "classes", 2)
+    result = _infer_triton(bundle, sorted(synthetic_data.rglob("*.png"))[:3])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.stderr[-2000:]
+    assert len(lines) == 1 and "kedge.json lists 3 classes; refused" in lines[0], lines
