@@ -239,6 +239,8 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
     from kedge.runtime.preprocess import PREPROCESS_VERSION
     from kedge.runtime.preprocess import preprocess as run_preprocess
 
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise KedgeError(f"{out_dir}: --out-dir exists and is not a folder")
     rows, failed, used_names = [], 0, set()
     for path in expand_inputs(inputs):
         try:
@@ -257,8 +259,12 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
                 n += 1
                 name = f"{path.stem}-{n}.png"
             used_names.add(name)
-            with atomic_path(out_dir / name) as tmp:
-                tmp.write_bytes(cv2.imencode(".png", np.round(x[:, :, 0] * 255).astype(np.uint8))[1].tobytes())
+            try:
+                with atomic_path(out_dir / name) as tmp:
+                    tmp.write_bytes(cv2.imencode(".png", np.round(x[:, :, 0] * 255).astype(np.uint8))[1].tobytes())
+            except OSError as err:  # a file where a folder on the way should be, permissions, a full disk
+                raise KedgeError(f"{out_dir / name}: cannot be written ({err.strerror or type(err).__name__})") \
+                    from None
             row["view"] = str(out_dir / name)
         rows.append(row)
         if not as_json:

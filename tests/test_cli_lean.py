@@ -207,3 +207,52 @@ def test_explain_checks_matplotlib_before_anything_else(tmp_path) -> None:
     assert result.returncode == 1  # the image does not exist either: matplotlib is reported first
     assert result.stderr.splitlines() == ["kedge: error: kedge explain needs matplotlib to draw: "
                                           "pip install 'kedge[explain]'"]
+
+
+def _one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [f"kedge: error: {message}"]
+
+
+def test_preprocess_out_dir_that_is_a_file_is_one_line(tmp_path) -> None:
+    from imagegen import encode, pattern
+
+    (tmp_path / "knee.png").write_bytes(encode(pattern(64, 64), ".png"))
+    (tmp_path / "taken").write_text("a file")
+    result = kedge_cli("preprocess", tmp_path / "knee.png", "--out-dir", tmp_path / "taken")
+    _one_error_line(result, f"{tmp_path / 'taken'}: --out-dir exists and is not a folder")
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_bundle_given_as_images_is_refused(tmp_path, synthetic_data) -> None:
+    pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
+    from leanbundle import make_lean_bundle
+
+    from imagegen import encode, pattern
+
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    (bundle / "curves.png").write_bytes(encode(pattern(64, 64), ".png"))  # a training plot, as `kedge train` writes
+    result = kedge_cli("infer", bundle, "--model", bundle, "--precision", "fp32")
+    _one_error_line(result, f"{bundle}: a model bundle, not a folder of images (pass it as --model {bundle})")
+
+
+def test_audit_without_any_source_says_no_check_was_possible(tmp_path, synthetic_data) -> None:
+    pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
+    from leanbundle import make_lean_bundle
+
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    result = kedge_cli("audit", bundle, "--data", synthetic_data, "--precision", "fp32", "--quiet")
+    _one_error_line(result, f"{synthetic_data}: no source is known for these images, so no source check is "
+                            "possible: give --sources or --source-rule (or a bundle whose split.csv names them)")
+
+
+def test_verify_that_could_check_nothing_does_not_pass() -> None:
+    from kedge.export.verify import FAILED, NOT_CHECKABLE, PASSED, VerifyReport
+
+    report = VerifyReport("b", {})
+    report.add("golden set", NOT_CHECKABLE, "no golden set")
+    assert not report.passed and report.verdict == "NOTHING CHECKABLE HERE (none failed)"
+    report.add("parity", PASSED, "ok")
+    assert report.passed and report.verdict == "PASSED"
+    report.add("engine", FAILED, "no")
+    assert not report.passed and report.verdict == "FAILED"
