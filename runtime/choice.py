@@ -30,7 +30,7 @@ from kedge.runtime.backends.base import cache_root
 from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import FORMS, PRECISIONS, Pair, runnable_pairs
-from kedge.runtime.parity import PASSED, status
+from kedge.runtime.parity import PASSED, UNCHECKED, status
 
 TIMED_RUNS = 10  # batch-1 inferences per pair after 3 warm-up runs: enough to rank forms 1.3x apart
 
@@ -66,7 +66,9 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
     if not verified:
         first = candidates[0]
         state, detail = status(bundle, first.key)
-        what = f"{first} {'FAILED parity' if state != 'not checked' else 'was never parity-checked'}: {detail}"
+        what = f"{first} {'FAILED parity' if state != UNCHECKED else 'was never parity-checked'}: {detail}"
+        if state == UNCHECKED and not named:  # the detail is the `kedge parity` hint that the message ends with
+            what = f"{first} was never parity-checked"
         if not (named and allow_unverified):
             hint = ("pass --allow-unverified to run it anyway" if named else
                     f"run `kedge parity {bundle.path} --data DIR --split test`, or name a pair with --backend/"

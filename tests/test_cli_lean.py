@@ -256,3 +256,13 @@ def test_verify_that_could_check_nothing_does_not_pass() -> None:
     assert report.passed and report.verdict == "PASSED"
     report.add("engine", FAILED, "no")
     assert not report.passed and report.verdict == "FAILED"
+
+
+def test_the_parity_hint_is_given_once(tmp_path, synthetic_data) -> None:
+    pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
+    from leanbundle import make_lean_bundle
+
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False, parity=False)
+    result = kedge_cli("infer", synthetic_data / "Normal", "--model", bundle)
+    assert result.returncode == 1 and "no (backend, form) pair passed parity" in result.stderr, result.stderr
+    assert result.stderr.count("kedge parity") == 1, result.stderr
