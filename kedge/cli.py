@@ -415,6 +415,10 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
     from kedge.export.pipeline import ExportReport, ExportSettings, export_bundle
 
     size = None if calib_size.strip().lower() == "all" else _positive_int(calib_size, "--calib-size")
+    if options["split"] is not None and options["data"] is None and options["calib"] is None:  # never ignored
+        raise KedgeError(f"--split {options['split']} needs --data DIR (the labelled images parity is checked on)")
+    if options["calib_split"] is not None and options["calib"] is None:
+        raise KedgeError(f"--calib-split {options['calib_split']} needs --calib DIR")
     only_triton = triton_repo is not None and not any(options[k] for k in ("fp16", "int8", "engine", "data"))
     if only_triton:
         report = ExportReport(str(bundle))
