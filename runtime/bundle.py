@@ -9,12 +9,14 @@ never leaves a partial file under its final name.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +81,8 @@ def staged_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Ite
     final = Path(final)
     check_output_folder(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    remove_stale_stages(final)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}-", suffix=".partial", dir=final.parent))
     try:
         yield stage
         os.chmod(stage, 0o777 & ~_UMASK)
@@ -93,6 +96,36 @@ def staged_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Ite
             os.replace(stage, final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+LEGACY_STAGE_AGE_S = 3600  # a staging folder named without its process id counts as stale after an hour
+
+
+def remove_stale_stages(final: Path) -> list[Path]:
+    """Delete staging folders of `final` left by a killed run: those whose process (the
+    id in the name) is gone, and unnamed ones over an hour old. A live run's stays."""
+    removed = []
+    for stage in final.parent.glob(f".{glob.escape(final.name)}.*.partial"):
+        owner = stage.name[len(final.name) + 2:].split("-", 1)[0]
+        if owner.isdigit():
+            if _alive(int(owner)):
+                continue
+        elif time.time() - stage.lstat().st_mtime < LEGACY_STAGE_AGE_S:
+            continue
+        if stage.is_dir() and not stage.is_symlink():
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 @dataclass
