@@ -45,10 +45,13 @@ def main() -> None:
     """kedge: knee X-ray osteoporosis classifiers, from training to the edge.
 
     \b
-    Right away, with the two models shipped in kedge:
+    Right away, with the two models shipped in kedge (lean install: pip install 'kedge[cpu]'):
       kedge infer knee.png scans/                    # osteoporosis probability + 3-class result
-      kedge explain knee.png                         # what drove each answer (PNG maps; [explain] extra)
       kedge card                                     # the models' cards: data, metrics, limits
+      kedge info                                     # this machine's backends and CPU features
+    \b
+    With the [explain] extra (matplotlib):
+      kedge explain knee.png                         # what drove each answer (PNG maps)
     \b
     Your own model:
       kedge train knee-cnn --data DIR --out runs/cnn
@@ -66,6 +69,11 @@ def models(as_json: bool) -> None:
 
     The counts are those of the full-size models (checked against the built models
     in the test suite), so this needs no TensorFlow.
+
+    \b
+    Examples:
+      kedge models
+      kedge models --json
     """
     from kedge.runtime.preprocess import INPUT_SHAPE
     from kedge.train.models import ARCHITECTURES
@@ -202,7 +210,13 @@ def evaluate(bundle: Path, data: Path, split: str | None, batch_size: int, quiet
     n, accuracy, balanced accuracy, recall per class and the share of the most
     frequent answer (binary models: ROC AUC, sensitivity, specificity). Sources come
     from --sources/--source-rule, else from the bundle's split.csv. Unreadable images
-    are listed and skipped; the exit status is then 1.
+    are listed and skipped; the exit status is then 1. Needs the [train] extra.
+
+    \b
+    Examples:
+      kedge evaluate runs/cnn --data ../shared/data/knee-3class --split test
+      kedge evaluate runs/cnn --data ../shared/data --split test \\
+          --sources ../shared/data/manifest.csv --source-column collection --json
     """
     from kedge.runtime.evaluate import format_report
     from kedge.train.evaluate import evaluate_bundle
@@ -347,6 +361,11 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
 
     Bone texture density follows the class, so a small model learns it quickly.
     No real patient data is involved.
+
+    \b
+    Examples:
+      kedge synth --out runs/synthetic-knees
+      kedge synth --out runs/big --per-class 200 --size 512 --classes Normal,Osteoporosis
     """
     from kedge.runtime.folders import parse_classes
     from kedge.train.synthetic import write_dataset

@@ -110,7 +110,7 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
     as "failed as recorded". Exit status 1 when a check failed, or when
     nothing could be checked here.
     \b
-    On a Jetson: copy the bundle, then
+    Example, on a Jetson: copy the bundle, then
       kedge verify runtime/models/resnet50-gru --report verify.md
     """
     from kedge.export.verify import verify_bundle

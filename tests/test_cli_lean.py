@@ -268,3 +268,34 @@ def test_the_parity_hint_is_given_once(tmp_path, synthetic_data) -> None:
     result = kedge_cli("infer", synthetic_data / "Normal", "--model", bundle)
     assert result.returncode == 1 and "no (backend, form) pair passed parity" in result.stderr, result.stderr
     assert result.stderr.count("kedge parity") == 1, result.stderr
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    from kedge.cli import main
+
+    missing = [name for name in main.commands
+               if "Example" not in CliRunner().invoke(main, [name, "--help"]).output]
+    assert not missing, missing
+
+
+def test_the_first_commands_in_kedge_help_work_on_a_lean_install(tmp_path) -> None:
+    """The 'Right away' block of `kedge --help`, run as written with TensorFlow and
+    matplotlib unimportable (a lean install), on a knee.png and a scans/ folder."""
+    import shlex
+
+    from imagegen import encode, pattern
+    from kedge.cli import main
+
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "knee.png").write_bytes(encode(pattern(300, 280), ".png"))
+    (tmp_path / "scans" / "other.png").write_bytes(encode(pattern(256, 256, seed=1), ".png"))
+    text = CliRunner().invoke(main, ["--help"]).output
+    lines = text.split("Right away", 1)[1].splitlines()
+    block = lines[:next(i for i, line in enumerate(lines) if not line.strip())]  # up to the first blank line
+    commands = [shlex.split(line.split("#")[0])[1:] for line in block if line.strip().startswith("kedge ")]
+    assert len(commands) >= 2, block
+    lean = BLOCK_TF.replace("'keras')", "'keras', 'matplotlib')")
+    for argv in commands:
+        result = subprocess.run([sys.executable, "-c", lean + "from kedge.cli import main; main()", *argv],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, f"kedge {' '.join(argv)}: {result.stderr[-1500:]}"
