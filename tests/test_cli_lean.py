@@ -291,7 +291,7 @@ def test_the_first_commands_in_kedge_help_work_on_a_lean_install(tmp_path) -> No
     (tmp_path / "scans" / "other.png").write_bytes(encode(pattern(256, 256, seed=1), ".png"))
     text = CliRunner().invoke(main, ["--help"]).output
     lines = text.split("Right away", 1)[1].splitlines()
-    block = lines[:next(i for i, line in enumerate(lines) if not line.strip())]  # up to the first blank line
+    block = lines[:next(i for i, line in enumerate(lines) if not line.strip(" \b"))]  # up to the first blank line
     commands = [shlex.split(line.split("#")[0])[1:] for line in block if line.strip().startswith("kedge ")]
     assert len(commands) >= 2, block
     lean = BLOCK_TF.replace("'keras')", "'keras', 'matplotlib')")
