@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.errors import ImageError
-from kedge.runtime.preprocess import MAX_PIXELS, size_problem
+from kedge.runtime.preprocess import MAX_DECODE_BYTES, MAX_PIXELS, decode_memory_problem, size_problem
 
 FULL_SCALE = 65535
 DEFLATED = b"1.2.840.10008.1.2.1.99"
@@ -78,9 +78,12 @@ def decode_dicom(data: bytes, name: str | os.PathLike[str]) -> tuple[np.ndarray,
     with _LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
-            _check_deflated_size(data, name)
+            inflated = _check_deflated_size(data, name)
+            if len(data) + 2 * inflated > MAX_DECODE_BYTES:  # pydicom holds the inflated body and a copy of its pixels
+                raise ImageError(name, decode_memory_problem(f"a deflated DICOM of {inflated >> 20} MiB", len(data)
+                                                             + 2 * inflated))
             ds = pydicom.dcmread(io.BytesIO(data))
-            return _display(ds, name)
+            return _display(ds, name, len(data))
         except ImageError:
             raise
         except MemoryError:
@@ -89,9 +92,10 @@ def decode_dicom(data: bytes, name: str | os.PathLike[str]) -> tuple[np.ndarray,
             raise ImageError(name, f"DICOM cannot be read ({type(err).__name__})") from None
 
 
-def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
+def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> int:
     """Inflate a Deflated Explicit VR body in 1 MiB steps, discarding the output, and
-    refuse it once it passes MAX_BYTES (pydicom would inflate it all at once).
+    refuse it once it passes MAX_BYTES (pydicom would inflate it all at once). Returns
+    the inflated size (0 for any other transfer syntax).
 
     The loop ends at the stream's end (`eof`): bytes after it (pydicom pads the body
     to an even length) stay in `unconsumed_tail` forever, so waiting for the tail to
@@ -99,10 +103,10 @@ def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
     under the module lock, so a spin here would stall every other file's decode."""
     meta = data[132:132 + 12]
     if len(meta) < 12 or meta[:4] != b"\x02\x00\x00\x00":
-        return  # no group length: pydicom decides (and the wall catches what it raises)
+        return 0  # no group length: pydicom decides (and the wall catches what it raises)
     body = 132 + 12 + int.from_bytes(meta[8:12], "little")
     if DEFLATED not in data[132:body]:
-        return
+        return 0
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     tail, total = data[body:], 0
     deadline = time.monotonic() + INFLATE_SECONDS
@@ -121,9 +125,10 @@ def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
             raise ImageError(name, f"DICOM deflated data takes over {INFLATE_SECONDS} s to inflate; refused")
     if not inflater.eof:
         raise ImageError(name, "DICOM deflated data is cut short")
+    return total
 
 
-def _display(ds: Any, name: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+def _display(ds: Any, name: str | os.PathLike[str], file_bytes: int = 0) -> tuple[np.ndarray, int]:
     """The PS3.3 display pipeline (module docstring) on a parsed dataset, a band of rows
     at a time into the output array: int64 and float64 copies of a whole 200 MP image
     once took 9 GB. Peak memory is the stored pixels, one inflated body while pydicom
@@ -139,7 +144,11 @@ def _display(ds: Any, name: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ImageError(name, "DICOM pixel values are not finite after rescaling and windowing")
     full_scale = 255 if bits <= 8 else FULL_SCALE  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
-    out = np.empty(pixels.shape, np.uint8 if bits <= 8 else np.uint16)
+    out_type = np.dtype(np.uint8 if bits <= 8 else np.uint16)
+    need = file_bytes + pixels.nbytes + pixels.size * out_type.itemsize
+    if need > MAX_DECODE_BYTES:
+        raise ImageError(name, decode_memory_problem(f"a DICOM of {pixels.shape[1]}x{pixels.shape[0]} pixels", need))
+    out = np.empty(pixels.shape, out_type)
     inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     band = max(1, _BAND_PIXELS // max(1, pixels.shape[1]))
     for top in range(0, pixels.shape[0], band):

@@ -22,6 +22,8 @@ class Header(NamedTuple):
     width: int | None  # None where the header does not say (DICOM; a TIFF without the tags is refused)
     height: int | None
     significant_bits: int | None = None  # PNG sBIT, where present
+    channels: int = 4  # as OpenCV decodes it; where the header does not say, the most (for the memory check)
+    sample_bytes: int = 2
 
 
 HEADER_WINDOW = 4 << 20  # bytes the PNG and JPEG walks may look at: real headers end within a few hundred KB
@@ -51,8 +53,11 @@ def read_header(data: bytes) -> Header | None:
     return None
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}  # colour type -> OpenCV's channels (palette: BGRA if tRNS)
+
+
 def _png(data: bytes) -> Header:
-    width, height = struct.unpack(">II", data[16:24])
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
     sbit = None
     pos = 8
     end = min(len(data), HEADER_WINDOW)
@@ -65,7 +70,7 @@ def _png(data: bytes) -> Header:
         if kind in (b"IDAT", b"IEND"):
             break
         pos += 12 + length
-    return Header("png", width, height, sbit)
+    return Header("png", width, height, sbit, _PNG_CHANNELS.get(colour, 4), 2 if depth == 16 else 1)
 
 
 def _jpeg(data: bytes) -> Header:
@@ -85,8 +90,8 @@ def _jpeg(data: bytes) -> Header:
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return Header("jpeg", width, height)
+            precision, height, width, components = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
+            return Header("jpeg", width, height, None, 1 if components == 1 else 3, 2 if precision > 8 else 1)
         if marker == 0xDA:  # start of scan before any frame header
             break
         pos += 2 + length
@@ -96,10 +101,10 @@ def _jpeg(data: bytes) -> Header:
 def _bmp(data: bytes) -> Header:
     (dib_size,) = struct.unpack("<I", data[14:18])
     if dib_size == 12:  # OS/2 BITMAPCOREHEADER
-        width, height = struct.unpack("<HH", data[18:22])
+        width, height, _, bits = struct.unpack("<HHHH", data[18:26])
     else:
-        width, height = struct.unpack("<ii", data[18:26])
-    return Header("bmp", abs(width), abs(height))
+        width, height, _, bits = struct.unpack("<iiHH", data[18:30])
+    return Header("bmp", abs(width), abs(height), None, 4 if bits == 32 else 3, 1)
 
 
 def _tiff(data: bytes) -> Header:
@@ -117,7 +122,9 @@ def _tiff(data: bytes) -> Header:
     for i in range(min(count, 4096)):
         entry = data[first + entry_size * i : first + entry_size * (i + 1)]
         tag, kind = struct.unpack(endian + "HH", entry[:4])
-        if tag in (256, 257) and kind in value_kinds:
+        if tag in (256, 257, 258, 277) and kind in value_kinds:
             fmt = endian + value_kinds[kind]
             size[tag] = struct.unpack(fmt, entry[value_at : value_at + struct.calcsize(fmt)])[0]
-    return Header("tiff", size.get(256), size.get(257))
+    samples = size.get(277, 1)
+    bits = size.get(258, 16) if samples == 1 else 16  # several BitsPerSample are stored elsewhere: assume 16
+    return Header("tiff", size.get(256), size.get(257), None, min(samples, 4), 2 if bits > 8 else 1)

@@ -538,3 +538,28 @@ def test_a_class_name_with_a_control_character_is_refused_for_training() -> None
 
     with pytest.raises(KedgeError, match="control character"):
         parse_classes("Normal,\x1b[31mOsteoporosis")
+
+
+@pytest.mark.parametrize("kind", ["png-rgba16", "dicom-native16"])
+def test_an_image_whose_decode_would_pass_the_memory_limit_is_refused_first(tmp_path, kind) -> None:
+    """A 16-bit RGBA PNG holds 8 bytes a pixel once decoded (a 200 MP one of a few MB took
+    3.2 GB). With the decode limit lowered to 32 MiB in the child, a 2600 x 2600 one
+    (about 108 MiB to decode) and a 16-bit DICOM of that size (about 39 MiB with its
+    file and output) are refused from their headers, before the pixels are decoded."""
+    side = 2600
+    image = np.broadcast_to(np.arange(side, dtype=np.uint16) * 25, (side, side))
+    if kind == "png-rgba16":
+        data = encode(np.ascontiguousarray(np.repeat(image[:, :, None], 4, axis=2)), ".png", [16, 1])
+    else:
+        data = dicom(np.ascontiguousarray(image), 16, patient=PATIENT)
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    code = ("import sys\nfrom kedge.runtime import preprocess as p\nfrom kedge.runtime.errors import ImageError\n"
+            "import kedge.runtime.dicom\np.MAX_DECODE_BYTES = kedge.runtime.dicom.MAX_DECODE_BYTES = 32 << 20\n"
+            f"print('base-kib', {status_kib('VmRSS')})\n"
+            "try:\n    p.preprocess(sys.argv[1])\nexcept ImageError as err:\n    print(err)\n")
+    out = bounded(code, 60, None, str(path)).splitlines()
+    above_mib = (int(out[-1].split()[1]) - int(out[0].split()[1])) / 1024
+    assert "decoding needs about" in out[1] and "over kedge's limit of 32 MiB" in out[1], out
+    if kind == "png-rgba16":
+        assert above_mib < 48, f"{above_mib:.0f} MiB above the interpreter"
