@@ -52,24 +52,25 @@ def _image(channels: int, dtype: type, side: int = SIDE) -> np.ndarray:
     return image if channels == 1 else np.ascontiguousarray(np.repeat(image[:, :, None], channels, axis=2))
 
 
-def _encode(ext: str, channels: int, dtype: type, params: list[int] | None = None) -> Callable[[Path], None]:
+def _encode(ext: str, channels: int, dtype: type, params: list[int] | None = None,
+            side: int = SIDE) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         import cv2
 
-        ok, buffer = cv2.imencode(ext, _image(channels, dtype), params or [])
+        ok, buffer = cv2.imencode(ext, _image(channels, dtype, side), params or [])
         assert ok, ext
         buffer.tofile(path)
 
     return write
 
 
-def _dicom(deflated: bool) -> Callable[[Path], None]:
+def _dicom(deflated: bool, side: int = SIDE) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         sys.path.insert(0, str(TESTS))
         from imagegen import dicom  # the test suite's DICOM writer (pydicom)
 
         syntax = "1.2.840.10008.1.2.1.99" if deflated else "1.2.840.10008.1.2.1"
-        path.write_bytes(dicom(_image(1, np.uint16), 16, window=(30000.0, 60000.0), syntax=syntax))
+        path.write_bytes(dicom(_image(1, np.uint16, side), 16, window=(30000.0, 60000.0), syntax=syntax))
 
     return write
 
@@ -100,6 +101,12 @@ FAMILIES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "dicom-native16": ("dcm", _dicom(deflated=False)),
     "dicom-deflated16": ("dcm", _dicom(deflated=True)),
     "junk-max-file": ("png", _junk),
+    # the largest of each that the decode-memory limit (MAX_DECODE_BYTES) still accepts
+    "png-rgb8-max": ("png", _encode(".png", 3, np.uint8, [16, 1], side=12_300)),
+    "png-rgba16-max": ("png", _encode(".png", 4, np.uint16, [16, 1], side=7_650)),
+    "tiff-grey16-max": ("tif", _encode(".tif", 1, np.uint16, [259, 1], side=13_370)),
+    "bmp-rgb8-max": ("bmp", _encode(".bmp", 3, np.uint8, side=10_360)),
+    "dicom-native16-max": ("dcm", _dicom(deflated=False, side=13_370)),
 }
 
 
@@ -123,8 +130,8 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="kedge-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     names = args.only.split(",") if args.only else list(FAMILIES)
-    print(f"budget {BUDGET_MIB} MiB; inputs {SIDE} x {SIDE} px unless said; one `kedge infer` per input")
-    print(f"{'family':<18}{'file MiB':>9}{'exit':>6}{'peak MiB':>10}  within  outcome")
+    print(f"budget {BUDGET_MIB} MiB; inputs {SIDE} x {SIDE} px, -max ones the largest accepted; one `kedge infer` each")
+    print(f"{'family':<20}{'file MiB':>9}{'exit':>6}{'peak MiB':>10}  within  outcome")
     over = []
     for name in names:
         ext, write = FAMILIES[name]
@@ -136,7 +143,7 @@ def main() -> int:
         within = 0 <= peak <= BUDGET_MIB
         if not within:
             over.append(name)
-        print(f"{name:<18}{size:>9.1f}{status:>6}{peak:>10.0f}  {'yes' if within else 'NO':<6}  {said}", flush=True)
+        print(f"{name:<20}{size:>9.1f}{status:>6}{peak:>10.0f}  {'yes' if within else 'NO':<6}  {said}", flush=True)
         if not args.keep:
             os.unlink(path)
     print("over budget: " + (", ".join(over) if over else "none"))
