@@ -116,8 +116,9 @@ def measure(path: Path, model: str | None) -> tuple[int, float, str]:
     result = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=1800)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     peak = next((int(line.split()[1]) / 1024 for line in reversed(lines) if line.startswith("vmhwm-kib")), -1.0)
-    said = [line for line in lines if not line.startswith("vmhwm-kib")]
-    return result.returncode, peak, (said[-1] if said else result.stdout.strip().splitlines()[-1])[:110]
+    said = [line for line in lines if line.startswith("kedge: error:")] or [
+        line for line in lines if not line.startswith("vmhwm-kib")]
+    return result.returncode, peak, (said[0] if said else result.stdout.strip().splitlines()[-1])[:150]
 
 
 def main() -> int:
