@@ -5,8 +5,9 @@ would allocate tens of gigabytes before anything could object. Reading the heade
 first lets kedge refuse such files with a clear message, and tells "not an image"
 apart from "a broken PNG". The runtime's JPEG fast path also needs the size up front.
 
-The PNG chunk walk and the JPEG marker walk look at the first HEADER_WINDOW bytes
-only, and skip runs of JPEG fill bytes in one step: a signature followed by a
+The JPEG marker walk looks at the first HEADER_WINDOW bytes only and skips runs of
+fill bytes in one step; the PNG chunk walk stops at the first chunk whose type is
+not four letters and walks at most MAX_PNG_CHUNKS chunks: a signature followed by a
 gigabyte of junk once took 70 s of byte-by-byte Python. (TIFF reads its IFD at the
 offset the header gives, at most 4096 entries.)
 """
@@ -26,7 +27,8 @@ class Header(NamedTuple):
     sample_bytes: int = 2
 
 
-HEADER_WINDOW = 4 << 20  # bytes the PNG and JPEG walks may look at: real headers end within a few hundred KB
+HEADER_WINDOW = 4 << 20  # bytes the JPEG walk may look at: real headers end within a few hundred KB
+MAX_PNG_CHUNKS = 1 << 18  # libpng writes 8 KiB IDATs: a 512 MiB PNG has about 65,000 chunks
 _FILL = re.compile(rb"\xff+")
 _CHUNK_TYPE = re.compile(rb"[A-Za-z]{4}")
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -57,19 +59,29 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}  # colour type -> OpenCV's channe
 
 
 def _png(data: bytes) -> Header:
+    """Size, channels and sBIT from IHDR and the chunks before IDAT. Every chunk's
+    declared length is checked against the file: OpenCV 5 allocates a chunk's declared
+    length before reading it (one flipped bit in a 5 KB file's IDAT length cost 2 GiB).
+    At most MAX_PNG_CHUNKS chunks are walked, 8 bytes each."""
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
     sbit = None
-    pos = 8
-    end = min(len(data), HEADER_WINDOW)
-    while pos + 8 <= end:  # walk chunks up to the first IDAT, looking for sBIT
+    pos, before_idat = 8, True
+    for _ in range(MAX_PNG_CHUNKS):
+        if pos + 8 > len(data):
+            break
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if not _CHUNK_TYPE.fullmatch(kind):  # PNG chunk types are four ASCII letters; libpng refuses others
             raise ValueError("bad PNG chunk type")
-        if kind == b"sBIT" and length >= 1:
+        if pos + 12 + length > len(data):
+            raise ValueError(f"a PNG {kind.decode()} chunk runs past the end of the file")
+        before_idat = before_idat and kind != b"IDAT"
+        if kind == b"sBIT" and length >= 1 and before_idat:
             sbit = max(data[pos + 8 : pos + 8 + min(length, 4)])  # one byte per channel, at most 4
-        if kind in (b"IDAT", b"IEND"):
+        if kind == b"IEND":
             break
         pos += 12 + length
+    else:
+        raise ValueError(f"over {MAX_PNG_CHUNKS} PNG chunks")
     return Header("png", width, height, sbit, _PNG_CHANNELS.get(colour, 4), 2 if depth == 16 else 1)
 
 

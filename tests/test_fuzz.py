@@ -578,3 +578,21 @@ def test_seeded_campaign(tmp_path) -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("the campaign outlived an hour")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_a_png_chunk_longer_than_its_file_is_refused_before_opencv_allocates_it(tmp_path) -> None:
+    """One flipped bit made a 5 KB PNG's IDAT claim 2 GiB, and OpenCV 5 allocated it before
+    reading (the 10,000-input campaign found it: 2 GB peak). Refused from the header now,
+    within a 64 MiB margin over the interpreter."""
+    png = bytearray(encode(pattern(72, 96, seed=SEED), ".png"))
+    at = png.index(b"IDAT") - 4
+    png[at:at + 4] = struct.pack(">I", struct.unpack(">I", png[at:at + 4])[0] | 0x80000000)
+    path = tmp_path / "long-idat.png"
+    path.write_bytes(bytes(png))
+    code = ("import sys\nfrom kedge.runtime.preprocess import preprocess\nfrom kedge.runtime.errors import ImageError\n"
+            f"print('base-kib', {status_kib('VmRSS')})\n"
+            "try:\n    preprocess(sys.argv[1])\nexcept ImageError as err:\n    print(err)\n")
+    out = bounded(code, 30, None, str(path)).splitlines()
+    above_mib = (int(out[-1].split()[1]) - int(out[0].split()[1])) / 1024
+    assert above_mib < 64, f"{above_mib:.0f} MiB above the interpreter"
+    assert "a PNG IDAT chunk runs past the end of the file" in out[1], out
