@@ -136,6 +136,8 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
     if data is None and images is not None and images.stratified_by is not None:
         data = s.calib
         log(f"parity: on the calibration folder {data} (pass --data DIR for held-out images)")
+    if data is None and s.split is not None:
+        raise KedgeError(f"--split {s.split} needs --data DIR: {s.calib} has no class folders to check parity on")
     if data is None:
         report.skipped.append("parity: no labelled folder (pass --data DIR)")
     else:

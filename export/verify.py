@@ -5,7 +5,8 @@ build (TensorRT and a GPU present), or plainly why none was built; every runnabl
 (backend, form, precision) pair on the golden set stored in the bundle; parity of
 each pair on a labelled folder (--data); a short benchmark of each pair. One report,
 each check passed, failed, or not checkable here (with the reason). Exit 0 when
-nothing failed. A pair whose parity the bundle records as FAILED (so `auto` never
+nothing failed and at least one check passed: a verify that could check nothing
+proves nothing, so it exits 1 too. A pair whose parity the bundle records as FAILED (so `auto` never
 runs it) is still run and reported, as a known failure that does not fail verify.
 """
 from __future__ import annotations
@@ -44,13 +45,14 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        return all(c.status != FAILED for c in self.checks)
+        """Nothing failed and something was checked."""
+        return all(c.status != FAILED for c in self.checks) and any(c.status == PASSED for c in self.checks)
 
     @property
     def verdict(self) -> str:
-        if not self.passed:
+        if any(c.status == FAILED for c in self.checks):
             return "FAILED"
-        return "PASSED" if any(c.status == PASSED for c in self.checks) else "NOTHING CHECKABLE HERE (none failed)"
+        return "PASSED" if self.passed else "NOTHING CHECKABLE HERE (none failed)"
 
     def add(self, name: str, status: str, detail: str, data: Any = None) -> None:
         self.checks.append(Check(name, status, detail, data))

@@ -45,10 +45,13 @@ def main() -> None:
     """kedge: knee X-ray osteoporosis classifiers, from training to the edge.
 
     \b
-    Right away, with the two models shipped in kedge:
+    Right away, with the two models shipped in kedge (lean install: pip install 'kedge[cpu]'):
       kedge infer knee.png scans/                    # osteoporosis probability + 3-class result
-      kedge explain knee.png                         # what drove each answer (PNG maps; [explain] extra)
       kedge card                                     # the models' cards: data, metrics, limits
+      kedge info                                     # this machine's backends and CPU features
+    \b
+    With the [explain] extra (matplotlib):
+      kedge explain knee.png                         # what drove each answer (PNG maps)
     \b
     Your own model:
       kedge train knee-cnn --data DIR --out runs/cnn
@@ -69,6 +72,11 @@ def models(as_json: bool) -> None:
 
     The counts are those of the full-size models (checked against the built models
     in the test suite), so this needs no TensorFlow.
+
+    \b
+    Examples:
+      kedge models
+      kedge models --json
     """
     from kedge.runtime.preprocess import INPUT_SHAPE
     from kedge.train.models import ARCHITECTURES
@@ -211,7 +219,13 @@ def evaluate(bundle: Path, data: Path, split: str | None, batch_size: int, quiet
     n, accuracy, balanced accuracy, recall per class and the share of the most
     frequent answer (binary models: ROC AUC, sensitivity, specificity). Sources come
     from --sources/--source-rule, else from the bundle's split.csv. Unreadable images
-    are listed and skipped; the exit status is then 1.
+    are listed and skipped; the exit status is then 1. Needs the [train] extra.
+
+    \b
+    Examples:
+      kedge evaluate runs/cnn --data ../shared/data/knee-3class --split test
+      kedge evaluate runs/cnn --data ../shared/data --split test \\
+          --sources ../shared/data/manifest.csv --source-column collection --json
     """
     from kedge.runtime.evaluate import format_report
     from kedge.train.evaluate import evaluate_bundle
@@ -248,6 +262,8 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
     from kedge.runtime.preprocess import PREPROCESS_VERSION
     from kedge.runtime.preprocess import preprocess as run_preprocess
 
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise KedgeError(f"{out_dir}: --out-dir exists and is not a folder")
     rows, failed, used_names = [], 0, set()
     for path in expand_inputs(inputs):
         try:
@@ -266,8 +282,12 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
                 n += 1
                 name = f"{path.stem}-{n}.png"
             used_names.add(name)
-            with atomic_path(out_dir / name) as tmp:
-                tmp.write_bytes(cv2.imencode(".png", np.round(x[:, :, 0] * 255).astype(np.uint8))[1].tobytes())
+            try:
+                with atomic_path(out_dir / name) as tmp:
+                    tmp.write_bytes(cv2.imencode(".png", np.round(x[:, :, 0] * 255).astype(np.uint8))[1].tobytes())
+            except OSError as err:  # a file where a folder on the way should be, permissions, a full disk
+                raise KedgeError(f"{out_dir / name}: cannot be written ({err.strerror or type(err).__name__})") \
+                    from None
             row["view"] = str(out_dir / name)
         rows.append(row)
         if not as_json:
@@ -350,6 +370,11 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
 
     Bone texture density follows the class, so a small model learns it quickly.
     No real patient data is involved.
+
+    \b
+    Examples:
+      kedge synth --out runs/synthetic-knees
+      kedge synth --out runs/big --per-class 200 --size 512 --classes Normal,Osteoporosis
     """
     from kedge.runtime.folders import parse_classes
     from kedge.runtime.synthetic import write_dataset
@@ -418,6 +443,10 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
     from kedge.export.pipeline import ExportReport, ExportSettings, export_bundle
 
     size = None if calib_size.strip().lower() == "all" else _positive_int(calib_size, "--calib-size")
+    if options["split"] is not None and options["data"] is None and options["calib"] is None:  # never ignored
+        raise KedgeError(f"--split {options['split']} needs --data DIR (the labelled images parity is checked on)")
+    if options["calib_split"] is not None and options["calib"] is None:
+        raise KedgeError(f"--calib-split {options['calib_split']} needs --calib DIR")
     only_triton = triton_repo is not None and not any(options[k] for k in ("fp16", "int8", "engine", "data"))
     if only_triton:
         report = ExportReport(str(bundle))
@@ -528,6 +557,9 @@ def rebuild(model: str, data: Path, work: Path | None, out: Path | None, skip_tr
 
 @main.command()
 @click.argument("bundles", nargs=-1, type=BUNDLE)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address Triton's HTTP, gRPC and metrics endpoints listen on. 0.0.0.0 listens on every "
+              "interface, unauthenticated and unencrypted: put a TLS proxy in front instead (docs/hardening.md).")
 @click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
@@ -537,7 +569,7 @@ def rebuild(model: str, data: Path, work: Path | None, out: Path | None, skip_tr
               help="Largest batch Triton's dynamic batcher forms.")
 @click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="How long the batcher waits to fill a batch, microseconds.")
-def serve(bundles: tuple[Path, ...], http_port: int, grpc_port: int, metrics_port: int, backend: str,
+def serve(bundles: tuple[Path, ...], host: str, http_port: int, grpc_port: int, metrics_port: int, backend: str,
           precision: str | None, max_batch: int, queue_delay_us: int) -> None:
     """Serve BUNDLES (default: the shipped models) on a real NVIDIA Triton server.
 
@@ -547,14 +579,22 @@ def serve(bundles: tuple[Path, ...], http_port: int, grpc_port: int, metrics_por
     (TensorRT on a GPU, ONNX Runtime on the CPU). Clients send preprocessed tensors:
     `kedge infer --triton http://HOST:8000 IMAGE...`.
 
+    Listens on 127.0.0.1 unless --host says otherwise. Tensors that are not finite
+    or not within [0, 1] are refused with an error reply.
     Run it from a virtual environment made with the system Python (Triton's stub
     must match the interpreter exactly): see docs/triton.md.
+
+    \b
+    Examples:
+      kedge serve                                   # the shipped models, on 127.0.0.1:8000
+      kedge serve runs/cnn --host 10.0.0.5 --http-port 9000
     """
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.serve import serve as run_server
 
     loaded = [load_bundle(b) for b in bundles] if bundles else _load_models(None)
-    run_server(loaded, http_port, grpc_port, metrics_port, backend, precision, max_batch, queue_delay_us, log=_log)
+    run_server(loaded, http_port, grpc_port, metrics_port, backend, precision, max_batch, queue_delay_us, log=_log,
+               host=host)
 
 
 for _command in (cli_run.infer, cli_run.bench, cli_run.explain, cli_run.parity, cli_run.info):

@@ -18,6 +18,7 @@ from kedge.options import (
     source_options,
     source_spec,
 )
+from kedge.runtime.errors import KedgeError
 
 
 def register(main: click.Group) -> None:
@@ -74,13 +75,16 @@ def register(main: click.Group) -> None:
         from kedge.runtime.explain import require_matplotlib
         from kedge.runtime.shortcut import audit as run_audit
         from kedge.runtime.shortcut import format_audit
-        from kedge.runtime.sources import labelled_items
+        from kedge.runtime.sources import UNKNOWN, labelled_items
 
         spec = source_spec(sources)
         if plot is not None:
             require_matplotlib("kedge audit --plot")
         loaded = load_bundle(bundle)
         items = labelled_items(loaded, data, split, spec, split_manifest)
+        if items and all(item.source == UNKNOWN for item in items):  # nothing to audit: say so, never "passed"
+            raise KedgeError(f"{data}: no source is known for these images, so no source check is possible: give "
+                             "--sources or --source-rule (or a bundle whose split.csv names them)")
         runner, description = open_runner(loaded, backend, precision, allow_unverified)
         envelope = bundle_envelope(loaded)
         gate = None if envelope is None else GateRecorder(runner, envelope)

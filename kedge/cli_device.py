@@ -108,9 +108,10 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
     5. a short benchmark of each pair.
     Each check: passed, failed, or not checkable here (and why); a pair the
     bundle's recorded parity already FAILED (auto never runs it) is shown
-    as "failed as recorded". Exit status 1 when a check failed.
+    as "failed as recorded". Exit status 1 when a check failed, or when
+    nothing could be checked here.
     \b
-    On a Jetson: copy the bundle, then
+    Example, on a Jetson: copy the bundle, then
       kedge verify runtime/models/resnet50-gru --report verify.md
     """
     from kedge.export.verify import verify_bundle

@@ -8,9 +8,11 @@ can lose at most the reading in flight, never truncate or corrupt an earlier lin
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,25 @@ from kedge.runtime.errors import KedgeError
 
 class AuditLog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open non-blocking (a FIFO with no reader would block the open forever) and keep
+        only a regular file: a FIFO, device or socket as the trail is refused."""
         self.path = Path(path)
+        with contextlib.suppress(FileNotFoundError):
+            self._refuse_unless_regular(os.stat(self.path))
         try:
-            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                           | getattr(os, "O_NONBLOCK", 0), 0o644)
         except OSError as err:
             raise KedgeError(f"{self.path}: cannot open the audit file ({err.strerror or err})") from None
+        try:
+            self._refuse_unless_regular(os.fstat(self._fd))  # swapped in between stat and open
+        except KedgeError:
+            self.close()
+            raise
+
+    def _refuse_unless_regular(self, info: os.stat_result) -> None:
+        if not stat.S_ISREG(info.st_mode):
+            raise KedgeError(f"{self.path}: the audit file is not a regular file (a FIFO, device or socket); refused")
 
     def record(self, entry: dict[str, Any]) -> None:
         """Append one reading; returns once it is on disk."""

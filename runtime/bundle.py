@@ -9,12 +9,15 @@ never leaves a partial file under its final name.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PureWindowsPath
@@ -22,7 +25,7 @@ from typing import Any
 
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
-from kedge.runtime.schema import SCHEMA_VERSION, check_inside, parse_manifest, validate
+from kedge.runtime.schema import MAX_MANIFEST_BYTES, SCHEMA_VERSION, check_inside, parse_manifest, validate
 
 MANIFEST_NAME = "kedge.json"
 INTENDED_USE = "Research use only, not a diagnostic device."
@@ -97,7 +100,8 @@ def staged_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Ite
     final = Path(final)
     check_output_folder(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    remove_stale_stages(final)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}-", suffix=".partial", dir=final.parent))
     try:
         yield stage
         os.chmod(stage, 0o777 & ~_UMASK)
@@ -111,6 +115,36 @@ def staged_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Ite
             os.replace(stage, final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+LEGACY_STAGE_AGE_S = 3600  # a staging folder named without its process id counts as stale after an hour
+
+
+def remove_stale_stages(final: Path) -> list[Path]:
+    """Delete staging folders of `final` left by a killed run: those whose process (the
+    id in the name) is gone, and unnamed ones over an hour old. A live run's stays."""
+    removed = []
+    for stage in final.parent.glob(f".{glob.escape(final.name)}.*.partial"):
+        owner = stage.name[len(final.name) + 2:].split("-", 1)[0]
+        if owner.isdigit():
+            if _alive(int(owner)):
+                continue
+        elif time.time() - stage.lstat().st_mtime < LEGACY_STAGE_AGE_S:
+            continue
+        if stage.is_dir() and not stage.is_symlink():
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 @dataclass
@@ -139,7 +173,8 @@ class Bundle:
             raise KedgeError(f"{self.path}: the bundle has no {key} (kedge.json artifacts)")
         path = check_inside(self.path, relative, self.path / MANIFEST_NAME)
         if not path.is_file():
-            raise KedgeError(f"{path}: missing from the bundle")
+            kind = "missing from the bundle" if not path.exists() else "not a regular file (a FIFO, device or folder)"
+            raise KedgeError(f"{path}: {kind}; refused")
         expected = self.manifest.get("files", {}).get(relative)
         if not expected:  # load_bundle refuses this too; kept here for manifests edited in memory
             raise KedgeError(f"{path}: no sha256 in kedge.json; refused")
@@ -153,15 +188,33 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     manifest_path = folder / MANIFEST_NAME
     if not folder.is_dir():
         raise KedgeError(f"{folder}: no such bundle folder")
-    if not manifest_path.is_file():
+    if not os.path.lexists(manifest_path):
         raise KedgeError(f"{folder}: not a kedge bundle (no {MANIFEST_NAME})")
+    check_inside(folder, MANIFEST_NAME, manifest_path)
     try:
-        text = manifest_path.read_text(encoding="utf-8")
+        text = _read_manifest(manifest_path).decode("utf-8")
     except UnicodeDecodeError:
         raise KedgeError(f"{manifest_path}: not valid JSON (not UTF-8 text)") from None
     manifest = parse_manifest(text, manifest_path)
     validate(manifest, folder, manifest_path)
     return Bundle(folder, manifest)
+
+
+def _read_manifest(path: Path) -> bytes:
+    """kedge.json's bytes, its size checked before any is read (a sparse 1 GiB file
+    once took 18 s and 2 GB to refuse). Opened non-blocking and checked with fstat,
+    so a FIFO in its place is refused instead of waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise KedgeError(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise KedgeError(f"{path}: not a regular file (a FIFO, device or folder); refused")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise KedgeError(f"{path}: manifest is over {MAX_MANIFEST_BYTES >> 20} MiB")
+        return handle.read(MAX_MANIFEST_BYTES + 1)
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from kedge.runtime.backends.base import cache_root
 from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import FORMS, PRECISIONS, Pair, runnable_pairs
-from kedge.runtime.parity import PASSED, status
+from kedge.runtime.parity import PASSED, UNCHECKED, status
 
 CHUNK = 8  # golden images per timed call: kedge infer's default batch size
 TIE = 0.15  # pairs within 15 % of the fastest are equally fast: the fixed order decides
@@ -110,7 +110,9 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
 
 def _unverified(bundle: Bundle, first: Pair, named: bool, allow_unverified: bool) -> Choice:
     state, detail = status(bundle, first)
-    what = f"{first} {'FAILED parity' if state != 'not checked' else 'was never parity-checked'}: {detail}"
+    what = f"{first} {'FAILED parity' if state != UNCHECKED else 'was never parity-checked'}: {detail}"
+    if state == UNCHECKED and not named:  # the detail ends with the `kedge parity` hint the message ends with
+        what = f"{first} was never parity-checked ({detail.split('; run `kedge parity')[0]})"
     if not (named and allow_unverified):
         hint = ("pass --allow-unverified to run it anyway" if named else
                 f"run `kedge parity {bundle.path} --data DIR --split test`, or name a pair with --backend/"

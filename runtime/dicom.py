@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -37,12 +38,14 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.errors import ImageError
-from kedge.runtime.preprocess import MAX_PIXELS, size_problem
+from kedge.runtime.preprocess import MAX_DECODE_BYTES, MAX_PIXELS, decode_memory_problem, size_problem
 
 FULL_SCALE = 65535
 DEFLATED = b"1.2.840.10008.1.2.1.99"
 MAX_BYTES = 2 * MAX_PIXELS + (16 << 20)  # 16-bit pixels at the pixel limit, plus room for the header
 _INFLATE_STEP = 1 << 20
+_BAND_PIXELS = 1 << 20  # pixels per band of the display pipeline: about 30 MB of temporaries
+INFLATE_SECONDS = 30  # a 400 MiB body inflates in about 2 s; far past that, something is wrong
 _LOCK = threading.Lock()  # warnings filters are process-wide: one DICOM decode at a time
 
 # pydicom logs parse problems, sometimes with raw header bytes: never let them through.
@@ -75,9 +78,12 @@ def decode_dicom(data: bytes, name: str | os.PathLike[str]) -> tuple[np.ndarray,
     with _LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
-            _check_deflated_size(data, name)
+            inflated = _check_deflated_size(data, name)
+            if len(data) + 2 * inflated > MAX_DECODE_BYTES:  # pydicom holds the inflated body and a copy of its pixels
+                raise ImageError(name, decode_memory_problem(f"a deflated DICOM of {inflated >> 20} MiB", len(data)
+                                                             + 2 * inflated))
             ds = pydicom.dcmread(io.BytesIO(data))
-            return _display(ds, name)
+            return _display(ds, name, len(data))
         except ImageError:
             raise
         except MemoryError:
@@ -86,18 +92,25 @@ def decode_dicom(data: bytes, name: str | os.PathLike[str]) -> tuple[np.ndarray,
             raise ImageError(name, f"DICOM cannot be read ({type(err).__name__})") from None
 
 
-def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
+def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> int:
     """Inflate a Deflated Explicit VR body in 1 MiB steps, discarding the output, and
-    refuse it once it passes MAX_BYTES (pydicom would inflate it all at once)."""
+    refuse it once it passes MAX_BYTES (pydicom would inflate it all at once). Returns
+    the inflated size (0 for any other transfer syntax).
+
+    The loop ends at the stream's end (`eof`): bytes after it (pydicom pads the body
+    to an even length) stay in `unconsumed_tail` forever, so waiting for the tail to
+    empty would spin. Steps and wall time are bounded too, as a last guard: this runs
+    under the module lock, so a spin here would stall every other file's decode."""
     meta = data[132:132 + 12]
     if len(meta) < 12 or meta[:4] != b"\x02\x00\x00\x00":
-        return  # no group length: pydicom decides (and the wall catches what it raises)
+        return 0  # no group length: pydicom decides (and the wall catches what it raises)
     body = 132 + 12 + int.from_bytes(meta[8:12], "little")
     if DEFLATED not in data[132:body]:
-        return
+        return 0
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     tail, total = data[body:], 0
-    while True:
+    deadline = time.monotonic() + INFLATE_SECONDS
+    for _ in range(MAX_BYTES // _INFLATE_STEP + 2):  # each step but the last yields a full 1 MiB
         try:
             out = inflater.decompress(tail, _INFLATE_STEP)
         except zlib.error:
@@ -106,33 +119,49 @@ def _check_deflated_size(data: bytes, name: str | os.PathLike[str]) -> None:
         tail = inflater.unconsumed_tail
         if total > MAX_BYTES:
             raise ImageError(name, f"DICOM deflated data inflates past kedge's limit ({MAX_BYTES >> 20} MiB)")
-        if not out and not tail:
+        if inflater.eof or not (out or tail):
             break
+        if time.monotonic() > deadline:
+            raise ImageError(name, f"DICOM deflated data takes over {INFLATE_SECONDS} s to inflate; refused")
     if not inflater.eof:
         raise ImageError(name, "DICOM deflated data is cut short")
+    return total
 
 
-def _display(ds: Any, name: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """The PS3.3 display pipeline (module docstring) on a parsed dataset."""
+def _display(ds: Any, name: str | os.PathLike[str], file_bytes: int = 0) -> tuple[np.ndarray, int]:
+    """The PS3.3 display pipeline (module docstring) on a parsed dataset, a band of rows
+    at a time into the output array: int64 and float64 copies of a whole 200 MP image
+    once took 9 GB. Peak memory is the stored pixels, one inflated body while pydicom
+    parses it, the output (1 or 2 bytes a pixel) and one band's temporaries."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     _check_supported(ds, name)
     bits = _integer(ds, "BitsStored", 16, name, 1, 32)
-    pixels = _stored_pixels(ds, name, bits)
+    pixels = _stored_pixels(ds, name)
+    ds.buffer = None  # pydicom keeps the whole inflated body for lazy reads; the pixels are all kedge needs
     _check_luts(ds, name)
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    low, high = _display_range(ds, name, bits)
-    if _has_voi(ds):
-        values = apply_voi_lut(values, ds, index=0).astype(np.float64)
-        low, high = _voi_output_range(ds, name, bits)
-    if not np.isfinite(values).all() or not (math.isfinite(low) and math.isfinite(high)):
+    low, high = _voi_output_range(ds, name, bits) if _has_voi(ds) else _display_range(ds, name, bits)
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ImageError(name, "DICOM pixel values are not finite after rescaling and windowing")
-    unit = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        unit = 1.0 - unit
-    if bits <= 8:  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
-        return np.round(unit * 255).astype(np.uint8), 255
-    return np.round(unit * FULL_SCALE).astype(np.uint16), FULL_SCALE
+    full_scale = 255 if bits <= 8 else FULL_SCALE  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
+    out_type = np.dtype(np.uint8 if bits <= 8 else np.uint16)
+    need = file_bytes + pixels.nbytes + pixels.size * out_type.itemsize
+    if need > MAX_DECODE_BYTES:
+        raise ImageError(name, decode_memory_problem(f"a DICOM of {pixels.shape[1]}x{pixels.shape[0]} pixels", need))
+    out = np.empty(pixels.shape, out_type)
+    inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    band = max(1, _BAND_PIXELS // max(1, pixels.shape[1]))
+    for top in range(0, pixels.shape[0], band):
+        values = apply_modality_lut(_masked(pixels[top:top + band], ds, bits), ds).astype(np.float64)
+        if _has_voi(ds):
+            values = apply_voi_lut(values, ds, index=0).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ImageError(name, "DICOM pixel values are not finite after rescaling and windowing")
+        unit = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+        if inverted:
+            unit = 1.0 - unit
+        out[top:top + band] = np.round(unit * full_scale)
+    return out, full_scale
 
 
 def _number(ds: Any, keyword: str, default: float, name: str | os.PathLike[str]) -> float:
@@ -180,6 +209,8 @@ def _check_supported(ds: Any, name: str | os.PathLike[str]) -> None:
 def _check_luts(ds: Any, name: str | os.PathLike[str]) -> None:
     """Rescale and window values pydicom would apply: finite, and a window at least 1 wide
     (PS3.3 C.11.2.1.2); LUT sequences non-empty with a usable descriptor."""
+    if ("RescaleSlope" in ds) != ("RescaleIntercept" in ds):  # pydicom rescales only with both: never half
+        raise ImageError(name, "DICOM has only one of RescaleSlope and RescaleIntercept; refused")
     if _number(ds, "RescaleSlope", 1.0, name) == 0:
         raise ImageError(name, "DICOM RescaleSlope is 0")
     _number(ds, "RescaleIntercept", 0.0, name)
@@ -207,9 +238,13 @@ def _lut_bits(ds: Any, keyword: str, name: str | os.PathLike[str]) -> int:
     return bits
 
 
-def _stored_pixels(ds: Any, name: str | os.PathLike[str], bits: int) -> np.ndarray:
+def _stored_pixels(ds: Any, name: str | os.PathLike[str]) -> np.ndarray:
+    """The stored pixels, as a read-only view of pydicom's PixelData where the syntax
+    allows (no second full-size copy)."""
+    from pydicom.pixels import pixel_array
+
     try:
-        pixels = np.asarray(ds.pixel_array)
+        pixels = np.asarray(pixel_array(ds, view_only=True))
     except Exception as err:  # no plugin for the syntax, or corrupt data: pydicom's error types vary by version
         syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
         if syntax in PLUGINS:
@@ -217,7 +252,12 @@ def _stored_pixels(ds: Any, name: str | os.PathLike[str], bits: int) -> np.ndarr
         raise ImageError(name, f"DICOM pixel data cannot be decoded ({type(err).__name__})") from None
     if pixels.ndim != 2:
         raise ImageError(name, "DICOM pixel data is not one 2-D frame")
-    if int(ds.get("PixelRepresentation", 0) or 0) == 1:  # signed: sign-extend from BitsStored
+    return pixels
+
+
+def _masked(pixels: np.ndarray, ds: Any, bits: int) -> np.ndarray:
+    """A band of stored pixels masked to BitsStored, or sign-extended from it when signed."""
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
         shift = 64 - bits
         return (pixels.astype(np.int64) << shift) >> shift
     return pixels.astype(np.int64) & ((1 << bits) - 1)

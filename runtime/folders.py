@@ -42,6 +42,8 @@ def parse_classes(text: str) -> list[str]:
         raise KedgeError(f"--classes {text!r}: a class is named twice")
     if len(names) < 2:
         raise KedgeError(f"--classes {text!r}: need at least two classes")
+    if not all(n.isprintable() for n in names):  # a bundle refuses such names when loaded (runtime/schema.py)
+        raise KedgeError(f"--classes {text!r}: a class name holds a control character")
     return names
 
 
@@ -108,13 +110,16 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Files as given, folders searched recursively for images, and glob patterns expanded.
 
     A path that does not exist and matches nothing is returned as is, so the caller
-    reports it per file ("file not found") instead of silently dropping it.
+    reports it per file ("file not found") instead of silently dropping it. A model
+    bundle given as an input folder is refused: its plots are not knees.
     """
     import glob
 
     found: list[Path] = []
     for raw in inputs:
         path = Path(raw)
+        if path.is_dir() and os.path.lexists(path / "kedge.json"):
+            raise KedgeError(f"{path}: a model bundle, not a folder of images (pass it as --model {path})")
         if path.is_dir():
             found.extend(sorted((p for p in path.rglob("*") if is_image_file(p)), key=lambda p: p.as_posix()))
         elif not path.exists() and any(char in str(raw) for char in "*?["):

@@ -145,11 +145,11 @@ class Predictor:
         else:
             self.choice = choose(bundle, backend, precision, allow_unverified, threads)
             self.runner = self.choice.pair.open(bundle, threads, cuda_graph=cuda_graph).activate()
-            try:
-                check_outputs(self.runner, bundle)
-            except BaseException:
-                self.runner.close()
-                raise
+        try:  # a served model is checked too: its class count may not be the bundle's
+            check_outputs(self.runner, bundle)
+        except BaseException:
+            self.runner.close()
+            raise
         self.classes = bundle.classes
         self.envelope = bundle_envelope(bundle)  # image statistics only: the same for every form and backend
 

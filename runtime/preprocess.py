@@ -49,7 +49,13 @@ INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 INTERPOLATION = "INTER_AREA when shrinking, INTER_LINEAR when enlarging"
 MAX_SIDE = 30_000
 MAX_PIXELS = 200_000_000
-MAX_FILE_BYTES = 1 << 30  # no radiograph is near 1 GiB; a bigger "image" is refused before it is read
+MAX_FILE_BYTES = 512 << 20  # no radiograph is near 512 MiB; a bigger "image" is refused before it is read
+# What one decode may hold at once: the file's bytes, the decoded image twice (OpenCV's
+# decoders and pydicom hold a second full-size buffer while they work) and the grey copy.
+# With the interpreter and a loaded model this keeps `kedge infer` under 1.5 GB on any
+# input (docs/hardening.md, docs/results/memory_budget.py); a 200 MP 16-bit RGBA PNG of a few
+# MB once took 3.2 GB.
+MAX_DECODE_BYTES = 1 << 30
 DECODABLE = ("png", "jpeg", "bmp", "tiff")
 # JPEG decoding at reduced scale (libjpeg's DCT scaling, through OpenCV): a 2000 px
 # radiograph decodes at 1/2 size in under half the full decode's time. Both sides must
@@ -128,6 +134,13 @@ def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
     if problem:
         raise ImageError(name, f"image is {header.width}x{header.height} pixels, {problem}")
     factor = jpeg_reduction(header.width, header.height) if reduced and header.format == "jpeg" else 1
+    channels = 1 if factor > 1 else header.channels  # reduced JPEGs decode straight to grey
+    pixels = header.width * header.height // (factor * factor)
+    need = len(data) + 2 * pixels * channels * header.sample_bytes + (pixels * header.sample_bytes if channels > 1
+                                                                       else 0)
+    if need > MAX_DECODE_BYTES:
+        raise ImageError(name, decode_memory_problem(f"{header.width}x{header.height} pixels of {channels} "
+                                                     f"{8 * header.sample_bytes}-bit channels", need))
     flags = REDUCED_GREY[factor] | cv2.IMREAD_IGNORE_ORIENTATION if factor > 1 else cv2.IMREAD_UNCHANGED
     with native_stderr() as messages:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -149,6 +162,11 @@ def size_problem(width: int, height: int) -> str | None:
     if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
         return f"over kedge's limit ({MAX_SIDE} a side, {MAX_PIXELS // 1_000_000} megapixels)"
     return None
+
+
+def decode_memory_problem(what: str, need: int) -> str:
+    return (f"image is {what}: decoding needs about {need >> 20} MiB, over kedge's limit of "
+            f"{MAX_DECODE_BYTES >> 20} MiB")
 
 
 def jpeg_reduction(width: int | None, height: int | None) -> int:

@@ -83,6 +83,8 @@ def validate(manifest: dict[str, Any], folder: Path, where: Path) -> None:
         raise fail("model.classes must be a list of at least two class names")
     if len({c.lower() for c in classes}) != len(classes):
         raise fail("model.classes names a class twice")
+    if not all(c.isprintable() for c in classes):  # printed in every answer: a newline or ESC would forge output
+        raise fail("model.classes: a class name holds a control character; refused")
     shape = _table(manifest, "input", fail).get("shape")
     if not isinstance(shape, list) or len(shape) != 4 or shape[1:] != [224, 224, 3]:
         raise fail("input.shape must be [batch, 224, 224, 3]")
@@ -148,7 +150,11 @@ def check_inside(folder: Path, relative: str, where: Path | str) -> Path:
     if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative or "\0" in relative:
         raise KedgeError(f"{where}: path {relative!r} must be relative and inside the bundle")
     path = folder / pure
-    if not _within(path.resolve(), folder.resolve()):
+    try:
+        inside = _within(path.resolve(), folder.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        raise KedgeError(f"{where}: path {relative!r} is a symlink loop; refused") from None
+    if not inside:
         raise KedgeError(f"{where}: path {relative!r} leads outside the bundle (symlink); refused")
     return path
 

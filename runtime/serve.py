@@ -8,6 +8,12 @@ preprocessed tensors: clients run kedge's one preprocessing function.
 
 Triton's Python-backend stub must match the interpreter's patch version exactly: run
 this from a virtual environment made with the system Python (README, Triton).
+
+Triton listens on `host` only (127.0.0.1 by default, never every interface unless
+told): put a TLS-terminating proxy in front to expose it (docs/hardening.md). A
+batch holding a tensor that is not finite or not in [0, 1] (kedge's preprocessing
+range) is refused with an error, never answered: an all-NaN tensor once got the
+all-zero image's confident answer.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from kedge.runtime.errors import KedgeError
 
 def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
           backend: str = "auto", precision: str | None = None, max_batch: int = 16, queue_delay_us: int = 2000,
-          log: Callable[[str], None] = print) -> None:
+          log: Callable[[str], None] = print, host: str = "127.0.0.1") -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM)."""
     try:
         from pytriton.decorators import batch
@@ -35,7 +41,9 @@ def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 800
     opened = []
     _stop_on_signals(log)  # before Triton starts: a signal while models load must still stop it cleanly
     try:
-        config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+        config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
+                              metrics_address=host, metrics_port=metrics_port, allow_sagemaker=False,
+                              allow_vertex_ai=False)
         with Triton(config=config) as triton:
             for bundle in bundles:
                 choice = choose(bundle, backend, precision)
@@ -48,7 +56,8 @@ def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 800
                             config=ModelConfig(max_batch_size=max_batch,
                                                batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
                             strict=True)
-            log(f"Triton: HTTP :{http_port}, gRPC :{grpc_port}, metrics :{metrics_port}; Ctrl-C or SIGTERM stops")
+            log(f"Triton on {host}: HTTP :{http_port}, gRPC :{grpc_port}, metrics :{metrics_port}; "
+                "Ctrl-C or SIGTERM stops")
             triton.serve()
     finally:
         for runner in opened:
@@ -71,6 +80,9 @@ def _stop_on_signals(log: Callable[[str], None]) -> None:
 
 def _infer_function(runner: Any) -> Callable[..., dict[str, np.ndarray]]:
     def infer(image: np.ndarray) -> dict[str, np.ndarray]:
+        # the range check is False for NaN too; PyTriton turns the error into an error reply
+        if not (np.isfinite(image).all() and image.min(initial=0.0) >= 0.0 and image.max(initial=0.0) <= 1.0):
+            raise KedgeError("refused: the image tensor must be finite and within [0, 1] (kedge's preprocessing)")
         return {"probabilities": runner.infer(image).astype(np.float32)}
 
     return infer

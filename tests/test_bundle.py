@@ -89,3 +89,23 @@ def test_load_bundle_errors(tmp_path, content, problem) -> None:
         load_bundle(folder)
     with pytest.raises(KedgeError, match="no such bundle folder"):
         load_bundle(tmp_path / "missing")
+
+
+def test_a_killed_runs_staging_folders_are_removed_by_the_next(tmp_path) -> None:
+    """`kedge ship` (or train) killed mid-copy leaves .NAME.<pid>-XXXX.partial/: the next
+    run into the same place removes those of dead processes and old unnamed ones, and
+    leaves a live run's alone."""
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live, legacy, fresh = (tmp_path / f".out.{tag}.partial" for tag in
+                                 (f"{int(gone.stdout)}-ab12", f"{os.getpid()}-cd34", "x7k2p9q1", "m3n4b5v6"))
+    for stage in (dead, live, legacy, fresh):
+        (stage / "model.onnx").parent.mkdir()
+        (stage / "model.onnx").write_bytes(b"half a model")
+    os.utime(legacy, (0, 0))  # an unnamed staging folder from 1970: a kedge before process ids in the name
+    with staged_folder(tmp_path / "out") as stage:
+        (stage / "x").write_text("one")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, fresh.name, "out"])

@@ -90,6 +90,8 @@ def test_base_install_has_no_tensorflow() -> None:
     (["train", "knee-cnn", "--data", "{tmp}/none", "--out", "{tmp}/o", "--split", "0.5,0.5"],
      "--split '0.5,0.5': give three positive fractions"),
     (["synth", "--out", "{tmp}/s", "--classes", "Normal"], "--classes 'Normal': need at least two classes"),
+    (["export", "{tmp}/nope", "--split", "test"], "--split test needs --data DIR"),
+    (["export", "{tmp}/nope", "--calib-split", "train"], "--calib-split train needs --calib DIR"),
 ])
 def test_errors_are_one_line_without_traceback(tmp_path, args, message) -> None:
     argv = [a.format(tmp=tmp_path) for a in args]
@@ -234,3 +236,93 @@ def test_explain_checks_matplotlib_before_anything_else(tmp_path) -> None:
     assert result.returncode == 1  # the image does not exist either: matplotlib is reported first
     assert result.stderr.splitlines() == ["kedge: error: kedge explain needs matplotlib to draw: "
                                           "pip install 'kedge[explain]'"]
+
+
+def _one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [f"kedge: error: {message}"]
+
+
+def test_preprocess_out_dir_that_is_a_file_is_one_line(tmp_path) -> None:
+    from imagegen import encode, pattern
+
+    (tmp_path / "knee.png").write_bytes(encode(pattern(64, 64), ".png"))
+    (tmp_path / "taken").write_text("a file")
+    result = kedge_cli("preprocess", tmp_path / "knee.png", "--out-dir", tmp_path / "taken")
+    _one_error_line(result, f"{tmp_path / 'taken'}: --out-dir exists and is not a folder")
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_bundle_given_as_images_is_refused(tmp_path, synthetic_data) -> None:
+    pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
+    from leanbundle import make_lean_bundle
+
+    from imagegen import encode, pattern
+
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    (bundle / "curves.png").write_bytes(encode(pattern(64, 64), ".png"))  # a training plot, as `kedge train` writes
+    result = kedge_cli("infer", bundle, "--model", bundle, "--precision", "fp32")
+    _one_error_line(result, f"{bundle}: a model bundle, not a folder of images (pass it as --model {bundle})")
+
+
+def test_audit_without_any_source_says_no_check_was_possible(tmp_path, synthetic_data) -> None:
+    pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
+    from leanbundle import make_lean_bundle
+
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False)
+    result = kedge_cli("audit", bundle, "--data", synthetic_data, "--precision", "fp32", "--quiet")
+    _one_error_line(result, f"{synthetic_data}: no source is known for these images, so no source check is "
+                            "possible: give --sources or --source-rule (or a bundle whose split.csv names them)")
+
+
+def test_verify_that_could_check_nothing_does_not_pass() -> None:
+    from kedge.export.verify import FAILED, NOT_CHECKABLE, PASSED, VerifyReport
+
+    report = VerifyReport("b", {})
+    report.add("golden set", NOT_CHECKABLE, "no golden set")
+    assert not report.passed and report.verdict == "NOTHING CHECKABLE HERE (none failed)"
+    report.add("parity", PASSED, "ok")
+    assert report.passed and report.verdict == "PASSED"
+    report.add("engine", FAILED, "no")
+    assert not report.passed and report.verdict == "FAILED"
+
+
+def test_the_parity_hint_is_given_once(tmp_path, synthetic_data) -> None:
+    pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
+    from leanbundle import make_lean_bundle
+
+    bundle = make_lean_bundle(tmp_path / "tiny", synthetic_data, int8=False, parity=False)
+    result = kedge_cli("infer", synthetic_data / "Normal", "--model", bundle)
+    assert result.returncode == 1 and "no (backend, form) pair passed parity" in result.stderr, result.stderr
+    assert result.stderr.count("kedge parity") == 1, result.stderr
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    from kedge.cli import main
+
+    missing = [name for name in main.commands
+               if "Example" not in CliRunner().invoke(main, [name, "--help"]).output]
+    assert not missing, missing
+
+
+def test_the_first_commands_in_kedge_help_work_on_a_lean_install(tmp_path) -> None:
+    """The 'Right away' block of `kedge --help`, run as written with TensorFlow and
+    matplotlib unimportable (a lean install), on a knee.png and a scans/ folder."""
+    import shlex
+
+    from imagegen import encode, pattern
+    from kedge.cli import main
+
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "knee.png").write_bytes(encode(pattern(300, 280), ".png"))
+    (tmp_path / "scans" / "other.png").write_bytes(encode(pattern(256, 256, seed=1), ".png"))
+    text = CliRunner().invoke(main, ["--help"]).output
+    lines = text.split("Right away", 1)[1].splitlines()
+    block = lines[:next(i for i, line in enumerate(lines) if not line.strip(" \b"))]  # up to the first blank line
+    commands = [shlex.split(line.split("#")[0])[1:] for line in block if line.strip().startswith("kedge ")]
+    assert len(commands) >= 2, block
+    lean = BLOCK_TF.replace("'keras')", "'keras', 'matplotlib')")
+    for argv in commands:
+        result = subprocess.run([sys.executable, "-c", lean + "from kedge.cli import main; main()", *argv],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, f"kedge {' '.join(argv)}: {result.stderr[-1500:]}"

@@ -133,3 +133,29 @@ def test_folder_scans_find_extensionless_dicoms_by_their_marker(tmp_path) -> Non
     (tmp_path / "knee.png").write_bytes(png(knee(8)))
     os.mkfifo(tmp_path / "IM0002")  # never opened by a scan
     assert [p.name for p in expand_inputs([tmp_path])] == ["IM0001", "knee.png"]
+
+
+@pytest.mark.parametrize("present", ["RescaleSlope", "RescaleIntercept"])
+def test_a_rescale_slope_or_intercept_alone_is_refused(present) -> None:
+    """pydicom rescales only when both are present; kedge once applied one alone to the
+    display range (a slope of -1 alone made every image white, classified without a word)."""
+    from pydicom.filereader import dcmread
+
+    ds = dcmread(io.BytesIO(dicom(knee(12), 12)))
+    setattr(ds, present, -1.0 if present == "RescaleSlope" else 500.0)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(ImageError, match="^scan.dcm: DICOM has only one of RescaleSlope and RescaleIntercept"):
+        preprocess(buffer.getvalue(), "scan.dcm")
+
+
+def test_the_display_pipeline_gives_the_same_pixels_band_by_band(monkeypatch) -> None:
+    """The pipeline runs on bands of rows to bound its memory: bands of 7 rows give the
+    same image as one band, with rescale, window and MONOCHROME1 inversion."""
+    from kedge.runtime import dicom as dicom_module
+
+    data = dicom(knee(12, seed=4), 12, "MONOCHROME1", slope=2.0, intercept=-100.0, window=(3000.0, 5000.0))
+    whole, scale = dicom_module.decode_dicom(data, "scan.dcm")
+    monkeypatch.setattr(dicom_module, "_BAND_PIXELS", 7 * whole.shape[1])
+    banded, banded_scale = dicom_module.decode_dicom(data, "scan.dcm")
+    assert banded_scale == scale and np.array_equal(banded, whole) and len(np.unique(whole)) > 100
