@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+TESTS = Path(__file__).resolve().parents[2] / "tests"  # docs/results/ is two below the repository
 FAMILIES = ("images", "dicom", "junk", "bundles", "tensors")
 PER_INPUT_S = 20
 COUNTS = ("inputs", "refused", "tracebacks", "hangs", "crashes", "leaks", "accepted_tampered")

@@ -27,7 +27,7 @@ import numpy as np
 
 BUDGET_MIB = 1536  # 1.5 GB
 SIDE = 14_142  # 14,142 x 14,142 = 199,996,164 pixels, just under kedge's 200 MP limit
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+TESTS = Path(__file__).resolve().parents[2] / "tests"  # docs/results/ is two below the repository
 
 # Runs `kedge ARGS...` in-process with TensorFlow blocked (a lean install) and prints VmHWM as the
 # process exits: the peak of this process only (ru_maxrss would include what the parent had at fork).
