@@ -105,6 +105,7 @@ def validate(manifest: dict[str, Any], folder: Path, where: Path) -> None:
     for table in ("parity", "shipped", "exports", "calibration", "card", "training", "metrics", "golden"):
         _table(manifest, table, fail, required=False)
     _check_parity_rows(_table(manifest, "parity", fail, required=False), fail)
+    _check_golden(_table(manifest, "golden", fail, required=False), fail)
 
 
 # The fields of a parity row that `auto` and the reports act on, with their JSON types.
@@ -132,6 +133,33 @@ def _check_parity_rows(parity: dict[str, Any], fail: Any) -> None:
             if type(value) not in types:
                 raise fail(f"parity.rows[{i}].{key} must be {' or '.join(t.__name__ for t in types)}, "
                            f"not {type(value).__name__}")
+
+
+def _check_golden(golden: dict[str, Any], fail: Any) -> None:
+    """The golden set's fields that regenerating and comparing it read, with their types,
+    so a damaged set is one line at load, not a KeyError when a pair is checked."""
+    if not golden:
+        return
+    for key, types in (("version", (int,)), ("seed", (int,)), ("size", (int,)), ("reference", (str,)),
+                       ("densities", (list,)), ("pixel_sha256", (list,)), ("outputs", (dict,))):
+        if type(golden.get(key)) not in types:
+            raise fail(f"golden.{key} must be {types[0].__name__}")
+    n = len(golden["densities"])
+    if not all(type(d) in (int, float) for d in golden["densities"]) or len(golden["pixel_sha256"]) != n \
+            or not all(isinstance(h, str) for h in golden["pixel_sha256"]):
+        raise fail("golden.densities and golden.pixel_sha256 must be lists of numbers and hashes of one length")
+    if golden["version"] >= 2 and (not isinstance(golden.get("indices"), list) or len(golden["indices"]) != n
+                                   or not all(type(i) is int for i in golden["indices"])):
+        raise fail("golden.indices must be a list of integers, one per image")
+    if golden["reference"] not in golden["outputs"]:
+        raise fail("golden.outputs has no outputs of its reference")
+    for form, rows in golden["outputs"].items():
+        if (not isinstance(rows, list) or len(rows) != n
+                or not all(isinstance(r, list) and all(type(v) in (int, float) for v in r) for r in rows)):
+            raise fail(f"golden.outputs.{form} must hold one list of probabilities per golden image")
+    files = golden.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise fail("golden.files must map forms to sha256 strings")
 
 
 def _table(manifest: dict[str, Any], key: str, fail: Any, required: bool = True) -> dict[str, Any]:

@@ -90,8 +90,8 @@ def test_base_install_has_no_tensorflow() -> None:
     (["train", "knee-cnn", "--data", "{tmp}/none", "--out", "{tmp}/o", "--split", "0.5,0.5"],
      "--split '0.5,0.5': give three positive fractions"),
     (["synth", "--out", "{tmp}/s", "--classes", "Normal"], "--classes 'Normal': need at least two classes"),
-    (["export", "{tmp}/nope", "--split", "test"], "--split test needs --data DIR"),
-    (["export", "{tmp}/nope", "--calib-split", "train"], "--calib-split train needs --calib DIR"),
+    (["export", "{tmp}", "--split", "test"], "--split test needs --data DIR"),
+    (["export", "{tmp}", "--calib-split", "train"], "--calib-split train needs --calib DIR"),
 ])
 def test_errors_are_one_line_without_traceback(tmp_path, args, message) -> None:
     argv = [a.format(tmp=tmp_path) for a in args]
