@@ -39,6 +39,7 @@ def render_card(manifest: dict[str, Any], location: str | None = None) -> str:
     lines.append(f"  architecture   {model.get('architecture', '-')}, {params.get('total', 0):,} parameters"
                  + (f"; options {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""))
     lines.append(f"  preprocessing  version {manifest.get('preprocessing', {}).get('version', '-')}")
+    lines += _lead(manifest)
     data = card.get("training_data") or {}
     counts = data.get("counts") or training.get("dataset", {}).get("counts") or {}
     lines += ["", "Training data"]
@@ -79,6 +80,39 @@ def render_card(manifest: dict[str, Any], location: str | None = None) -> str:
     if card.get("limitations"):
         lines += ["", "Known limitations"] + [f"  - {item}" for item in card["limitations"]]
     return "\n".join(lines)
+
+
+def _lead(manifest: dict[str, Any]) -> list[str]:
+    """What a reader needs first: where the model was validated (per source, with the 95 %
+    Wilson interval), which sources it was not validated on and why, and what the input
+    envelope refuses. The detail follows in the sections below."""
+    from kedge.runtime.envelope import wilson_lower
+
+    groups = (manifest.get("metrics", {}).get("test") or {}).get("by_source") or {}
+    envelope = manifest.get("envelope") or {}
+    validated = list(envelope.get("validated") or [])
+    unvalidated = list(manifest.get("training", {}).get("unvalidated_sources") or [])
+    lines = ["", "Where it was validated (test split; detail below)"]
+    rule = envelope.get("rule") or {}
+    for name in validated:
+        row = groups.get(name)
+        if row:
+            agrees = "" if rule.get(name, True) else "; named with --validated (the Wilson rule alone: not cleared)"
+            lines.append(f"  validated      {name}: balanced accuracy {row['balanced_accuracy']:.3f} (95 % Wilson lower "
+                         f"bound {wilson_lower(row['balanced_accuracy'], row['n']):.3f}, chance {row['chance']:.3f}), "
+                         f"n={row['n']}{agrees}")
+    for name in sorted(set(groups) - set(validated)):
+        row = groups[name]
+        why = ("its labels are no target (collection A: quantitative-ultrasound T-scores, not DXA; the checkpoint "
+               "was not chosen on them)" if name in unvalidated else "its balanced accuracy does not clear chance")
+        lines.append(f"  NOT validated  {name}: {why}; answer mix there: top answer {row['top_answer']['class']} "
+                     f"{_pct(row['top_answer']['share'])} of {row['n']}")
+    if not validated:
+        lines.append("  validated      no envelope records the validated sources (`kedge envelope`)")
+    else:
+        lines.append("  input check    answers are withheld for images unlike the validated sources' (photographs, "
+                     "plots, text, inverted, rotated or cropped films); not for wrong labels within them")
+    return lines
 
 
 def _sources(spec: dict[str, Any] | None) -> str:
