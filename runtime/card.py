@@ -98,9 +98,9 @@ def _lead(manifest: dict[str, Any]) -> list[str]:
         row = groups.get(name)
         if row:
             agrees = "" if rule.get(name, True) else "; named with --validated (the Wilson rule alone: not cleared)"
-            lines.append(f"  validated      {name}: balanced accuracy {row['balanced_accuracy']:.3f} (95 % Wilson lower "
-                         f"bound {wilson_lower(row['balanced_accuracy'], row['n']):.3f}, chance {row['chance']:.3f}), "
-                         f"n={row['n']}{agrees}")
+            lower = wilson_lower(row["balanced_accuracy"], row["n"])
+            lines.append(f"  validated      {name}: balanced accuracy {row['balanced_accuracy']:.3f} (95 % Wilson "
+                         f"lower bound {lower:.3f}, chance {row['chance']:.3f}), n={row['n']}{agrees}")
     for name in sorted(set(groups) - set(validated)):
         row = groups[name]
         why = ("its labels are no target (collection A: quantitative-ultrasound T-scores, not DXA; the checkpoint "
