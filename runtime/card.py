@@ -49,9 +49,12 @@ def render_card(manifest: dict[str, Any], location: str | None = None) -> str:
         lines.append(f"  {split:<14} " + ", ".join(f"{c} {n}" for c, n in per_class.items())
                      + f" (total {sum(per_class.values())})")
     by_source = training.get("dataset", {}).get("counts_by_source", {}).get("train", {})
+    left_out = set(training.get("unvalidated_sources") or []) if training.get("train_unvalidated") is False else set()
     if len(by_source) > 1:
         for source, per_class in by_source.items():
-            lines.append(f"  {'train, ' + source:<14} " + ", ".join(f"{c} {n}" for c, n in per_class.items()))
+            lines.append(f"  {'train, ' + source:<14} " + ", ".join(f"{c} {n}" for c, n in per_class.items())
+                         + ("  (in the train split, NOT trained on: --no-train-unvalidated)" if source in left_out
+                            else ""))
     for key in ("deduplication", "split"):
         if data.get(key):
             lines.append(f"  {key:<14} {data[key]}")
