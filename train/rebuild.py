@@ -71,8 +71,6 @@ def commands(model: str, data: Path, work: Path, out: Path, train_extra: tuple[s
 def rebuild(model: str, data: Path, work: Path, out: Path, log: Callable[[str], None],
             train_extra: tuple[str, ...] = (), skip_training: bool = False) -> dict[str, object]:
     """Run the recipe; stop at the first step that fails (its own message says why)."""
-    from kedge.runtime.bundle import load_bundle, update_manifest
-
     if not (data / "manifest.csv").is_file():
         raise KedgeError(f"{data}: no manifest.csv (the rebuild reads sources from ../shared/data/manifest.csv)")
     recipe = commands(model, data, work, out, train_extra)
@@ -89,13 +87,23 @@ def rebuild(model: str, data: Path, work: Path, out: Path, log: Callable[[str], 
         result = subprocess.run([sys.executable, "-m", "kedge.cli", *step], check=False)
         if result.returncode != 0:
             raise KedgeError(f"rebuild {model}: `{line}` failed (exit {result.returncode}); {work} is kept")
-        ran.append({"command": line, "at": started.isoformat(timespec="seconds")})
-    shipped = load_bundle(out)
+        ran.append({"step": step[0], "at": started.isoformat(timespec="seconds")})
+    return record_rebuild(model, out, ran)
+
+
+def record_rebuild(model: str, shipped_dir: Path, ran: list[dict[str, str]]) -> dict[str, object]:
+    """Write the recipe into the shipped kedge.json as the commands that remake it from a
+    checkout beside ../shared/data (the default folders, so no machine path is recorded),
+    with the seeds and when each step ran here."""
+    from kedge.runtime.bundle import load_bundle, update_manifest
+
+    canonical = commands(model, Path("../shared/data"), Path("runs") / model, Path("runtime/models") / model)
     record: dict[str, object] = {
-        "recipe": f"kedge rebuild {model} --data DATA", "commands": ["kedge " + shlex.join(step) for step in recipe],
-        "ran": ran, "seeds": {"train": int(_value(recipe[0], "--seed", "0")), "calibration": 0, "golden": 0},
+        "recipe": f"kedge rebuild {model} --data ../shared/data",
+        "commands": ["kedge " + shlex.join(step) for step in canonical], "ran": ran,
+        "seeds": {"train": int(_value(canonical[0], "--seed", "0")), "calibration": 0, "golden": 0},
         "python": sys.version.split()[0]}
-    update_manifest(shipped, rebuild=record)
+    update_manifest(load_bundle(shipped_dir), rebuild=record)
     return record
 
 
