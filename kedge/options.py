@@ -154,6 +154,8 @@ def echo_parity(result: dict[str, Any]) -> None:
     for failure in result["unreadable"]:
         click.echo(f"  skipped {failure['path']}: {failure['problem']}")
     click.echo("PASSED" if result["passed"] else "FAILED")
+    if result.get("not_recorded"):
+        click.echo(f"not recorded: {result['not_recorded']}")
 
 
 def machine() -> str:

@@ -254,6 +254,13 @@ def bundle_parity(
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "forms": {name: spec.description for name, spec in FORMS.items() if name in {p.form.name for p in runnable}},
     }
+    kept = (bundle.manifest.get("parity") or {}).get("reference")
+    if record and kept == "keras" and reference.form != "keras":
+        # A lean install checking a shipped model against its float form must not replace
+        # the parity the bundle carries against its Keras original, the stronger reference.
+        record = False
+        result["not_recorded"] = ("the bundle's recorded parity is against Keras; a run against "
+                                  f"{reference.form} is shown, not recorded")
     result["recorded"] = record
     if record:
         record_parity(bundle, result)

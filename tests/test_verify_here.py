@@ -223,6 +223,12 @@ def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bu
     rows = json.loads(parity.stdout)["rows"]
     assert rows[0]["form"] == "onnx-fp16" and rows[0]["reference"]
     assert "onnx-int8" in {r["form"] for r in rows[1:]} and all(r["passed"] for r in rows)
+    assert json.loads(parity.stdout)["recorded"]  # its recorded parity was against the FP32 ONNX, not Keras
+    bundle = load_bundle(shipped)  # as shipped from a desktop: parity recorded against Keras
+    update_manifest(bundle, parity={**bundle.manifest["parity"], "reference": "keras"})
+    again = kedge("parity", shipped, "--data", small_data)
+    assert again.returncode == 0 and "not recorded: the bundle's recorded parity is against Keras" in again.stdout
+    assert load_bundle(shipped).manifest["parity"]["reference"] == "keras"
 
     bundle = load_bundle(shipped)
     golden = dict(bundle.manifest["golden"])
