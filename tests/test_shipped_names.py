@@ -75,7 +75,8 @@ def test_verify_and_audit_take_a_name(tmp_path) -> None:
     assert json.loads(verify.stdout)["bundle"] == str(folder)
     data = tmp_path / "knees"
     write_dataset(data, per_class=4, seed=0)
-    audit = CliRunner().invoke(main, ["audit", "knee-cnn", "--data", str(data), "--backend", "onnxruntime",
+    audit = CliRunner().invoke(main, ["audit", "knee-cnn", "--data", str(data), "--source-rule", "folder",
+                                      "--backend", "onnxruntime",
                                       "--precision", "int8", "--allow-unverified", "--quiet", "--json"])
     assert "no such bundle" not in audit.output
     report = json.loads(audit.stdout)
