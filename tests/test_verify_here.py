@@ -236,3 +236,14 @@ def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bu
     update_manifest(bundle, golden=golden)
     choice = choose(load_bundle(shipped))
     assert choice.fallback and choice.pair.form.name == "onnx-fp16"
+
+
+def test_golden_images_another_opencv_draws_differently_leave_the_pair_unchecked_and_say_so(bundle_dir) -> None:
+    """Not a verdict on the form: the pair runs, but the choice is marked unverified and says why."""
+    from kedge.runtime.choice import choose
+
+    bundle = load_bundle(bundle_dir)
+    golden = {**bundle.manifest["golden"], "pixel_sha256": ["0" * 64] * len(bundle.manifest["golden"]["indices"])}
+    update_manifest(bundle, golden=golden)
+    choice = choose(load_bundle(bundle_dir))
+    assert not choice.verified and "could not be drawn again here (another OpenCV build" in choice.reason
