@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.golden import DECIMALS, GOLDEN_VERSION, SIZE, draw, pool_densities, select_spread
+from kedge.runtime.golden import DECIMALS, GOLDEN_VERSION, SIZE, GoldenImages, draw, pool_densities, select_spread
 
 DEFAULT_COUNT = 24
 POOL_FACTOR = 4  # candidates drawn per kept image
@@ -40,13 +40,16 @@ def make_golden(bundle_dir: str | os.PathLike[str], count: int = DEFAULT_COUNT, 
     opener = reference_candidate(bundle.path, reference)  # parity's: Keras (model.keras + TensorFlow), or FP32 ONNX
     name = opener.form
     densities = pool_densities(POOL_FACTOR * count)
+    pool = draw(densities, seed)  # image k comes from seed [seed, k]: a kept subset regenerates alone
+    pool_tensors = pool.tensors()
     with opener.open() as backend:
-        pool = draw(densities, seed)
-        pool_outputs = backend.infer(pool.tensors())
-    keep = select_spread(np.asarray(pool_outputs, np.float64), count)
-    images = draw([densities[i] for i in keep], seed, indices=keep)
-    batch = images.tensors()
-    outputs = {name: _rounded(np.asarray(pool_outputs)[keep])}
+        pool_outputs = np.concatenate([np.asarray(backend.infer(pool_tensors[i:i + 16]))  # ResNet50 memory
+                                       for i in range(0, len(pool_tensors), 16)])
+    keep = select_spread(pool_outputs.astype(np.float64), count)
+    images = GoldenImages([pool.pngs[i] for i in keep], [densities[i] for i in keep],
+                          [pool.pixel_sha256[i] for i in keep])
+    batch = pool_tensors[keep]
+    outputs = {name: _rounded(pool_outputs[keep])}
     files: dict[str, str] = {}
     artifacts = bundle.manifest.get("artifacts", {})
     for spec in ONNX_FORMS:

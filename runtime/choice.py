@@ -50,9 +50,10 @@ FAST_PRECISION = "int8"
 
 @dataclass
 class Here:
-    """One pair's checks on this machine: the golden set, and its batch-1 latency."""
+    """One pair's checks on this machine: the golden set, and its speed (ms per image at
+    batch CHUNK, the fastest golden chunk)."""
 
-    passed: bool | None  # None: not checkable (the bundle has no golden set for this file)
+    passed: bool | None  # None: not checkable here (no golden set, or this OpenCV draws other pixels)
     detail: str
     ms: float | None = None
     golden: dict[str, Any] | None = None  # the GoldenResult, as JSON
@@ -181,7 +182,7 @@ def _cache_path(bundle: Bundle, key: dict[str, Any]) -> Any:
 
 
 def check_here(bundle: Bundle, pairs: Sequence[Pair], threads: int | None = None) -> dict[str, Here]:
-    """Each pair's golden check and batch-1 latency on this machine, from the per-machine
+    """Each pair's golden check and speed on this machine, from the per-machine
     cache when its key and the pair's file match, else measured now (and cached)."""
     path, key, identities, saved = _cached(bundle, pairs, threads)
     results = {k: v for k, v in _from_cache(pairs, identities, saved).items()
@@ -280,6 +281,6 @@ def _golden_check(bundle: Bundle, pair: Pair, outputs: np.ndarray, batch: Any) -
     if missing:  # a golden set that cannot judge this file: the file is not the one that was checked
         return Here(False, f"cannot be checked here: {missing}")
     result = compare_form(golden, pair.form.name, pair.precision, outputs, batch.same_pixels, source)
-    if result is None:
+    if result is None:  # stored_for above already said so; kept for the type
         return Here(False, f"cannot be checked here: the golden set stores nothing for {target}")
     return Here(result.passed, result.detail(golden["reference"]), golden=dataclasses.asdict(result))
