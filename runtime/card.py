@@ -106,8 +106,9 @@ def _lead(manifest: dict[str, Any]) -> list[str]:
                          f"lower bound {lower:.3f}, chance {row['chance']:.3f}), n={row['n']}{agrees}")
     for name in sorted(set(groups) - set(validated)):
         row = groups[name]
-        why = ("its labels are no target (collection A: quantitative-ultrasound T-scores, not DXA; the checkpoint "
-               "was not chosen on them)" if name in unvalidated else "its balanced accuracy does not clear chance")
+        why = ("its labels are no target of this model (--unvalidated-source: the checkpoint was not chosen on them; "
+               "the training data's source line says why)" if name in unvalidated
+               else "its balanced accuracy does not clear chance")
         lines.append(f"  NOT validated  {name}: {why}; answer mix there: top answer {row['top_answer']['class']} "
                      f"{_pct(row['top_answer']['share'])} of {row['n']}")
     if not validated:
