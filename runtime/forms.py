@@ -11,6 +11,7 @@ the backends themselves (their `forms`), so a new backend needs no edit here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kedge.runtime.backends import backend_class, names
@@ -82,8 +83,6 @@ class Pair:
         if self.form.artifact is not None:
             relative = bundle.manifest.get("artifacts", {}).get(self.form.artifact, "")
             return str(bundle.manifest.get("files", {}).get(relative, relative))
-        from pathlib import Path
-
         from kedge.runtime.engines import read_sidecar
 
         path = Path(self.open(bundle).locate())
