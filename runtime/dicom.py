@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.errors import ImageError
-from kedge.runtime.preprocess import MAX_DECODE_BYTES, MAX_PIXELS, decode_memory_problem, size_problem
+from kedge.runtime.limits import MAX_PIXELS, decode_memory_problem, size_problem
 
 FULL_SCALE = 65535
 DEFLATED = b"1.2.840.10008.1.2.1.99"
@@ -79,9 +79,10 @@ def decode_dicom(data: bytes, name: str | os.PathLike[str]) -> tuple[np.ndarray,
         warnings.simplefilter("ignore")
         try:
             inflated = _check_deflated_size(data, name)
-            if len(data) + 2 * inflated > MAX_DECODE_BYTES:  # pydicom holds the inflated body and a copy of its pixels
-                raise ImageError(name, decode_memory_problem(f"a deflated DICOM of {inflated >> 20} MiB", len(data)
-                                                             + 2 * inflated))
+            # pydicom holds the inflated body and a copy of its pixels
+            too_big = decode_memory_problem(f"a deflated DICOM of {inflated >> 20} MiB", len(data) + 2 * inflated)
+            if too_big:
+                raise ImageError(name, too_big)
             ds = pydicom.dcmread(io.BytesIO(data))
             return _display(ds, name, len(data))
         except ImageError:
@@ -146,8 +147,9 @@ def _display(ds: Any, name: str | os.PathLike[str], file_bytes: int = 0) -> tupl
     full_scale = 255 if bits <= 8 else FULL_SCALE  # 8-bit stays 8-bit, so it resizes exactly as an 8-bit PNG
     out_type = np.dtype(np.uint8 if bits <= 8 else np.uint16)
     need = file_bytes + pixels.nbytes + pixels.size * out_type.itemsize
-    if need > MAX_DECODE_BYTES:
-        raise ImageError(name, decode_memory_problem(f"a DICOM of {pixels.shape[1]}x{pixels.shape[0]} pixels", need))
+    too_big = decode_memory_problem(f"a DICOM of {pixels.shape[1]}x{pixels.shape[0]} pixels", need)
+    if too_big:
+        raise ImageError(name, too_big)
     out = np.empty(pixels.shape, out_type)
     inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     band = max(1, _BAND_PIXELS // max(1, pixels.shape[1]))

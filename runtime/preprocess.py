@@ -41,21 +41,13 @@ import numpy as np
 
 from kedge.runtime.errors import ImageError
 from kedge.runtime.imageheader import read_header
+from kedge.runtime.limits import MAX_FILE_BYTES, decode_memory_problem, size_problem
 from kedge.runtime.nativeio import native_stderr, one_line
 
 PREPROCESS_VERSION = "2"
 INPUT_SIZE = 224
 INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 INTERPOLATION = "INTER_AREA when shrinking, INTER_LINEAR when enlarging"
-MAX_SIDE = 30_000
-MAX_PIXELS = 200_000_000
-MAX_FILE_BYTES = 512 << 20  # no radiograph is near 512 MiB; a bigger "image" is refused before it is read
-# What one decode may hold at once: the file's bytes, the decoded image twice (OpenCV's
-# decoders and pydicom hold a second full-size buffer while they work) and the grey copy.
-# With the interpreter and a loaded model this keeps `kedge infer` under 1.5 GB on any
-# input (docs/hardening.md, docs/results/memory_budget.py); a 200 MP 16-bit RGBA PNG of a few
-# MB once took 3.2 GB.
-MAX_DECODE_BYTES = 1 << 30
 DECODABLE = ("png", "jpeg", "bmp", "tiff")
 # JPEG decoding at reduced scale (libjpeg's DCT scaling, through OpenCV): a 2000 px
 # radiograph decodes at 1/2 size in under half the full decode's time. Both sides must
@@ -138,9 +130,10 @@ def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
     pixels = header.width * header.height // (factor * factor)
     need = len(data) + 2 * pixels * channels * header.sample_bytes + (pixels * header.sample_bytes if channels > 1
                                                                        else 0)
-    if need > MAX_DECODE_BYTES:
-        raise ImageError(name, decode_memory_problem(f"{header.width}x{header.height} pixels of {channels} "
-                                                     f"{8 * header.sample_bytes}-bit channels", need))
+    too_big = decode_memory_problem(f"{header.width}x{header.height} pixels of {channels} "
+                                    f"{8 * header.sample_bytes}-bit channels", need)
+    if too_big:
+        raise ImageError(name, too_big)
     flags = REDUCED_GREY[factor] | cv2.IMREAD_IGNORE_ORIENTATION if factor > 1 else cv2.IMREAD_UNCHANGED
     with native_stderr() as messages:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -153,20 +146,6 @@ def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
         raise ImageError(name, f"{image.dtype} pixels are not supported (8- or 16-bit integers only)")
     grey = _to_grey(image)
     return grey, _full_scale(grey, header.significant_bits)
-
-
-def size_problem(width: int, height: int) -> str | None:
-    """Why an image of this declared size is refused before decoding, or None if it is fine."""
-    if width <= 0 or height <= 0:
-        return "zero size"
-    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
-        return f"over kedge's limit ({MAX_SIDE} a side, {MAX_PIXELS // 1_000_000} megapixels)"
-    return None
-
-
-def decode_memory_problem(what: str, need: int) -> str:
-    return (f"image is {what}: decoding needs about {need >> 20} MiB, over kedge's limit of "
-            f"{MAX_DECODE_BYTES >> 20} MiB")
 
 
 def jpeg_reduction(width: int | None, height: int | None) -> int:

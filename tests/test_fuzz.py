@@ -557,7 +557,7 @@ def test_an_image_whose_decode_would_pass_the_memory_limit_is_refused_first(tmp_
     path = tmp_path / "big"
     path.write_bytes(data)
     code = ("import sys\nfrom kedge.runtime import preprocess as p\nfrom kedge.runtime.errors import ImageError\n"
-            "import kedge.runtime.dicom\np.MAX_DECODE_BYTES = kedge.runtime.dicom.MAX_DECODE_BYTES = 32 << 20\n"
+            "import kedge.runtime.limits\nkedge.runtime.limits.MAX_DECODE_BYTES = 32 << 20\n"
             f"print('base-kib', {status_kib('VmRSS')})\n"
             "try:\n    p.preprocess(sys.argv[1])\nexcept ImageError as err:\n    print(err)\n")
     out = bounded(code, 60, None, str(path)).splitlines()
