@@ -94,7 +94,8 @@ class VerifyReport:
 
 def machine_facts() -> dict[str, Any]:
     import kedge
-    from kedge.runtime.info import cpu_info, gpu_info, onnxruntime_info, tensorrt_info
+    from kedge.runtime.cpu import cpu_info
+    from kedge.runtime.info import gpu_info, onnxruntime_info, tensorrt_info
 
     ort, trt, gpu, cpu = onnxruntime_info(), tensorrt_info(), gpu_info(), cpu_info()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"

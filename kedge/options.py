@@ -159,7 +159,8 @@ def echo_parity(result: dict[str, Any]) -> None:
 
 
 def machine() -> str:
-    from kedge.runtime.info import cpu_info, gpu_info
+    from kedge.runtime.cpu import cpu_info
+    from kedge.runtime.info import gpu_info
 
     cpu = cpu_info()
     gpu = gpu_info()

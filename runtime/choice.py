@@ -165,7 +165,7 @@ def _nothing_to_run(bundle: Bundle, backend: str, precision: str | None) -> str:
 def machine_key(bundle: Bundle, pairs: Sequence[Pair], threads: int | None) -> dict[str, Any]:
     """What a per-machine result depends on: the CPU and its INT8 features, the backends'
     versions, the threads and the bundle's golden set."""
-    from kedge.runtime.info import cpu_info
+    from kedge.runtime.cpu import cpu_info
 
     cpu = cpu_info()
     golden = bundle.manifest.get("golden")
