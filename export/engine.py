@@ -41,7 +41,7 @@ INT8_SOURCES = ("qdq", "calibration-cache")
 
 def tensorrt_version() -> str | None:
     """The installed TensorRT's version, or None when there is no real TensorRT."""
-    from kedge.runtime.backends.tensorrt import tensorrt_module
+    from kedge.runtime.engines import tensorrt_module
 
     try:
         return str(tensorrt_module().__version__)

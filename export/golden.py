@@ -29,20 +29,21 @@ POOL_FACTOR = 4  # candidates drawn per kept image
 def make_golden(bundle_dir: str | os.PathLike[str], count: int = DEFAULT_COUNT, seed: int = 0,
                 reference: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the golden set into the bundle's kedge.json; returns it."""
-    from kedge.export.parity import reference_candidate
+    from kedge.runtime.backends import pair
     from kedge.runtime.bundle import load_bundle, update_manifest
-    from kedge.runtime.forms import ONNX_FORMS, pair
+    from kedge.runtime.forms import ONNX_FORMS
+    from kedge.runtime.parity import reference_pair
     from kedge.runtime.preprocess import PREPROCESS_VERSION
 
     bundle = load_bundle(bundle_dir)
     if count < 1:
         raise KedgeError(f"--count {count}: need at least one golden image")
-    opener = reference_candidate(bundle.path, reference)  # parity's: Keras (model.keras + TensorFlow), or FP32 ONNX
-    name = opener.form
+    chosen = reference_pair(bundle, reference)  # parity's: Keras (model.keras + TensorFlow), or FP32 ONNX
+    name = chosen.form.name
     densities = pool_densities(POOL_FACTOR * count)
     pool = draw(densities, seed)  # image k comes from seed [seed, k]: a kept subset regenerates alone
     pool_tensors = pool.tensors()
-    with opener.open() as backend:
+    with chosen.open(bundle) as backend:
         pool_outputs = np.concatenate([np.asarray(backend.infer(pool_tensors[i:i + 16]))  # ResNet50 memory
                                        for i in range(0, len(pool_tensors), 16)])
     keep = select_spread(pool_outputs.astype(np.float64), count)

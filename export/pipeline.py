@@ -228,11 +228,11 @@ def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
         return
     from kedge.export.onnx import DEFAULT_OPSET, KERAS_PARITY_TOLERANCE, check_parity, keras_to_onnx
     from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
-    from kedge.train.backend import KerasBackend
+    from kedge.train.backend import KerasSession
 
     log(f"onnx-fp32: converting {keras_path.name} with tf2onnx (the full resnet50-gru takes minutes and ~8-10 GB "
         "of RAM; run one conversion at a time)")
-    keras = KerasBackend(keras_path)
+    keras = KerasSession(keras_path)
     target = bundle.path / ONNX_NAME
     staged = bundle.path / f".{ONNX_NAME}.gate"
     try:
@@ -353,8 +353,8 @@ def _validation_name(s: ExportSettings) -> str:
 def _validation(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
     """The labelled images the INT8 tools score on (--data, --split) with the reference's predictions."""
     from kedge.calibration.sensitivity import validation_set
-    from kedge.export.parity import reference_candidate
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+    from kedge.runtime.parity import reference_pair
 
     if s.data is None:
         raise KedgeError("--sensitivity, --keep-float auto and --calib-method auto score on labelled validation "
@@ -362,9 +362,9 @@ def _validation(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
     items = scan_labelled(s.data, bundle.classes)
     if s.split is not None:
         items = in_split(items, s.data, read_split_manifest(bundle.file("split_manifest")), s.split)
-    reference = reference_candidate(bundle.path, s.reference)
-    log(f"int8 tools: {len(items)} validation images of {_validation_name(s)}, reference {reference.form}")
-    return validation_set(items, bundle.classes, reference.open)
+    reference = reference_pair(bundle, s.reference)
+    log(f"int8 tools: {len(items)} validation images of {_validation_name(s)}, reference {reference.form.name}")
+    return validation_set(items, bundle.classes, lambda: reference.open(bundle))
 
 
 def _keep_float(bundle: Bundle, s: ExportSettings, source: Path, ranges: Path, method: str, validation: Any,

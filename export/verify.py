@@ -12,7 +12,6 @@ runs it) is still run and reported, as a known failure that does not fail verify
 from __future__ import annotations
 
 import datetime
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -94,10 +93,12 @@ class VerifyReport:
 
 def machine_facts() -> dict[str, Any]:
     import kedge
+    from kedge.runtime.backends import backend_class
     from kedge.runtime.cpu import cpu_info
-    from kedge.runtime.info import gpu_info, onnxruntime_info, tensorrt_info
+    from kedge.runtime.info import gpu_info
 
-    ort, trt, gpu, cpu = onnxruntime_info(), tensorrt_info(), gpu_info(), cpu_info()
+    ort, trt = backend_class("onnxruntime").info(), backend_class("tensorrt").info()
+    gpu, cpu = gpu_info(), cpu_info()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return {"kedge": kedge.__version__, "at": now,
@@ -197,8 +198,8 @@ def _status(bundle: Any, pair: Any, passed: bool) -> str:
 def _golden(bundle: Any, report: VerifyReport, say: Log) -> None:
     """Every runnable pair on the golden set, through the same check (and per-machine cache)
     that `auto` uses, each shown with its parity recorded at export."""
+    from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.choice import check_here
-    from kedge.runtime.forms import runnable_pairs
     from kedge.runtime.parity import status
 
     if not bundle.manifest.get("golden"):
@@ -235,7 +236,7 @@ def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyRep
     if data is None:
         report.add("parity", NOT_CHECKABLE, "no labelled folder given (pass --data DIR, optionally --split)")
         return
-    from kedge.runtime.forms import pair as make_pair
+    from kedge.runtime.backends import pair as make_pair
     from kedge.runtime.parity import ParityRow, bundle_parity, format_table
 
     if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
@@ -252,17 +253,14 @@ def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyRep
 
 
 def _bench(bundle: Any, report: VerifyReport, iterations: int, say: Log) -> None:
-    from kedge.runtime.bench import Target, run_bench
-    from kedge.runtime.forms import runnable_pairs
+    from kedge.runtime.backends import runnable_pairs
+    from kedge.runtime.bench import run_bench
     from kedge.runtime.golden import draw, pool_densities
-    from kedge.runtime.parity import status
 
     images = draw(pool_densities(4), seed=1).pngs
     pairs = runnable_pairs(bundle)
-    targets = [Target(p.form.name, p.backend, functools.partial(p.open, bundle), p.precision,
-                      status(bundle, p)[0]) for p in pairs]
     say(f"verify: benchmarking {', '.join(str(p) for p in pairs)}")
-    rows = run_bench(targets, images, [1, 8], modes=("engine",), warmup=3, iterations=iterations)
+    rows = run_bench(bundle, pairs, images, [1, 8], modes=("engine",), warmup=3, iterations=iterations)
     report.bench = [r.as_dict() for r in rows]
 
 
@@ -271,11 +269,11 @@ def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report:
     """Without an FP32 reference here (left out when shipped): each form's accuracy on --data
     against the accuracy the bundle's recorded parity gives for the same ONNX file on the same
     split, within parity's INT8 rule (1 point)."""
+    from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.bundle import portable_path
     from kedge.runtime.engines import source_form_of
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
-    from kedge.runtime.forms import runnable_pairs
     from kedge.runtime.parity import THRESHOLDS
 
     recorded = bundle.manifest.get("parity") or {}

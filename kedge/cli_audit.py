@@ -32,7 +32,7 @@ def register(main: click.Group) -> None:
                   help="Take --split (and sources) from this split.csv, e.g. another bundle's, to compare two "
                        "models on one held-out split.")
     @source_options
-    @backend_option(extra=("keras",), help="keras: the original (needs the [train] extra).")
+    @backend_option(references=True, help="keras: the original (needs the [train] extra).")
     @precision_option()
     @allow_unverified_option
     @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))

@@ -101,8 +101,10 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
                disable=quiet or len(paths) < 2 * batch_size or None)
     with contextlib.ExitStack() as stack:
         trail = stack.enter_context(AuditLog(audit)) if audit is not None else None
-        readings = classify(bundles, paths, backend, precision, threads, batch_size, workers, cuda_graph, triton_url,
-                            allow_unverified, reduced=not full_decode, audit=trail, progress=bar.update,
+        served = {"url": triton_url} if triton_url else {}  # --triton URL: the triton backend, the URL its option
+        readings = classify(bundles, paths, "triton" if served else backend, precision, threads, batch_size, workers,
+                            {"cuda_graph": cuda_graph, **served}, allow_unverified, reduced=not full_decode,
+                            audit=trail, progress=bar.update,
                             log=None if quiet else (lambda line: tqdm.write(line, file=sys.stderr)))
     bar.close()
     if quiet:  # without --quiet the model's line above already said it
@@ -167,8 +169,9 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
     """
     from kedge.runtime.bench import (
         MODES,
+        auto_key,
         auto_vs_baseline,
-        bundle_targets,
+        bundle_pairs,
         format_rows,
         run_bench,
         time_gate,
@@ -192,10 +195,11 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
         images = [synthetic_jpeg()]
     reports = []
     for bundle in bundles:
-        targets = bundle_targets(bundle, csv_list(backends, "--backend"), csv_list(precisions, "--precision"),
-                                 csv_list(forms, "--forms"), threads, cuda_graph, _keras_target(bundle, backends))
+        pairs = bundle_pairs(bundle, csv_list(backends, "--backend"), csv_list(precisions, "--precision"),
+                             csv_list(forms, "--forms"))
         progress = None if quiet or as_json else (lambda what, b=bundle: log(f"{b.name}: timing {what}"))
-        rows = run_bench(targets, images, sizes, mode_list, warmup, iterations, progress=progress)
+        rows = run_bench(bundle, pairs, images, sizes, mode_list, warmup, iterations, threads, cuda_graph,
+                         auto_key(bundle, threads), progress)
         reports.append({"model": bundle.name, "rows": rows, "auto_vs_openvino_default": auto_vs_baseline(rows),
                         "input_gate": time_gate(bundle, images)})
         if plot is not None:
@@ -222,32 +226,12 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
         + f"; reduced is {decode[1]['speedup']:.2f}x faster")
 
 
-def _keras_target(bundle: Any, backends: str | None) -> Any:
-    """Keras as a bench row where TensorFlow and the bundle's model.keras are both here."""
-    from kedge.runtime.bench import Target
-
-    wanted = backends is not None and "keras" in (csv_list(backends, "--backend") or [])
-    if "keras" not in bundle.manifest.get("artifacts", {}):
-        if wanted:
-            raise KedgeError(f"{bundle.path}: --backend keras needs the bundle's model.keras")
-        return None
-    from importlib.util import find_spec
-
-    if find_spec("tf_keras") is None:
-        if wanted:
-            raise KedgeError("--backend keras: needs TensorFlow (the [train] extra)")
-        return None
-    from kedge.train.backend import open_keras
-
-    return Target("keras", "keras", lambda: open_keras(bundle, "--backend keras"))
-
-
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @model_option
 @click.option("--out", type=click.Path(path_type=Path),
               help="PNG to write (default: IMAGE's name + .<model>.explain.png in the current folder).")
-@backend_option(("keras",), "keras needs TensorFlow; the others as in `kedge infer`.")
+@backend_option(references=True, help="keras needs TensorFlow; the others as in `kedge infer`.")
 @precision_option()
 @allow_unverified_option
 @click.option("--method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion", show_default=True,

@@ -37,10 +37,12 @@ class LazyChoice(click.Choice[str]):
         self._values = lambda: fixed
 
 
-def _backend_names(extra: tuple[str, ...]) -> list[str]:
-    from kedge.runtime.backends import names
+def _backend_names(references: bool) -> list[str]:
+    """auto and the registered backends a user names: the checked ones, and with `references`
+    the parity references too (keras). A server (triton) is reached by its own option."""
+    from kedge.runtime.backends import backend_class, names
 
-    return ["auto", *names(), *extra]
+    return ["auto", *(n for n in names() if backend_class(n).checked or references and backend_class(n).reference)]
 
 
 def _precisions() -> tuple[str, ...]:
@@ -75,8 +77,8 @@ def model_option(f: Any) -> Any:
                         "shipped with kedge).")(f)
 
 
-def backend_option(extra: tuple[str, ...] = (), help: str = "") -> Decorator:
-    return click.option("--backend", type=LazyChoice(lambda: _backend_names(extra)), default="auto",
+def backend_option(references: bool = False, help: str = "") -> Decorator:
+    return click.option("--backend", type=LazyChoice(lambda: _backend_names(references)), default="auto",
                         show_default=True, help=help or "auto: the fastest (backend, form) pair that passed parity "
                         "for the bundle, measured once on this machine and cached.")
 
@@ -193,13 +195,9 @@ def source_spec(options: dict[str, Any]) -> Any:
 
 
 def open_runner(bundle: Any, backend: str, precision: str | None, allow_unverified: bool) -> tuple[Any, str]:
-    """The bundle on the chosen (backend, form, precision), or its Keras original with
-    --backend keras, as (context-managed runner, what it is)."""
-    if backend == "keras":
-        from kedge.train.backend import open_keras
-
-        return open_keras(bundle, "--backend keras"), "keras"
+    """The bundle on the chosen (backend, form, precision) (--backend keras: its Keras original,
+    a registered backend like the others), as (context-managed runner, what it is)."""
     from kedge.runtime.choice import choose
 
-    choice = choose(bundle, backend, precision, allow_unverified)
-    return choice.pair.open(bundle), str(choice.pair)
+    runner = choose(bundle, backend, precision, allow_unverified).pair.open(bundle)
+    return runner, runner.label

@@ -7,16 +7,17 @@ p99 and throughput. Two modes are timed separately:
 - `end_to_end`: the files' bytes in, probabilities out, so JPEG decoding and
   preprocessing count (run inline, one file after another, as one request sees it).
 
-Every target is timed in the same process, one after another on the same inputs, so
-the ratios (against the fastest, and against Keras where TensorFlow is installed)
-compare like with like on this machine. Each row says its parity status and which
-row `auto` picks; OpenVINO's out-of-the-box setting (LATENCY hint, no precision
-hint) is timed on every ONNX file as the baseline a CPU user would reach for.
+Every pair is timed in the same process, one after another on the same inputs, so
+the ratios (against the fastest, and against the parity reference, Keras, where
+TensorFlow is installed) compare like with like on this machine. What is timed comes
+from the backend registry: each reference backend's form, every pair this machine can
+run, and each backend's out-of-the-box `baseline` (OpenVINO's: LATENCY hint, no
+precision hint) on every ONNX file, the setting a CPU user would reach for. Each row
+says its parity status and which row `auto` picks.
 `time_preprocess` times the full and the reduced JPEG decode the same way.
 """
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -24,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend, Session
+from kedge.runtime.backends import Pair, backend_class, names, runnable_pairs
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.preprocess import preprocess
 
 MODES = ("engine", "end_to_end")
-BASELINE = "default"  # OpenVINO's own precision choice: the baseline precision label
+BASELINE = "default"  # the precision label of a backend's out-of-the-box setting (its `baseline`)
 
 
 @dataclass
@@ -49,7 +50,7 @@ class BenchRow:
     p99_ms: float
     throughput: float  # images per second, from the mean
     vs_fastest: float | None = None  # this row's mean over the fastest row's (same mode and batch): 1.0 is fastest
-    speedup_vs_keras: float | None = None  # Keras's mean over this row's (same mode and batch)
+    speedup_vs_keras: float | None = None  # the reference's (Keras's) mean over this row's (same mode and batch)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,27 +74,29 @@ def summarize(ms: np.ndarray, batch_size: int) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99)), "throughput": batch_size * 1000.0 / mean}
 
 
-@dataclass(frozen=True)
-class Target:
-    """One thing to time: a pair of the bundle, OpenVINO's default on a file, or the Keras original."""
+def standing(bundle: Bundle, pair: Pair) -> str:
+    """A row's parity column: `reference`, `baseline`, or the pair's recorded parity status."""
+    from kedge.runtime.parity import status
 
-    form: str
-    backend: str
-    open: Callable[[], Backend | Session]
-    precision: str = "fp32"
-    parity: str = "reference"
-    auto: bool = False
+    if pair.precision == BASELINE:
+        return "baseline"
+    if backend_class(pair.backend).reference:
+        return "reference"
+    return status(bundle, pair)[0]
 
 
-def run_bench(targets: Sequence[Target], images: Sequence[bytes], batch_sizes: Sequence[int],
-              modes: Sequence[str] = MODES, warmup: int = 10, iterations: int = 100,
+def run_bench(bundle: Bundle, pairs: Sequence[Pair], images: Sequence[bytes], batch_sizes: Sequence[int],
+              modes: Sequence[str] = MODES, warmup: int = 10, iterations: int = 100, threads: int | None = None,
+              cuda_graph: bool = False, auto: str | None = None,
               progress: Callable[[str], None] | None = None) -> list[BenchRow]:
-    """Time every target at every batch size in every mode; `images` are encoded files
-    (end_to_end decodes them; engine mode uses their preprocessed tensors)."""
+    """Time every pair at every batch size in every mode; `images` are encoded files
+    (end_to_end decodes them; engine mode uses their preprocessed tensors). `auto` is the
+    key of the pair `kedge infer` picks (`auto_key`), marked in its rows."""
     tensors = [preprocess(data) for data in images]
     rows = []
-    for target in targets:
-        with target.open() as backend:
+    for pair in pairs:
+        state = standing(bundle, pair)
+        with pair.open(bundle, threads, cuda_graph=cuda_graph) as backend:
             for batch_size in batch_sizes:
                 picks = [i % len(images) for i in range(batch_size)]
                 batch = np.stack([tensors[i] for i in picks])
@@ -102,23 +105,23 @@ def run_bench(targets: Sequence[Target], images: Sequence[bytes], batch_sizes: S
                          "end_to_end": lambda f=files: backend.infer(np.stack([preprocess(d) for d in f]))}
                 for mode in modes:
                     if progress is not None:
-                        progress(f"{target.backend} {target.form} {target.precision} batch {batch_size} {mode}")
+                        progress(f"{pair} batch {batch_size} {mode}")
                     ms = time_calls(calls[mode], warmup, iterations)
-                    rows.append(BenchRow(target.backend, target.form, target.precision, target.parity,
-                                         target.auto, batch_size, mode, iterations, **summarize(ms, batch_size)))
+                    rows.append(BenchRow(pair.backend, pair.form.name, pair.precision, state, pair.key == auto,
+                                         batch_size, mode, iterations, **summarize(ms, batch_size)))
     add_ratios(rows)
     return rows
 
 
 def add_ratios(rows: list[BenchRow]) -> None:
-    """Ratios within each (mode, batch size) group: against its fastest row and its Keras row."""
+    """Ratios within each (mode, batch size) group: against its fastest row and its reference row."""
     for key in {(r.mode, r.batch_size) for r in rows}:
         group = [r for r in rows if (r.mode, r.batch_size) == key]
         fastest = min(r.mean_ms for r in group)
-        keras = next((r.mean_ms for r in group if r.form == "keras"), None)
+        reference = next((r.mean_ms for r in group if r.parity == "reference"), None)
         for r in group:
             r.vs_fastest = r.mean_ms / fastest
-            r.speedup_vs_keras = keras / r.mean_ms if keras is not None else None
+            r.speedup_vs_keras = reference / r.mean_ms if reference is not None else None
 
 
 def time_preprocess(images: Sequence[bytes], warmup: int = 2, iterations: int = 10) -> list[dict[str, Any]]:
@@ -207,47 +210,43 @@ def plot(rows: Sequence[BenchRow], path: Any, title: str) -> None:
 
 
 def _row_label(row: BenchRow) -> str:
-    return row.form if row.form == "keras" else f"{row.backend}\n{row.form} {row.precision}"
+    return row.form if row.parity == "reference" else f"{row.backend}\n{row.form} {row.precision}"
 
 
-def bundle_targets(bundle: Bundle, backends: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
-                   forms: Sequence[str] | None = None, threads: int | None = None, cuda_graph: bool = False,
-                   keras: Target | None = None, baseline: bool = True) -> list[Target]:
-    """What `kedge bench` times for one bundle: Keras (when given), every pair this machine
-    can run from the bundle's forms, and OpenVINO's default on each ONNX file, filtered by
-    backend, precision and form names. Marks the pair `auto` picks."""
-    from kedge.runtime.backends import backend_class
+def auto_key(bundle: Bundle, threads: int | None = None) -> str | None:
+    """The key of the pair `kedge infer` picks for this bundle; None when no pair passed parity."""
     from kedge.runtime.choice import choose
-    from kedge.runtime.forms import Pair, has_form, runnable_pairs
-    from kedge.runtime.forms import form as form_spec
-    from kedge.runtime.parity import status
 
     try:
-        auto = choose(bundle, threads=threads).pair.key
+        return choose(bundle, threads=threads).pair.key
     except KedgeError:
-        auto = None  # nothing passed parity: no row is auto's
-    pairs = [(p, status(bundle, p)[0]) for p in runnable_pairs(bundle)]
-    if baseline and backend_class("openvino").problem() is None:
-        pairs += [(Pair("openvino", f, BASELINE), "baseline")
-                  for f in (form_spec(n) for n in backend_class("openvino").forms) if has_form(bundle, f)]
+        return None
 
-    def wanted(backend: str, form: str, precision: str) -> bool:
-        return ((backends is None or backend in backends) and (forms is None or form in forms)
-                and (precisions is None or precision in precisions))
 
-    targets = [keras] if keras is not None and wanted("keras", "keras", "fp32") else []
-    for p, state in pairs:
-        if wanted(p.backend, p.form.name, p.precision):
-            targets.append(Target(p.form.name, p.backend, functools.partial(p.open, bundle, threads,
-                                                                            cuda_graph=cuda_graph),
-                                  p.precision, state, p.key == auto))
-    if not targets:
+def bundle_pairs(bundle: Bundle, backends: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
+                 forms: Sequence[str] | None = None, baseline: bool = True) -> list[Pair]:
+    """What `kedge bench` times for one bundle, from the registry: each usable reference
+    backend's form (the Keras original, where TensorFlow and model.keras are here), every
+    pair this machine can run from the bundle's forms, and each backend's baseline on each
+    ONNX file it runs, filtered by backend, precision and form names (a backend this machine
+    cannot use times nothing; `kedge info` says why)."""
+    usable = [n for n in names() if backend_class(n).problem() is None]
+    pairs = [Pair(n, spec, p) for n in usable if backend_class(n).reference
+             for spec in backend_class(n).forms_in(bundle) for p in backend_class(n).precisions(spec)]
+    pairs += runnable_pairs(bundle)
+    if baseline:
+        pairs += [Pair(n, spec, BASELINE) for n in usable if backend_class(n).baseline
+                  for spec in backend_class(n).forms_in(bundle)]
+    chosen = [p for p in pairs if (backends is None or p.backend in backends)
+              and (forms is None or p.form.name in forms) and (precisions is None or p.precision in precisions)]
+    if not chosen:
         raise KedgeError(f"{bundle.path}: nothing to time for those filters (see `kedge info` and `kedge export`)")
-    return targets
+    return chosen
 
 
 def auto_vs_baseline(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
-    """Per mode at batch 1: auto's p50 against the fastest OpenVINO-default row's (below 1: auto is faster)."""
+    """Per mode at batch 1: auto's p50 against the fastest baseline row's, OpenVINO out of the box
+    (below 1: auto is faster)."""
     found = []
     for mode in MODES:
         group = [r for r in rows if r.mode == mode and r.batch_size == 1]
@@ -256,7 +255,7 @@ def auto_vs_baseline(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
         if auto is not None and base is not None:
             found.append({"mode": mode, "auto": f"{auto.backend} {auto.form} {auto.precision}",
                           "auto_p50_ms": auto.p50_ms,
-                          "baseline": f"openvino {base.form} (LATENCY hint, no precision hint)",
+                          "baseline": f"{base.backend} {base.form} ({backend_class(base.backend).baseline})",
                           "baseline_p50_ms": base.p50_ms, "ratio": auto.p50_ms / base.p50_ms})
     return found
 

@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends import backend_class, names
+from kedge.runtime.backends import Pair, backend_class, names, runnable_pairs
 from kedge.runtime.backends.base import cache_root
 from kedge.runtime.bundle import Bundle, atomic_write_json
+from kedge.runtime.cpu import cpu_info
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, PRECISIONS, Pair, runnable_pairs
+from kedge.runtime.forms import FORMS, PRECISIONS
 from kedge.runtime.parity import PASSED, UNCHECKED, status
 
 CHUNK = 8  # golden images per timed call: kedge infer's default batch size
@@ -73,16 +74,20 @@ class Choice:
 
 
 def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, allow_unverified: bool = False,
-           threads: int | None = None) -> Choice:
-    """Turn --backend/--precision into one pair of this bundle (see the module docstring)."""
+           threads: int | None = None, **options: Any) -> Choice:
+    """Turn --backend/--precision into one pair of this bundle (see the module docstring).
+    `options` are the backend's own, as `Pair.open` takes them."""
     if backend != "auto" and backend not in names():
         raise KedgeError(f"--backend {backend!r}: choose from auto, {', '.join(names())}")
     if precision is not None and precision not in PRECISIONS:
         raise KedgeError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if backend != "auto":
-        problem = backend_class(backend).problem()
+        cls = backend_class(backend)
+        problem = cls.problem()
         if problem is not None:
             raise KedgeError(f"--backend {backend}: {problem}")
+        if not cls.checked:
+            return _as_named(bundle, backend, threads, options)
     candidates = [p for p in runnable_pairs(bundle, None if backend == "auto" else [backend])
                   if precision is None or p.precision == precision]
     if not candidates:
@@ -107,6 +112,18 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
     hint = "pass --allow-unverified to run it anyway" if named else (
         "no pair of this bundle is checked to answer right here; see `kedge verify " + str(bundle.path) + "`")
     raise KedgeError(f"{bundle.path}: {what}; {hint}")
+
+
+def _as_named(bundle: Bundle, backend: str, threads: int | None, options: dict[str, Any]) -> Choice:
+    """A backend no check covers (parity's reference, a server) runs its one form as named;
+    --precision does not apply to it. Where the bundle holds none of its forms, its own form
+    is opened anyway, so that loading it says what is missing (e.g. a model.keras left out)."""
+    cls = backend_class(backend)
+    held = cls.forms_in(bundle) or list(cls.own_forms)
+    if not held:
+        raise KedgeError(_nothing_to_run(bundle, backend, None))
+    pair = Pair(backend, held[0], cls.precisions(held[0])[0])
+    return Choice(pair, pair.open(bundle, threads, **options).standing())
 
 
 def _unverified(bundle: Bundle, first: Pair, named: bool, allow_unverified: bool) -> Choice:
@@ -165,8 +182,6 @@ def _nothing_to_run(bundle: Bundle, backend: str, precision: str | None) -> str:
 def machine_key(bundle: Bundle, pairs: Sequence[Pair], threads: int | None) -> dict[str, Any]:
     """What a per-machine result depends on: the CPU and its INT8 features, the backends'
     versions, the threads and the bundle's golden set."""
-    from kedge.runtime.cpu import cpu_info
-
     cpu = cpu_info()
     golden = bundle.manifest.get("golden")
     return {"cpu": cpu["model"], "cores": cpu["cores"],

@@ -7,7 +7,8 @@ precision, the sha256 of the ONNX it came from, the batch profile and the build
 time. The runtime reads the sidecar before it deserializes anything, and refuses an
 engine that does not match this machine with a one-line error that says how to
 rebuild it (in the spirit of jetson-inference's engine cache key). Engine discovery
-(which engine of a bundle runs on this machine) lives here too.
+(which engine of a bundle runs on this machine, against the TensorRT module found
+here) lives here too; the TensorRT backend (backends/tensorrt.py) runs what it finds.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import ONNX_FORMS
 
 ENGINE_DIR = "engines"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -125,11 +127,23 @@ def _precision_in_name(engine: str | os.PathLike[str]) -> str:
     return parts[1] if len(parts) > 2 and parts[1] in PRECISIONS else "fp32"
 
 
+def tensorrt_module() -> Any:
+    """The real tensorrt module, or a KedgeError (type stubs alone leave a bare namespace)."""
+    trt: Any
+    try:
+        import tensorrt as trt
+    except ImportError:
+        trt = None
+    if trt is None or not hasattr(trt, "Runtime") or not hasattr(trt, "__version__"):
+        raise KedgeError("TensorRT is not installed (install kedge[gpu], or on a Jetson use JetPack's "
+                         "python3-libnvinfer with a --system-site-packages virtual environment)")
+    return trt
+
+
 def tensorrt_usable() -> bool:
     """TensorRT and pycuda importable and a CUDA GPU visible (all needed to run an engine)."""
     from importlib.util import find_spec
 
-    from kedge.runtime.backends.tensorrt import tensorrt_module
     from kedge.runtime.cuda import has_gpu
 
     try:
@@ -156,7 +170,6 @@ def engine_path(bundle: Bundle, precision: str) -> Path | None:
     """This machine's engine of `precision`, checked against its sidecar (TensorRT version,
     GPU, source ONNX sha256). None when the bundle has no engine of that precision; a
     one-line KedgeError saying what differs when it has one but not for this machine."""
-    from kedge.runtime.backends.tensorrt import tensorrt_module
     from kedge.runtime.cuda import device
 
     candidates = bundle_engines(bundle, precision)
@@ -180,8 +193,6 @@ def source_sha256(bundle: Bundle, relative: str) -> str | None:
 def source_form_of(bundle: Bundle, pair: Any) -> str | None:
     """The ONNX form an engine pair was built from (its sidecar names the file); None for an
     ONNX form, which is its own source."""
-    from kedge.runtime.forms import ONNX_FORMS
-
     if pair.form.artifact is not None:
         return None
     path = engine_path(bundle, pair.form.precision)

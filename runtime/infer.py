@@ -19,13 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends import backend_class
-from kedge.runtime.backends.base import Backend, Session
+from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle import Bundle
-from kedge.runtime.choice import Choice, choose
+from kedge.runtime.choice import choose
 from kedge.runtime.envelope import GATE_FIELDS, Check, bundle_envelope
 from kedge.runtime.errors import ImageError, KedgeError, safe_name
-from kedge.runtime.forms import Form, Pair
 from kedge.runtime.preprocess import INPUT_SHAPE, preprocess, read_bytes
 
 
@@ -104,10 +102,7 @@ def _decode(path: Path, reduced: bool = True) -> Decoded:
         return f"cannot be decoded ({type(err).__name__})"
 
 
-TRITON_FORM = Form("triton", "served", "", None, "whatever form the Triton server runs")
-
-
-def check_outputs(backend: Backend | Session, bundle: Bundle) -> None:
+def check_outputs(backend: Backend, bundle: Bundle) -> None:
     """Run one blank image through a freshly opened form: a model whose output does not
     match kedge.json's class list is refused at load, before any file is classified."""
     try:
@@ -127,24 +122,15 @@ def _kedge_version() -> str:
 
 
 class Predictor:
-    """A bundle opened on one (backend, form, precision), chosen by `choose`, or on a
-    Triton server. The backend kind comes from the chosen pair, never from a display string."""
+    """A bundle opened on one (backend, form, precision), chosen by `choose`. The backend kind
+    comes from the chosen pair, never from a display string; `options` are the backend's own
+    (TensorRT's cuda_graph, the Triton server's url)."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", precision: str | None = None,
-                 threads: int | None = None, cuda_graph: bool = False, triton_url: str | None = None,
-                 allow_unverified: bool = False) -> None:
+                 threads: int | None = None, allow_unverified: bool = False, **options: Any) -> None:
         self.bundle = bundle
-        self.triton_url = triton_url
-        self.runner: Backend | Session
-        if triton_url is not None:  # the model runs on a Triton server; decoding and preprocessing stay here
-            from kedge.runtime.backends.triton import TritonBackend
-
-            self.choice = Choice(Pair("triton", TRITON_FORM, "served"),
-                                 f"Triton server at {triton_url}, model {bundle.name}")
-            self.runner = TritonBackend(triton_url, bundle.name)
-        else:
-            self.choice = choose(bundle, backend, precision, allow_unverified, threads)
-            self.runner = self.choice.pair.open(bundle, threads, cuda_graph=cuda_graph).activate()
+        self.choice = choose(bundle, backend, precision, allow_unverified, threads, **options)
+        self.runner = self.choice.pair.open(bundle, threads, **options).activate()
         try:  # a served model is checked too: its class count may not be the bundle's
             check_outputs(self.runner, bundle)
         except BaseException:
@@ -159,8 +145,8 @@ class Predictor:
 
     @property
     def description(self) -> str:
-        """What runs, for the line on stderr: 'openvino onnx-int8 int8' or the Triton server."""
-        return str(self.choice.pair) if self.triton_url is None else self.runner.name
+        """What runs, for the line on stderr: 'openvino onnx-int8 int8', or the Triton server."""
+        return self.runner.label
 
     def predict(self, paths: Sequence[Path], batch_size: int = 8, workers: int | None = None,
                 progress: Any = None, reduced: bool = True) -> Iterator[Prediction | Failure]:
@@ -206,20 +192,10 @@ class Predictor:
     @functools.cached_property
     def form_sha256(self) -> str | None:
         """sha256 of the file the form runs from (hashed once: an engine can be large)."""
-        if self.triton_url is not None:
-            return None  # the server's file; see its model repository
-        relative = self.bundle.manifest.get("artifacts", {}).get(self.choice.form.artifact or "")
-        if relative:
-            return self.bundle.manifest.get("files", {}).get(relative)
-        from kedge.runtime.bundle import sha256_file
-
-        assert isinstance(self.runner, Backend)
-        return sha256_file(self.runner.locate())
+        return self.runner.file_sha256()
 
     def runtime_version(self) -> str:
-        if self.triton_url is not None:
-            return f"Triton server {self.triton_url}"
-        return backend_class(self.choice.pair.backend).version()
+        return self.runner.runtime_version()
 
     def close(self) -> None:
         self.runner.close()
@@ -249,16 +225,17 @@ class Readings:
 
 
 def classify(bundles: Sequence[Bundle], paths: Sequence[Path], backend: str = "auto", precision: str | None = None,
-             threads: int | None = None, batch_size: int = 8, workers: int | None = None, cuda_graph: bool = False,
-             triton_url: str | None = None, allow_unverified: bool = False, reduced: bool = True,
+             threads: int | None = None, batch_size: int = 8, workers: int | None = None,
+             options: dict[str, Any] | None = None, allow_unverified: bool = False, reduced: bool = True,
              audit: Any = None, progress: Any = None, log: Any = None) -> Readings:
     """Every image through every bundle, one model at a time (one model's memory at once).
-    `log` gets one line per model saying what runs and why; `audit` is an AuditLog."""
+    `options` are the backend's (Predictor); `log` gets one line per model saying what runs
+    and why; `audit` is an AuditLog."""
     results: list[list[Prediction | Failure]] = []
     fallbacks: list[str] = []
     unchecked = []
     for bundle in bundles:
-        with Predictor(bundle, backend, precision, threads, cuda_graph, triton_url, allow_unverified) as predictor:
+        with Predictor(bundle, backend, precision, threads, allow_unverified, **(options or {})) as predictor:
             if log is not None:
                 log(f"{bundle.name}: {predictor.description} ({predictor.choice.reason})")
             if predictor.choice.fallback:

@@ -1,5 +1,6 @@
-"""What this machine offers kedge: versions, ONNX Runtime providers, TensorRT, the GPU,
-the CPU features that decide INT8 speed on the CPU, and a bundle's engines.
+"""What this machine offers kedge: versions, each registered backend as it reports itself
+(ONNX Runtime's providers, OpenVINO's CPU capabilities, TensorRT, ...), the GPU, the CPU
+features that decide INT8 speed on the CPU, and a bundle's pairs and engines.
 
 Every probe is optional and never raises: `kedge info` is what a user runs when
 something is missing, so it must work when everything is missing.
@@ -22,45 +23,26 @@ def _version(module: str) -> str | None:
         return None
 
 
-def onnxruntime_info() -> dict[str, Any] | None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    from kedge.runtime.backends.onnxruntime import choose_providers
+def backends_info() -> dict[str, dict[str, Any] | None]:
+    """Each registered backend's own report (`Backend.info`), by registry name."""
+    from kedge.runtime.backends import backend_class, names
 
-    return {"version": ort.__version__, "providers": list(ort.get_available_providers()),
-            "would_use": choose_providers("auto")}
-
-
-def tensorrt_info() -> dict[str, Any] | None:
-    from kedge.runtime.backends.tensorrt import tensorrt_module
-    from kedge.runtime.errors import KedgeError
-
-    try:
-        return {"version": tensorrt_module().__version__}
-    except (KedgeError, OSError) as err:  # OSError: tensorrt installed but its libraries do not load
-        return {"version": None, "problem": str(err)}
-
-
-def openvino_info() -> dict[str, Any] | None:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return None
-    from kedge.runtime.backends.openvino import OpenVINO, cache_folder, cpu_capabilities
-
-    return {"version": OpenVINO.version().split()[-1], "cpu_capabilities": list(cpu_capabilities()),
-            "cache": str(cache_folder())}
+    found: dict[str, dict[str, Any] | None] = {}
+    for name in names():
+        try:
+            found[name] = backend_class(name).info()
+        except Exception as err:  # a plug-in that does not load must not stop the report that diagnoses it
+            found[name] = {"version": None, "problem": f"its plug-in does not load ({type(err).__name__}: {err})"}
+    return found
 
 
 def pairs_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     """Each (backend, form, precision) this machine can run from the bundle, with both of its
     checks: parity recorded at export, and the golden check on this machine (from the
     per-machine cache; it runs on first use or with `kedge verify`)."""
+    from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.choice import checked_here
-    from kedge.runtime.forms import runnable_pairs
     from kedge.runtime.parity import status
 
     bundle = load_bundle(bundle_path)
@@ -90,11 +72,14 @@ def gpu_info() -> dict[str, Any] | None:
 def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     """Each engine in a bundle with whether this machine can run it, and why not."""
     from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.engines import check_compatible, read_sidecar
+    from kedge.runtime.engines import check_compatible, read_sidecar, tensorrt_module
     from kedge.runtime.errors import KedgeError
 
     bundle = load_bundle(bundle_path)
-    trt = tensorrt_info() or {}
+    try:
+        trt_version = tensorrt_module().__version__
+    except (KedgeError, OSError):  # OSError: tensorrt installed but its libraries do not load
+        trt_version = None
     gpu = gpu_info()
     rows = []
     for name, rel in sorted(bundle.manifest.get("engines", {}).items()):
@@ -106,9 +91,9 @@ def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
                        compute_capability=info.compute_capability)
             if not path.is_file():
                 raise KedgeError(f"{path}: missing")
-            if trt.get("version") is None or gpu is None:
+            if trt_version is None or gpu is None:
                 raise KedgeError("no TensorRT or no GPU on this machine")
-            check_compatible(path, info, trt["version"], gpu["compute_capability"],
+            check_compatible(path, info, trt_version, gpu["compute_capability"],
                              bundle.manifest.get("files", {}).get(info.source_onnx))
             row["compatible"] = True
         except KedgeError as err:
@@ -135,8 +120,7 @@ def collect(bundle: str | Path | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "kedge": kedge.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "numpy": np.__version__, "opencv": cv2.__version__, "preprocess_version": PREPROCESS_VERSION,
-        "onnxruntime": onnxruntime_info(), "openvino": openvino_info(), "tensorrt": tensorrt_info(),
-        "pycuda": _version("pycuda"),
+        **backends_info(), "pycuda": _version("pycuda"),
         "tensorflow": _version("tensorflow"), "gpu": gpu_info(), "cpu": cpu_info(),
         "shipped_models": shipped_info(),
     }
@@ -148,17 +132,22 @@ def collect(bundle: str | Path | None = None) -> dict[str, Any]:
 
 
 def format_info(data: dict[str, Any]) -> str:
-    """`kedge info` as text."""
-    ort, ov, trt, gpu, cpu = data["onnxruntime"], data["openvino"], data["tensorrt"], data["gpu"], data["cpu"]
+    """`kedge info` as text: one line per registered backend, as the backend describes itself."""
+    from kedge.runtime.backends import backend_class, names
+
+    gpu, cpu = data["gpu"], data["cpu"]
     lines = [
         f"kedge          {data['kedge']} (preprocessing v{data['preprocess_version']}), Python {data['python']}",
         f"numpy          {data['numpy']}",
         f"OpenCV         {data['opencv']}",
-        "ONNX Runtime   " + (f"{ort['version']}, providers {', '.join(ort['providers'])}; kedge uses "
-                            f"{', '.join(ort['would_use'])}" if ort else "not installed (pip install kedge[cpu])"),
-        "OpenVINO       " + (f"{ov['version']}, CPU {', '.join(ov['cpu_capabilities'])}; compiled-model cache "
-                            f"{ov['cache']}" if ov else "not installed (pip install kedge[cpu])"),
-        "TensorRT       " + (trt["version"] or f"not available ({trt['problem']})"),
+    ]
+    for name in (n for n in names() if n in data):
+        try:
+            cls = backend_class(name)
+            lines.append(f"{cls.title or name:<14} {cls.describe(data[name])}")
+        except Exception:  # as in backends_info: the plug-in does not load
+            lines.append(f"{name:<14} not available ({data[name]['problem']})")
+    lines += [
         f"pycuda         {data['pycuda'] or 'not installed'}",
         f"TensorFlow     {data['tensorflow'] or 'not installed (not needed to run models)'}",
         "GPU            " + (f"{gpu['name']}, compute capability {gpu['compute_capability']}, "

@@ -30,17 +30,18 @@ picks a pair whose row PASSED (`status`).
 """
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Backend, Session
+from kedge.runtime.backends import Pair, backend_class, names, pair, runnable_pairs
+from kedge.runtime.backends.base import Backend
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions, predict_items
 from kedge.runtime.folders import LabelledImage
+from kedge.runtime.forms import FORMS, Form
 from kedge.runtime.metrics import classification_report
 
 THRESHOLDS: dict[str, dict[str, float]] = {
@@ -127,66 +128,79 @@ def _problems(row: ParityRow, agreement: float, accuracy: float, ref_accuracy: f
     return problems
 
 
-Opener = Callable[[], Backend | Session]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One thing parity runs: its form, registry backend, precision and how to open it."""
-
-    form: str
-    backend: str
-    precision: str
-    open: Opener
-
-
-def onnx_reference(bundle: Any) -> Candidate:
+def onnx_reference(bundle: Any) -> Pair:
     """The lean reference: the bundle's FP32 ONNX on ONNX Runtime, else its float form
     (the FP16-stored weights a shipped bundle carries, run in FP32), so parity runs on a
     lean install of a shipped model too (one line when it has neither)."""
-    from kedge.runtime.forms import pair
-
     artifacts = bundle.manifest.get("artifacts", {})
-    for name, key, precision in (("onnx-fp32", "onnx_fp32", "fp32"), ("onnx-fp16", "onnx_fp16", "fp16")):
-        if key in artifacts:
-            return Candidate(name, "onnxruntime", precision, functools.partial(pair("onnxruntime", name).open,
-                                                                              bundle))
+    for name in ("onnx-fp32", "onnx-fp16"):
+        if FORMS[name].artifact in artifacts:
+            return pair("onnxruntime", name)
     if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
         bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
     raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
                      f"or FP16 ONNX (run `kedge export {bundle.path}`)")
 
 
+def reference_pair(bundle: Any, reference: str | None = None) -> Pair:
+    """The parity reference of a bundle, not yet opened: the form of a registered reference
+    backend (`keras`: the Keras original, which kedge.train registers) or `onnx-fp32`
+    (`onnx_reference`). Default: the reference backend where it is usable here and the
+    bundle has its file (TensorFlow and model.keras, or for a shipped bundle the one put back
+    beside it), else the FP32 ONNX. Parity, the golden set and the INT8 tools all score
+    against this one reference."""
+    references = _reference_forms()
+    if reference not in (None, *references, "onnx-fp32"):
+        raise KedgeError(f"--reference {reference}: choose {' or '.join([*references, 'onnx-fp32'])} (which falls "
+                         "back to the float form onnx-fp16 where a shipped bundle has no FP32 file)")
+    for form_name, (name, spec) in references.items():
+        if reference not in (None, form_name):
+            continue
+        cls = backend_class(name)
+        problem = cls.problem()
+        if reference is not None and problem is not None:
+            raise KedgeError(f"--reference {reference} {problem}; use --reference onnx-fp32")
+        if reference is not None or (problem is None and spec in cls.forms_in(bundle)):
+            return Pair(name, spec, spec.precision)  # named: opening it says what is missing, if anything
+    return onnx_reference(bundle)
+
+
+def _reference_forms() -> dict[str, tuple[str, Form]]:
+    """Form name -> (backend, form) of every registered reference backend (the Keras original)."""
+    return {spec.name: (name, spec) for name in names() if backend_class(name).reference
+            for spec in backend_class(name).own_forms}
+
+
 def run_parity(
-    reference: Candidate,
-    forms: Sequence[Candidate],
+    bundle: Any,
+    reference: Pair,
+    pairs: Sequence[Pair],
     items: Sequence[LabelledImage],
     classes: Sequence[str],
     batch_size: int = 16,
     progress: bool = True,
 ) -> tuple[list[ParityRow], list[tuple[str, str]]]:
-    """Run the reference, then each candidate in turn; returns rows and unreadable files."""
+    """Run the reference, then each pair in turn; returns rows and unreadable files."""
     if not items:
         raise KedgeError("parity needs at least one labelled image")
-    with reference.open() as backend:
+    with reference.open(bundle) as backend:
         ref = predict_items(backend, items, batch_size, progress)
-        rows = [compare(reference.form, reference.backend, reference.precision, ref, ref, classes,
+        rows = [compare(reference.form.name, reference.backend, reference.precision, ref, ref, classes,
                         is_reference=True)]
         rows[0].runner = _runner(backend)
     if not ref.items:
         raise KedgeError("none of the parity images could be read")
-    for candidate in forms:
-        with candidate.open() as backend:
+    for compared in pairs:
+        with compared.open(bundle) as backend:
             predictions = predict_items(backend, ref.items, batch_size, progress)
             runner = _runner(backend)
-        rows.append(compare(candidate.form, candidate.backend, candidate.precision, predictions, ref, classes))
+        rows.append(compare(compared.form.name, compared.backend, compared.precision, predictions, ref, classes))
         rows[-1].runner = runner
     return rows, ref.failures
 
 
-def _runner(backend: Backend | Session) -> str:
-    session = backend.session if isinstance(backend, Backend) else backend
-    return session.name if session is not None else ""
+def _runner(backend: Backend) -> str:
+    return backend.session.name if backend.session is not None else ""
 
 
 def format_table(rows: Sequence[ParityRow]) -> str:
@@ -204,7 +218,7 @@ def bundle_parity(
     bundle_dir: Any,
     data: Any,
     split: str | None,
-    reference: Candidate | None = None,
+    reference: Pair | None = None,
     forms: Sequence[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
@@ -216,13 +230,12 @@ def bundle_parity(
     the reference, data and split are the same).
 
     `reference` defaults to the FP32 ONNX on ONNX Runtime (the lean reference); the CLI
-    passes the Keras original where TensorFlow and model.keras are present.
+    passes `reference_pair`'s: the Keras original where TensorFlow and model.keras are present.
     """
     import datetime
 
     from kedge.runtime.bundle import load_bundle, portable_path
     from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
-    from kedge.runtime.forms import FORMS, runnable_pairs
 
     bundle = load_bundle(bundle_dir)
     items = scan_labelled(data, bundle.classes)
@@ -237,16 +250,15 @@ def bundle_parity(
         runnable = [p for p in runnable if p.form.name in forms]
     if reference is None:
         reference = onnx_reference(bundle)
-    compared = [Candidate(p.form.name, p.backend, p.precision, functools.partial(p.open, bundle)) for p in runnable
-                if (p.backend, p.form.name, p.precision) != (reference.backend, reference.form, reference.precision)]
+    compared = [p for p in runnable if p.key != reference.key]
     if not compared:
         raise KedgeError(f"{bundle.path}: no exported form to compare; run `kedge export` first")
-    rows, failures = run_parity(reference, compared, items, bundle.classes, batch_size, progress)
+    rows, failures = run_parity(bundle, reference, compared, items, bundle.classes, batch_size, progress)
     identities = {p.key: p.identity(bundle) for p in runnable}
     for row in rows:
         row.file_sha256 = identities.get(row.key)
     result = {
-        "data": portable_path(data), "split": split or "all", "reference": reference.form, "n": rows[0].n,
+        "data": portable_path(data), "split": split or "all", "reference": reference.form.name, "n": rows[0].n,
         "thresholds": THRESHOLDS, "rows": [r.to_json() for r in rows],
         "passed": all(r.passed for r in rows),
         "forms_passed": forms_passed([r.to_json() for r in rows]),
@@ -255,12 +267,12 @@ def bundle_parity(
         "forms": {name: spec.description for name, spec in FORMS.items() if name in {p.form.name for p in runnable}},
     }
     kept = (bundle.manifest.get("parity") or {}).get("reference")
-    if record and kept == "keras" and reference.form != "keras":
+    if record and kept in _reference_forms() and not backend_class(reference.backend).reference:
         # A lean install checking a shipped model against its float form must not replace
         # the parity the bundle carries against its Keras original, the stronger reference.
         record = False
         result["not_recorded"] = ("the bundle's recorded parity is against Keras; a run against "
-                                  f"{reference.form} is shown, not recorded")
+                                  f"{reference.form.name} is shown, not recorded")
     result["recorded"] = record
     if record:
         record_parity(bundle, result)
@@ -296,8 +308,6 @@ def row_key(row: dict[str, Any]) -> str:
     """backend/form/precision of a recorded row. Rows written before backends were plug-ins
     name a display string as their backend; then, ONNX forms ran only on ONNX Runtime and
     engines only on TensorRT."""
-    from kedge.runtime.backends import names
-
     backend = str(row.get("backend", ""))
     if backend not in (*names(), "keras"):
         backend = "keras" if row.get("form") == "keras" else (

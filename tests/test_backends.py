@@ -2,8 +2,9 @@
 
 The toy backend below is the proof that adding a backend is one class plus one
 registration line: it runs the FP32 ONNX with ONNX's own pure-numpy reference
-evaluator (a genuinely different runtime), and from that one line it is listed,
-parity-checked, benchmarked, chosen and used by Predictor like the others.
+evaluator (a genuinely different runtime), and from that one line it is listed (with
+its own line in `kedge info`), parity-checked, benchmarked, chosen and used by
+Predictor like the others.
 """
 from __future__ import annotations
 
@@ -51,11 +52,15 @@ def verified(tmp_path_factory, small_data) -> Path:
 
 
 def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_data, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from kedge.cli import main
     from kedge.runtime import backends
-    from kedge.runtime.bench import bundle_targets, run_bench, synthetic_jpeg
+    from kedge.runtime.backends import backends_for, runnable_pairs
+    from kedge.runtime.bench import bundle_pairs, run_bench, synthetic_jpeg
     from kedge.runtime.choice import choose
     from kedge.runtime.folders import expand_inputs
-    from kedge.runtime.forms import backends_for, form, runnable_pairs
+    from kedge.runtime.forms import form
     from kedge.runtime.infer import Prediction, Predictor
     from kedge.runtime.parity import bundle_parity
 
@@ -80,6 +85,12 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
     bundle = load_bundle(bundle_dir)
     assert choose(bundle, "toy").pair.key == "toy/onnx-fp32/fp32"
 
+    shown = CliRunner().invoke(main, ["info", "--model", str(bundle_dir)])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert "toy            unknown" in lines  # its line among the backends: its name and version()
+    assert any(line.startswith("  toy         onnx-fp32      fp32  passed: ") for line in lines), shown.output
+
     paths = expand_inputs([small_data])[:5]
     with Predictor(bundle, "toy") as predictor:
         results = list(predictor.predict(paths, batch_size=2))
@@ -90,8 +101,8 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
         assert isinstance(a, Prediction) and isinstance(b, Prediction)
         assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
 
-    targets = bundle_targets(bundle, backends=["toy"])
-    rows = run_bench(targets, [synthetic_jpeg(512)], [1], ["engine"], warmup=0, iterations=2)
+    pairs = bundle_pairs(bundle, backends=["toy"])
+    rows = run_bench(bundle, pairs, [synthetic_jpeg(512)], [1], ["engine"], warmup=0, iterations=2)
     assert [(r.backend, r.form, r.precision, r.parity) for r in rows] == [("toy", "onnx-fp32", "fp32", "passed")]
 
 
@@ -110,8 +121,8 @@ def _mark(bundle_dir: Path, failed: set[str]) -> None:
 
 
 def test_auto_never_uses_a_pair_whose_parity_failed(verified, small_data, tmp_path) -> None:
+    from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.choice import choose
-    from kedge.runtime.forms import runnable_pairs
 
     bundle_dir = tmp_path / "tiny"
     shutil.copytree(verified, bundle_dir)
@@ -160,8 +171,9 @@ def _kedge(*args: str) -> subprocess.CompletedProcess:
 
 def test_openvino_precision_is_explicit_threads_apply_and_the_cache_is_keyed(verified, kedge_cache) -> None:
     pytest.importorskip("openvino")
+    from kedge.runtime.backends import pair
     from kedge.runtime.backends.openvino import OpenVINO, cache_folder, cpu_capabilities
-    from kedge.runtime.forms import form, pair
+    from kedge.runtime.forms import form
 
     bundle = load_bundle(verified)
     fp32 = form("onnx-fp32")
@@ -224,8 +236,8 @@ def test_export_gate_needs_each_form_to_pass_on_some_backend() -> None:
 def test_a_shipped_bundle_takes_back_the_model_keras_it_was_shipped_without(tmp_path) -> None:
     import hashlib
 
-    from kedge.export.parity import keras_file
     from kedge.runtime.bundle import Bundle
+    from kedge.train.backend import keras_file
 
     original = b"the Keras model this bundle was shipped from"
     manifest = {"model": {"name": "tiny", "classes": CLASSES}, "artifacts": {},

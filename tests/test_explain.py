@@ -37,9 +37,9 @@ def lesion_bundle(tmp_path_factory) -> Path:
 
 
 def test_occlusion_peaks_on_the_lesion(lesion_bundle) -> None:
+    from kedge.runtime.backends import pair
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.explain import occlusion
-    from kedge.runtime.forms import pair
 
     with pair("onnxruntime", "onnx-fp32").open(load_bundle(lesion_bundle)) as backend:
         result = occlusion(backend, lesion_image(), patch=24, stride=8)
@@ -71,7 +71,7 @@ def test_grad_cam_and_occlusion_agree_on_the_lesion(tf_keras) -> None:
     """The same known-evidence model in Keras: Grad-CAM and occlusion (run on Keras) both
     find the lesion, and their maps agree."""
     from kedge.runtime.explain import occlusion
-    from kedge.train.backend import KerasBackend
+    from kedge.train.backend import KerasSession
     from kedge.train.gradcam import grad_cam
 
     k = tf_keras
@@ -86,9 +86,9 @@ def test_grad_cam_and_occlusion_agree_on_the_lesion(tf_keras) -> None:
     image = lesion_image()
     cam, index, probability = grad_cam(model, image)
     assert index == 1 and probability > 0.9
-    backend = KerasBackend.__new__(KerasBackend)  # wrap the in-memory model; the backend normally loads a file
-    backend.model, backend.name = model, "keras"
-    occluded = occlusion(backend, image, patch=24, stride=8).heatmap
+    session = KerasSession.__new__(KerasSession)  # wrap the in-memory model; the session normally loads a file
+    session.model, session.name = model, "keras"
+    occluded = occlusion(session, image, patch=24, stride=8).heatmap
     for heatmap in (cam, occluded):
         peak = np.unravel_index(np.argmax(heatmap), heatmap.shape)
         assert np.hypot(peak[0] - LESION_YX[0], peak[1] - LESION_YX[1]) <= LESION_RADIUS

@@ -102,8 +102,8 @@ def test_export_and_parity_on_real_data(real_data, tf_keras, tmp_path) -> None:
     assert all(r["passed"] for r in rows.values()), [r["problems"] for r in rows.values()]
 
     # The reduced JPEG decode keeps every full-resolution radiograph's class, in FP32 and INT8.
+    from kedge.runtime.backends import pair
     from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.forms import pair
 
     bundle = load_bundle(out)
     fast = np.stack([preprocess(real_data / full) for full, _ in twins(real_data)])

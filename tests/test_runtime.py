@@ -208,7 +208,7 @@ def test_bench_json_rows_ratios_and_chart(lean, tmp_path) -> None:
     rows = report["models"][0]["rows"]
     assert {(r["form"], r["batch_size"], r["mode"]) for r in rows} == {
         (f, b, m) for f in ("onnx-fp32", "onnx-int8") for b in (1, 2) for m in ("engine", "end_to_end")}
-    from kedge.runtime.forms import runnable_pairs
+    from kedge.runtime.backends import runnable_pairs
 
     pairs = {(p.backend, p.form.name, p.precision) for p in runnable_pairs(load_bundle(lean))}
     timed = {(r["backend"], r["form"], r["precision"]) for r in rows if r["parity"] != "baseline"}

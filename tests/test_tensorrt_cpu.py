@@ -175,7 +175,7 @@ class _FakeExecutionContext:
 
 
 def _backend(calls: list[str], cuda_graph: bool, capture_fails: bool = False):
-    from kedge.runtime.backends.tensorrt import TensorRTBackend
+    from kedge.runtime.backends.tensorrt import TensorRTSession
 
     contexts: list[_FakeExecutionContext] = []
 
@@ -183,7 +183,7 @@ def _backend(calls: list[str], cuda_graph: bool, capture_fails: bool = False):
         contexts.append(_FakeExecutionContext(calls, len(contexts)))
         return contexts[-1]
 
-    backend = TensorRTBackend.__new__(TensorRTBackend)
+    backend = TensorRTSession.__new__(TensorRTSession)
     backend.name = "tensorrt fake"
     backend._cuda = _FakeCuda(calls, capture_fails)
     backend._engine = SimpleNamespace(create_execution_context=create_execution_context)

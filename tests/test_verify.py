@@ -134,8 +134,8 @@ def test_verify_data_without_fp32_reference_uses_the_recorded_parity(bundle, syn
 
 
 def _runnable(bundle: Path) -> set[str]:
+    from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.forms import runnable_pairs
 
     return {str(p) for p in runnable_pairs(load_bundle(bundle))}
 

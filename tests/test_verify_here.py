@@ -136,8 +136,8 @@ def test_the_check_runs_once_per_machine(bundle_dir, monkeypatch) -> None:
 
 
 def test_pairs_about_as_fast_are_picked_in_a_fixed_order_whatever_the_load() -> None:
+    from kedge.runtime.backends import pair
     from kedge.runtime.choice import Here, _fastest
-    from kedge.runtime.forms import pair
 
     a, b = pair("onnxruntime", "onnx-int8"), pair("openvino", "onnx-int8")
     for ms_a, ms_b in ((10.0, 9.7), (9.7, 10.0), (10.3, 9.9)):  # the same pair, loaded or not
@@ -148,8 +148,8 @@ def test_pairs_about_as_fast_are_picked_in_a_fixed_order_whatever_the_load() -> 
 
 
 def test_a_reexport_without_labelled_data_leaves_the_new_files_unchecked(bundle_dir, small_data, tmp_path) -> None:
+    from kedge.runtime.backends import pair
     from kedge.runtime.choice import choose
-    from kedge.runtime.forms import pair
     from kedge.runtime.parity import UNCHECKED, status
 
     flat = tmp_path / "flat"  # no class folders: export has no labelled folder to run parity on
@@ -169,8 +169,8 @@ def test_a_reexport_without_labelled_data_leaves_the_new_files_unchecked(bundle_
 
 
 def test_a_reexport_killed_during_parity_leaves_the_new_files_unchecked(bundle_dir, synthetic_data) -> None:
+    from kedge.runtime.backends import pair
     from kedge.runtime.choice import choose
-    from kedge.runtime.forms import pair
     from kedge.runtime.parity import UNCHECKED, status
 
     manifest = bundle_dir / "kedge.json"

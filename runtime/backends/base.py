@@ -7,10 +7,14 @@ Parity, evaluation, explanations and benchmarks only ever see this interface.
 
 `Backend`: a plug-in (in the manner of Polygraphy's runners). It declares its
 registry `name`, its `device` and the `forms` it can run, says whether it is usable
-on this machine, and opens lazily: constructing one costs nothing, `activate()`
-loads the form, `infer()` runs a batch, `deactivate()` releases it. Adding a runtime
-to kedge is one new file with a `Backend` subclass plus one line in
-`kedge.runtime.backends.REGISTRY`.
+on this machine and which forms of a bundle it runs here, and opens lazily:
+constructing one costs nothing, `activate()` loads the form, `infer()` runs a batch,
+`deactivate()` releases it. Adding a runtime to kedge is one new file with a `Backend`
+subclass plus one line in `kedge.runtime.backends.REGISTRY`; everything that runs a
+model (infer, parity, the golden check, bench, explain, serve, `kedge info`) reaches it
+through the registry. Two kinds of backend run unchecked (`checked` False) and only
+when named: a parity `reference` (the Keras original, registered by kedge.train), and
+a server whose file is not here (Triton).
 """
 from __future__ import annotations
 
@@ -23,10 +27,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import FORMS, Form
 
 if TYPE_CHECKING:
     from kedge.runtime.bundle import Bundle
-    from kedge.runtime.forms import Form
 
 
 class Session(abc.ABC):
@@ -60,12 +64,18 @@ class Backend(abc.ABC):
 
     Subclasses set `name`, `device` and `forms`, implement `open()` (returning a
     `Session`), and may override `problem()` (why this machine cannot use it),
-    `precisions()` (run precisions a form offers here, e.g. bf16 on the FP32 file),
-    `version()` (for audit trails and cache keys) and `locate()` (the file to run)."""
+    `forms_in()` (which forms of a bundle it runs here), `precisions()` (run precisions
+    a form offers here, e.g. bf16 on the FP32 file), `version()` (for audit trails and
+    cache keys) and `locate()` (the file to run)."""
 
     name: ClassVar[str]
+    title: ClassVar[str] = ""  # its name for people, on its `kedge info` line (default: `name`)
     device: ClassVar[str] = "cpu"
-    forms: ClassVar[tuple[str, ...]] = ()
+    forms: ClassVar[tuple[str, ...]] = ()  # names in the table of forms (runtime/forms.py)
+    own_forms: ClassVar[tuple[Form, ...]] = ()  # forms outside that table it brings itself (a reference's original)
+    checked: ClassVar[bool] = True  # parity and the golden check judge it; False: it runs only when named
+    reference: ClassVar[bool] = False  # parity's reference: the others are compared against it, never it
+    baseline: ClassVar[str] = ""  # its out-of-the-box setting, which bench times as precision "default"
 
     def __init__(self, bundle: Bundle, form: Form, precision: str | None = None, threads: int | None = None,
                  **options: Any) -> None:
@@ -93,6 +103,13 @@ class Backend(abc.ABC):
         return None
 
     @classmethod
+    def forms_in(cls, bundle: Bundle) -> list[Form]:
+        """The forms of `bundle` this backend runs here: by default, those of its `forms`
+        that are files the bundle lists (in the order of the table of forms)."""
+        artifacts = bundle.manifest.get("artifacts", {})
+        return [f for f in FORMS.values() if f.name in cls.forms and f.artifact is not None and f.artifact in artifacts]
+
+    @classmethod
     def precisions(cls, form: Form) -> tuple[str, ...]:
         """Run precisions this backend offers for `form` on this machine."""
         return (form.precision,)
@@ -101,11 +118,47 @@ class Backend(abc.ABC):
     def version(cls) -> str:
         return "unknown"
 
+    @classmethod
+    def info(cls) -> dict[str, Any] | None:
+        """What `kedge info` says of this backend: its version, or why it is not usable here."""
+        problem = cls.problem()
+        return {"version": None, "problem": problem} if problem else {"version": cls.version()}
+
+    @classmethod
+    def describe(cls, info: dict[str, Any] | None) -> str:
+        """`info()` as the text of its `kedge info` line."""
+        if info is None:
+            return "not installed"
+        return str(info["version"]) if info.get("version") else f"not available ({info.get('problem')})"
+
     def locate(self) -> Path:
         """The file this form runs from: the bundle's artifact, checked against its sha256."""
         if self.form.artifact is None:
             raise KedgeError(f"{self.name} cannot run {self.form.name}: it is not an ONNX file")
         return self.bundle.file(self.form.artifact)
+
+    def identity(self) -> str:
+        """What identifies the bytes this runs (parity rows and the per-machine cache are bound
+        to it): the sha256 kedge.json records for the form's file."""
+        relative = self.bundle.manifest.get("artifacts", {}).get(self.form.artifact or "", "")
+        return str(self.bundle.manifest.get("files", {}).get(relative, relative))
+
+    def file_sha256(self) -> str | None:
+        """sha256 of the file this runs, for the audit trail (recorded in kedge.json, else hashed)."""
+        relative = self.bundle.manifest.get("artifacts", {}).get(self.form.artifact or "")
+        if relative:
+            return self.bundle.manifest.get("files", {}).get(relative)
+        from kedge.runtime.bundle import sha256_file
+
+        return sha256_file(self.locate())
+
+    def runtime_version(self) -> str:
+        """What ran it, for the audit trail: the runtime and its version."""
+        return self.version()
+
+    def standing(self) -> str:
+        """Why an unchecked backend (`checked` False) runs: the reason printed and audited."""
+        return f"{self.label}: run as named (no parity or golden check applies to it)"
 
     @abc.abstractmethod
     def open(self) -> Session:

@@ -134,11 +134,28 @@ class OnnxRuntime(Backend):
     Options: `device` (auto|cpu|cuda), `optimization` (basic|extended|all)."""
 
     name, device, forms = "onnxruntime", "cpu or cuda", EVERY_ONNX_FORM
+    title = "ONNX Runtime"
     runtime = staticmethod(_ort)
 
     @classmethod
     def version(cls) -> str:
         return f"ONNX Runtime {_ort().__version__}"
+
+    @classmethod
+    def info(cls) -> dict[str, Any] | None:
+        """Its version, the providers this build lists and the ones kedge would use (None: not installed)."""
+        try:
+            ort = _ort()
+        except KedgeError:
+            return None
+        return {"version": ort.__version__, "providers": list(ort.get_available_providers()),
+                "would_use": choose_providers("auto")}
+
+    @classmethod
+    def describe(cls, info: dict[str, Any] | None) -> str:
+        if info is None:
+            return "not installed (pip install kedge[cpu])"
+        return f"{info['version']}, providers {', '.join(info['providers'])}; kedge uses {', '.join(info['would_use'])}"
 
     def open(self) -> Session:
         return OnnxRuntimeSession(self.locate(), choose_providers(self.options.get("device", "auto")), self.threads,

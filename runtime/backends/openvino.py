@@ -148,9 +148,12 @@ def cache_folder() -> Path:
 
 
 class OpenVINO(Backend):
-    """The plug-in: every ONNX form, on the CPU. Option `cache` (default True)."""
+    """The plug-in: every ONNX form, on the CPU. Option `cache` (default True). Its baseline
+    (precision "default", which bench times) is OpenVINO out of the box: no precision hint."""
 
     name, device, forms = "openvino", "cpu", EVERY_ONNX_FORM
+    title = "OpenVINO"
+    baseline = "LATENCY hint, no precision hint"
     runtime = staticmethod(_openvino)
 
     @classmethod
@@ -162,6 +165,21 @@ class OpenVINO(Backend):
     @classmethod
     def version(cls) -> str:
         return f"OpenVINO {_openvino().__version__.split('-')[0]}"
+
+    @classmethod
+    def info(cls) -> dict[str, Any] | None:
+        """Its version, what it sees of the CPU and its compiled-model cache (None: not installed)."""
+        if cls.problem() is not None:
+            return None
+        return {"version": cls.version().split()[-1], "cpu_capabilities": list(cpu_capabilities()),
+                "cache": str(cache_folder())}
+
+    @classmethod
+    def describe(cls, info: dict[str, Any] | None) -> str:
+        if info is None:
+            return "not installed (pip install kedge[cpu])"
+        return (f"{info['version']}, CPU {', '.join(info['cpu_capabilities'])}; compiled-model cache "
+                f"{info['cache']}")
 
     def open(self) -> Session:
         path = self.locate()

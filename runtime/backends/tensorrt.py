@@ -16,24 +16,22 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import Backend, Session
-from kedge.runtime.engines import check_compatible, check_engine_bytes, read_sidecar, rebuild_command
+from kedge.runtime.bundle import Bundle
+from kedge.runtime.engines import (
+    check_compatible,
+    check_engine_bytes,
+    engine_path,
+    read_sidecar,
+    rebuild_command,
+    source_sha256,
+    tensorrt_module,
+    tensorrt_usable,
+)
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import FORMS, Form
 
 
-def tensorrt_module() -> Any:
-    """The real tensorrt module, or a KedgeError (type stubs alone leave a bare namespace)."""
-    trt: Any
-    try:
-        import tensorrt as trt
-    except ImportError:
-        trt = None
-    if trt is None or not hasattr(trt, "Runtime") or not hasattr(trt, "__version__"):
-        raise KedgeError("TensorRT is not installed (install kedge[gpu], or on a Jetson use JetPack's "
-                         "python3-libnvinfer with a --system-site-packages virtual environment)")
-    return trt
-
-
-class TensorRTBackend(Session):
+class TensorRTSession(Session):
     """One engine, one stream, buffers allocated once; one execution context per batch shape.
 
     `onnx_sha256` is the bundle's current source ONNX: an engine built from another
@@ -168,20 +166,38 @@ class TensorRT(Backend):
     Option: `cuda_graph`."""
 
     name, device, forms = "tensorrt", "cuda", ("trt-fp32", "trt-fp16", "trt-int8")
+    title = "TensorRT"
 
     @classmethod
     def problem(cls) -> str | None:
-        from kedge.runtime.engines import tensorrt_usable
-
         return None if tensorrt_usable() else "needs TensorRT, pycuda and a visible NVIDIA GPU (see `kedge info`)"
+
+    @classmethod
+    def forms_in(cls, bundle: Bundle) -> list[Form]:
+        """The engine forms with an engine built for this machine (an engine for another one is not runnable here)."""
+        if not bundle.manifest.get("engines"):
+            return []
+        found = []
+        for spec in (f for f in FORMS.values() if f.name in cls.forms):
+            try:
+                if engine_path(bundle, spec.precision) is not None:
+                    found.append(spec)
+            except KedgeError:
+                continue
+        return found
 
     @classmethod
     def version(cls) -> str:
         return f"TensorRT {tensorrt_module().__version__}"
 
-    def locate(self) -> Path:
-        from kedge.runtime.engines import engine_path
+    @classmethod
+    def info(cls) -> dict[str, Any] | None:
+        try:
+            return {"version": tensorrt_module().__version__}
+        except (KedgeError, OSError) as err:  # OSError: tensorrt installed but its libraries do not load
+            return {"version": None, "problem": str(err)}
 
+    def locate(self) -> Path:
         path = engine_path(self.bundle, self.form.precision)
         if path is None:
             flag = "" if self.form.precision == "fp32" else f" --{self.form.precision}"
@@ -189,9 +205,12 @@ class TensorRT(Backend):
                              f"`kedge export {self.bundle.path} --engine{flag}`")
         return path
 
-    def open(self) -> Session:
-        from kedge.runtime.engines import source_sha256
-
+    def identity(self) -> str:
+        """An engine's file name and the sha256 of the ONNX it was built from."""
         path = self.locate()
-        return TensorRTBackend(path, source_sha256(self.bundle, read_sidecar(path).source_onnx),
+        return f"{path.name}:{read_sidecar(path).source_onnx_sha256}"
+
+    def open(self) -> Session:
+        path = self.locate()
+        return TensorRTSession(path, source_sha256(self.bundle, read_sidecar(path).source_onnx),
                                bool(self.options.get("cuda_graph", False)))

@@ -1,25 +1,39 @@
 """A Triton Inference Server as a backend: kedge preprocesses on the client (its one
-preprocessing function) and sends the tensors over HTTP (KServe v2 protocol).
+preprocessing function) and sends the tensors over HTTP (KServe v2 protocol). The
+server's URL is the backend's `url` option (`kedge infer --triton URL`).
 
 A batch larger than the server model's max_batch_size is sent in pieces (Triton
 refuses the whole request otherwise, and every answer of the run was lost), and an
-answer whose shape does not fit the batch is an error, not a traceback further on."""
+answer whose shape does not fit the batch is an error, not a traceback further on.
+
+The server runs whatever form it was given (`kedge export --triton`, `kedge serve`), so
+this backend's one form is "served", outside the table of forms, and no parity or golden
+check covers it here (`checked` False): it runs only when named, never by `auto`."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends.base import Session
+from kedge.runtime.backends.base import Backend, Session
+from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import Form
+
+SERVED = Form("triton", "served", "", None, "whatever form the Triton server runs")
 
 
-class TritonBackend(Session):
+def _tritonclient_http() -> Any:
+    try:
+        import tritonclient.http as http
+    except ImportError:
+        raise KedgeError("tritonclient is not installed; install kedge[serve] (see docs/triton.md)") from None
+    return http
+
+
+class TritonSession(Session):
     def __init__(self, url: str, model: str, timeout_s: float = 60.0) -> None:
-        try:
-            import tritonclient.http as http
-        except ImportError:
-            raise KedgeError("--triton needs tritonclient: pip install 'kedge[serve]' (see README, Triton)") from None
+        http = _tritonclient_http()
         self._http = http
         address = url.split("://", 1)[-1].rstrip("/")
         try:
@@ -60,3 +74,61 @@ class TritonBackend(Session):
         if getattr(self, "_client", None) is not None:
             self._client.close()
             self._client = None
+
+
+class Triton(Backend):
+    """The plug-in: the bundle's model (by its name) on the Triton server at option `url`."""
+
+    name, device, own_forms = "triton", "a Triton server", (SERVED,)
+    title = "Triton client"
+    checked = False
+    runtime = staticmethod(_tritonclient_http)
+
+    @classmethod
+    def forms_in(cls, bundle: Bundle) -> list[Form]:
+        return [SERVED]  # whatever the server runs for the bundle's name; known only once connected
+
+    @classmethod
+    def precisions(cls, form: Form) -> tuple[str, ...]:
+        return (SERVED.precision,)
+
+    @classmethod
+    def version(cls) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"tritonclient {version('tritonclient')}"
+        except PackageNotFoundError:
+            return "tritonclient (version unknown)"
+
+    @classmethod
+    def info(cls) -> dict[str, Any] | None:
+        return None if cls.problem() else {"version": cls.version()}
+
+    @classmethod
+    def describe(cls, info: dict[str, Any] | None) -> str:
+        return f"{info['version']} (kedge infer --triton URL)" if info else \
+            "not installed (pip install 'kedge[serve]'; see docs/triton.md)"
+
+    @property
+    def url(self) -> str:
+        url = self.options.get("url")
+        if not url:
+            raise KedgeError("the triton backend needs the server's URL (kedge infer --triton URL)")
+        return str(url)
+
+    @property
+    def label(self) -> str:
+        return f"triton {self.url} {self.bundle.name}"
+
+    def standing(self) -> str:
+        return f"Triton server at {self.url}, model {self.bundle.name}"
+
+    def file_sha256(self) -> str | None:
+        return None  # the server's file; see its model repository
+
+    def runtime_version(self) -> str:
+        return f"Triton server {self.url}"
+
+    def open(self) -> Session:
+        return TritonSession(self.url, self.bundle.name)
