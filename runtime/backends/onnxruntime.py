@@ -138,24 +138,23 @@ class OnnxRuntime(Backend):
     runtime = staticmethod(_ort)
 
     @classmethod
-    def version(cls) -> str:
-        return f"ONNX Runtime {_ort().__version__}"
-
-    @classmethod
     def info(cls) -> dict[str, Any] | None:
         """Its version, the providers this build lists and the ones kedge would use (None: not installed)."""
         try:
-            ort = _ort()
+            providers = available_providers()
         except KedgeError:
             return None
-        return {"version": ort.__version__, "providers": list(ort.get_available_providers()),
-                "would_use": choose_providers("auto")}
+        return {"version": _ort().__version__, "providers": providers, "would_use": choose_providers("auto")}
 
     @classmethod
     def describe(cls, info: dict[str, Any] | None) -> str:
         if info is None:
             return "not installed (pip install kedge[cpu])"
         return f"{info['version']}, providers {', '.join(info['providers'])}; kedge uses {', '.join(info['would_use'])}"
+
+    @classmethod
+    def version(cls) -> str:
+        return f"ONNX Runtime {_ort().__version__}"
 
     def open(self) -> Session:
         return OnnxRuntimeSession(self.locate(), choose_providers(self.options.get("device", "auto")), self.threads,
