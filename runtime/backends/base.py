@@ -66,7 +66,8 @@ class Backend(abc.ABC):
     `Session`), and may override `problem()` (why this machine cannot use it),
     `forms_in()` (which forms of a bundle it runs here), `precisions()` (run precisions
     a form offers here, e.g. bf16 on the FP32 file), `version()` (for audit trails and
-    cache keys) and `locate()` (the file to run)."""
+    cache keys), `info()`/`describe()` (its `kedge info` line), `locate()` (the file to
+    run) and `identity()` (what parity rows are bound to)."""
 
     name: ClassVar[str]
     title: ClassVar[str] = ""  # its name for people, on its `kedge info` line (default: `name`)
