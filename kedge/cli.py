@@ -441,6 +441,7 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
     Exit status 1 if the parity gate fails: a form that no backend here reproduces.
     """
     from kedge.export.pipeline import ExportReport, ExportSettings, export_bundle
+    from kedge.runtime.bundle import load_bundle
 
     size = None if calib_size.strip().lower() == "all" else _positive_int(calib_size, "--calib-size")
     if options["split"] is not None and options["data"] is None and options["calib"] is None:  # never ignored
@@ -448,15 +449,16 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
     if options["calib_split"] is not None and options["calib"] is None:
         raise KedgeError(f"--calib-split {options['calib_split']} needs --calib DIR")
     only_triton = triton_repo is not None and not any(options[k] for k in ("fp16", "int8", "engine", "data"))
+    loaded = load_bundle(bundle)
     if only_triton:
         report = ExportReport(str(bundle))
     else:
-        report = export_bundle(ExportSettings(bundle=bundle, calib_size=size, workspace_mib=workspace_mib,
+        report = export_bundle(ExportSettings(bundle=loaded, calib_size=size, workspace_mib=workspace_mib,
                                               progress=not quiet, **options), log=_log)
     if triton_repo is not None:
         from kedge.export.triton import write_repository
 
-        for entry in write_repository(bundle, triton_repo, max_batch=options["max_batch"]):
+        for entry in write_repository(loaded, triton_repo, max_batch=options["max_batch"]):
             report.done.append(f"triton: {entry['path']} ({entry['platform']}, {entry['form']}, "
                                f"max batch {entry['max_batch_size']})")
     if as_json:
@@ -499,7 +501,7 @@ def card(bundles: tuple[Path, ...], as_json: bool) -> None:
     if as_json:
         _emit_json([{"location": str(b.path.resolve()), **b.manifest} for b in loaded])
         return
-    click.echo("\n\n".join(render_card(b.manifest, str(b.path.resolve())) for b in loaded))
+    click.echo("\n\n".join(render_card(b) for b in loaded))
 
 
 @main.command()
@@ -521,11 +523,11 @@ def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite
       kedge ship runs/gru --out runtime/models/resnet50-gru --forms onnx-fp32,onnx-int8
     """
     from kedge.export.ship import ship_bundle
+    from kedge.runtime.bundle import load_bundle
 
     names = _csv_list(forms, "--forms") or []
-    manifest = ship_bundle(bundle, out, names, overwrite, data_source)
-    _log(f"shipped {manifest['model']['name']} to {out}: {', '.join(names)}, "
-         f"{manifest['shipped']['bytes'] / 1e6:.1f} MB")
+    shipped = ship_bundle(load_bundle(bundle), out, names, overwrite, data_source)
+    _log(f"shipped {shipped.name} to {out}: {', '.join(names)}, {shipped.section('shipped')['bytes'] / 1e6:.1f} MB")
 
 
 @main.command()

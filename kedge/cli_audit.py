@@ -114,7 +114,7 @@ def _splits(bundle: Any, data: Path, split_manifest: Path | None) -> dict[str, s
     """Image path -> split, from --split-manifest or the bundle's split.csv ({} without one)."""
     from kedge.runtime.folders import read_split_manifest
 
-    if split_manifest is None and "split_manifest" not in bundle.manifest.get("artifacts", {}):
+    if split_manifest is None and not bundle.has("split_manifest"):
         return {}
-    assigned = read_split_manifest(split_manifest or bundle.file("split_manifest"))
+    assigned = read_split_manifest(split_manifest) if split_manifest is not None else bundle.split
     return {str(Path(data) / relative): name for relative, name in assigned.items()}

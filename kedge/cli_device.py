@@ -50,8 +50,10 @@ def check_trt(bundle: Path, versions: str, max_batch: int | None, as_json: bool)
       kedge check-trt runtime/models/resnet50-gru --trt 10.3
     """
     from kedge.export.trtcheck import TRT_VERSIONS, check_bundle
+    from kedge.runtime.bundle import load_bundle
 
-    _finish(check_bundle(bundle, TRT_VERSIONS if versions == "all" else (versions,), max_batch), as_json)
+    _finish(check_bundle(load_bundle(bundle), TRT_VERSIONS if versions == "all" else (versions,), max_batch),
+            as_json)
 
 
 @click.command()
@@ -75,8 +77,9 @@ def golden(bundle: Path, count: int, seed: int, reference: str | None, as_json: 
       kedge golden runtime/models/resnet50-gru
     """
     from kedge.export.golden import make_golden
+    from kedge.runtime.bundle import load_bundle
 
-    stored = make_golden(bundle, count, seed, reference, log=lambda m: click.echo(m, err=True))
+    stored = make_golden(load_bundle(bundle), count, seed, reference, log=lambda m: click.echo(m, err=True))
     if as_json:
         _emit_json(stored)
     else:
@@ -115,9 +118,9 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
       kedge verify runtime/models/resnet50-gru --report verify.md
     """
     from kedge.export.verify import verify_bundle
-    from kedge.runtime.bundle import atomic_write_text
+    from kedge.runtime.bundle import atomic_write_text, load_bundle
 
-    result = verify_bundle(bundle, data, split, build=not no_build, bench_iterations=bench_iterations,
+    result = verify_bundle(load_bundle(bundle), data, split, build=not no_build, bench_iterations=bench_iterations,
                            log=lambda m: click.echo(m, err=True))
     if report_path is not None:
         atomic_write_text(report_path, result.markdown())

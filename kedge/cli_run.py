@@ -227,7 +227,7 @@ def _keras_target(bundle: Any, backends: str | None) -> Any:
     from kedge.runtime.bench import Target
 
     wanted = backends is not None and "keras" in (csv_list(backends, "--backend") or [])
-    if "keras" not in bundle.manifest.get("artifacts", {}):
+    if not bundle.has("keras"):
         if wanted:
             raise KedgeError(f"{bundle.path}: --backend keras needs the bundle's model.keras")
         return None
@@ -330,8 +330,9 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
       kedge parity runtime/models/knee-cnn --data ../shared/data/knee-3class --split test
     """
     from kedge.export.parity import parity_for_bundle
+    from kedge.runtime.bundle import load_bundle
 
-    result = parity_for_bundle(bundle, data, split, reference, csv_list(forms, "--forms"), batch_size,
+    result = parity_for_bundle(load_bundle(bundle), data, split, reference, csv_list(forms, "--forms"), batch_size,
                                progress=not quiet, log=None if as_json else log,
                                backends=csv_list(backends, "--backend"))
     if as_json:

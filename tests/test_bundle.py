@@ -10,9 +10,9 @@ from kedge.runtime.bundle import (
     atomic_path,
     atomic_write_json,
     load_bundle,
+    new_bundle,
     sha256_file,
     staged_folder,
-    write_manifest,
 )
 from kedge.runtime.errors import KedgeError
 
@@ -59,7 +59,7 @@ def make_bundle(tmp_path):
     folder = tmp_path / "b"
     folder.mkdir()
     (folder / "model.keras").write_bytes(b"weights")
-    write_manifest(folder, {"model": {"name": "knee-cnn", "classes": ["A", "B"]},
+    new_bundle(folder, {"model": {"name": "knee-cnn", "classes": ["A", "B"]},
                             "artifacts": {"keras": "model.keras"}})
     return folder
 
