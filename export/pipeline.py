@@ -110,7 +110,8 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
         raise KedgeError("--int8 needs --calib DIR: a folder of calibration images (class folders, or flat); "
                          "with --engine, a bundle that already has its INT8 Q/DQ ONNX needs none")
     converted = converted_forms(s)
-    for step in {*(f.made_by for f in converted if f.made_by in needs.STEP_NEEDS), *(["--int8"] if calibrate else [])}:
+    steps = [f.made_by for f in converted if f.made_by in needs.STEP_NEEDS] + (["--int8"] if calibrate else [])
+    for step in dict.fromkeys(steps):
         needs.require(step)
     images = _select_calibration(bundle, s, log) if calibrate else None
     if s.int8 and not calibrate:

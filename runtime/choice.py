@@ -40,7 +40,7 @@ from kedge.runtime.backends import backend_class, names
 from kedge.runtime.backends.base import cache_root
 from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, PRECISIONS, Pair, made_by, onnx_forms, runnable_pairs
+from kedge.runtime.forms import FORMS, PRECISIONS, Pair, onnx_forms, options_that_make, runnable_pairs
 from kedge.runtime.parity import PASSED, UNCHECKED, status
 
 CHUNK = 8  # golden images per timed call: kedge infer's default batch size
@@ -150,14 +150,14 @@ def _fastest(usable: list[Pair], here: dict[str, Here], failed: list[tuple[Pair,
 
 
 def _nothing_to_run(bundle: Bundle, backend: str, precision: str | None) -> str:
-    options = made_by(precision) if precision is not None else None  # None: no file is stored at it (bf16)
+    options = options_that_make(precision) if precision is not None else None  # None: no file is at it (bf16)
     if options is not None and not any(f.precision == precision and bundle.has(str(f.artifact))
                                        for f in onnx_forms()):
         hint = f" {options}" if options else ""
         return f"{bundle.path}: no {precision} ONNX form; make it with `kedge export {bundle.path}{hint}`"
     if backend == "tensorrt":
         what = f"{precision} engine" if precision else "engine"
-        options = made_by(precision or "fp32", engine=True) or made_by("fp32", engine=True)
+        options = options_that_make(precision or "fp32", engine=True) or options_that_make("fp32", True)
         return f"{bundle.path}: no {what} for this device; build one with `kedge export {bundle.path} {options}`"
     who = "any backend usable here" if backend == "auto" else backend
     return f"{bundle.path}: {who} cannot run {precision or 'any form'} from the forms this bundle holds"

@@ -85,7 +85,7 @@ def engine_source(precision: str, trt: str) -> Form:
     return next(FORMS[n] for n in spec.built_from if trt in FORMS[n].tensorrt)
 
 
-def made_by(precision: str, engine: bool = False) -> str | None:
+def options_that_make(precision: str, engine: bool = False) -> str | None:
     """The `kedge export` options that make a form of `precision` (an engine, or an ONNX
     file), or None when no row makes one."""
     rows = engine_forms() if engine else onnx_forms()

@@ -61,7 +61,7 @@ def test_a_new_form_is_one_row_plus_its_converter(monkeypatch, small_data, tmp_p
 def test_the_table_gives_what_was_typed_elsewhere() -> None:
     """check-trt's files, the engine build plan and the export hint all come from FORMS."""
     from kedge.export.engine import build_plan
-    from kedge.runtime.forms import engine_precisions, made_by, tensorrt_bound
+    from kedge.runtime.forms import engine_precisions, options_that_make, tensorrt_bound
 
     assert [f.file for f in tensorrt_bound("10.3")] == ["model.onnx", "model.int8.qdq.onnx"]
     assert [f.file for f in tensorrt_bound("11")] == ["model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"]
@@ -69,5 +69,6 @@ def test_the_table_gives_what_was_typed_elsewhere() -> None:
     assert build_plan("fp16", 10) == ("onnx_fp32", "flags")
     assert build_plan("fp16", 11) == ("onnx_fp16", "strongly-typed")
     assert build_plan("int8", 10, "calibration-cache") == ("onnx_fp32", "calibration-cache")
-    assert made_by("fp16") == "--fp16" and made_by("int8") == "--int8 --calib DIR" and made_by("bf16") is None
-    assert made_by("int8", engine=True) == "--engine --int8"
+    assert options_that_make("fp16") == "--fp16" and options_that_make("int8") == "--int8 --calib DIR"
+    assert options_that_make("bf16") is None  # a precision backends run at, with no file of its own
+    assert options_that_make("int8", engine=True) == "--engine --int8"
