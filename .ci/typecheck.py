@@ -38,6 +38,8 @@ def build_tree(tree: Path) -> dict[str, str]:
     (tree / root).mkdir(parents=True)
     for source in sorted((REPO / mapping[root]).glob("*.py")):
         (tree / root / source.name).symlink_to(source)
+    for package in sorted(init.parent for init in (REPO / mapping[root]).glob("*/__init__.py")):
+        (tree / root / package.name).symlink_to(package, target_is_directory=True)  # kedge/commands/
     prefixes = {f"{tree / root}/": f"{mapping[root]}/"}
     for name, folder in mapping.items():
         if name != root:

@@ -85,6 +85,22 @@ class ExportReport:
         trt_ok = self.trt_check is None or bool(self.trt_check["passed"])
         return trt_ok and (self.parity is None or bool(self.parity.get("forms_passed", self.parity["passed"])))
 
+    def add_triton(self, written: list[dict[str, Any]]) -> None:
+        """Record the models `--triton` wrote into a Triton repository (export/triton.py)."""
+        self.done += [f"triton: {entry['path']} ({entry['platform']}, {entry['form']}, "
+                      f"max batch {entry['max_batch_size']})" for entry in written]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "done": self.done, "skipped": self.skipped, "parity": self.parity,
+                "trt_check": self.trt_check, "passed": self.passed}
+
+    def lines(self) -> list[str]:
+        """The report as `kedge export` prints it: what was done, what was skipped and why, then parity."""
+        from kedge.runtime.parity import format_result
+
+        lines = [f"done     {line}" for line in self.done] + [f"skipped  {line}" for line in self.skipped]
+        return lines + ([format_result(self.parity)] if self.parity is not None else [])
+
 
 def derived_keys() -> tuple[str, ...]:
     """Artifacts made from the FP32 ONNX, stale once it changes: the forms whose row names

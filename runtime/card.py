@@ -231,3 +231,8 @@ def int8_tools_section(calibration: dict[str, Any]) -> list[str]:
         if worst:
             lines.append("  worst SQNR     " + "; ".join(f"{w['tensor']} {w['qdq_sqnr']:.1f} dB" for w in worst))
     return lines
+
+
+def card_json(bundle: Bundle) -> dict[str, Any]:
+    """What `kedge card --json` prints for one bundle: where it is on this machine, then its kedge.json."""
+    return {"location": str(bundle.path.resolve()), **bundle.manifest}

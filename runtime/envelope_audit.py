@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,16 @@ def _answers(probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, int
         return {c: 0 for c in classes}
     counts = np.bincount(probabilities.argmax(axis=1), minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, counts, strict=True)}
+
+
+def image_splits(bundle: Any, data: Path, split_manifest: Path | None) -> dict[str, str]:
+    """Image path -> split, from split_manifest or the bundle's split.csv ({} without one)."""
+    from kedge.runtime.folders import read_split_manifest
+
+    if split_manifest is None and not bundle.has("split_manifest"):
+        return {}
+    assigned = read_split_manifest(split_manifest) if split_manifest is not None else bundle.split
+    return {str(Path(data) / relative): name for relative, name in assigned.items()}
 
 
 def envelope_section(predictions: Any, checks: Sequence[Check], envelope: Envelope, classes: Sequence[str],

@@ -114,3 +114,19 @@ def format_report(report: dict[str, Any], title: str) -> str:
                      + missed)
     lines.append("every target met" if report["targets_met"] else "NOT every target met")
     return "\n".join(lines)
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """What `kedge envelope` prints: the fitted envelope, its held-out shares and, with
+    --report, the measurement table (result["report"], measured on result["machine"])."""
+    fitted, threshold = result["fitted_on"], result["thresholded_on"]
+    lines = [f"{result['model']}: envelope on {', '.join(result['validated'])} ({result['validated_by']}); "
+             f"{result['components']} components, fitted on {fitted['n']} train images, threshold "
+             f"{result['threshold']:.3f} keeps {result['keep']:.0%} of {threshold['n']} validation images"
+             + ("" if result["written"] else " (dry run: nothing written)")]
+    for source, row in result["held_out"].items():
+        lines.append(f"  held out: source {source} ({'validated' if row['validated'] else 'unvalidated'}, "
+                     f"{row['splits']}): {row['outside']} of {row['n']} outside ({row['outside_share']:.0%})")
+    if "report" in result:
+        lines.append(format_report(result["report"], f"measured on {result['machine']}:"))
+    return "\n".join(lines)

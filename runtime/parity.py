@@ -322,3 +322,24 @@ def status(bundle: Bundle, pair: Any) -> tuple[str, str]:
                 return PASSED, ("the reference" if row.get("reference") else where)
             return FAILED, f"{'; '.join(row.get('problems') or [])} ({where})"
     return UNCHECKED, "no parity row; run `kedge parity BUNDLE --data DIR --split test`"
+
+
+JSON_FIELDS = ("backend", "form", "precision", "accuracy", "macro_f1", "agreement", "near_ties", "max_abs_diff",
+               "mean_abs_diff", "passed", "runner", "n", "reference", "problems")
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A parity result as `kedge parity` and `kedge export` print it: the table, the images
+    skipped, the verdict, and why it was not recorded (when it was not)."""
+    lines = [f"parity on {result['data']} ({result['split']}, n={result['n']}), reference {result['reference']}",
+             format_table([ParityRow(**row) for row in result["rows"]])]
+    lines += [f"  skipped {failure['path']}: {failure['problem']}" for failure in result["unreadable"]]
+    lines.append("PASSED" if result["passed"] else "FAILED")
+    if result.get("not_recorded"):
+        lines.append(f"not recorded: {result['not_recorded']}")
+    return "\n".join(lines)
+
+
+def result_json(result: dict[str, Any]) -> dict[str, Any]:
+    """A parity result as `kedge parity --json` prints it: each row with its JSON_FIELDS only."""
+    return {**result, "rows": [{k: row.get(k) for k in JSON_FIELDS} for row in result["rows"]]}

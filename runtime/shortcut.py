@@ -19,7 +19,8 @@ numpy only: it runs on the lean install, on any backend's outputs.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,34 @@ def audit(predictions: Any, classes: Sequence[str]) -> dict[str, Any]:
     report["cue_test"] = cue
     report["flags"] = flags(report["by_source"], cue)
     report["limits"] = {"top_share": TOP_SHARE_LIMIT, "min_images": MIN_IMAGES, "folds": FOLDS}
+    return report
+
+
+def audit_bundle(bundle: Any, items: Sequence[Any], open_runner: Callable[[], tuple[Any, str]], data: Path,
+                 split: str | None, split_manifest: Path | None, batch_size: int,
+                 progress: bool = True) -> dict[str, Any]:
+    """`kedge audit`: the bundle's answers on the labelled items (`open_runner` opens the
+    chosen backend: (runner, what it is)), audited per source and per format, with the
+    envelope's section when the bundle has one (its checks recorded beside the answers)."""
+    from kedge.runtime.envelope import bundle_envelope
+    from kedge.runtime.envelope_audit import GateRecorder, envelope_section, image_splits
+    from kedge.runtime.errors import KedgeError
+    from kedge.runtime.evaluate import predict_items
+    from kedge.runtime.sources import UNKNOWN
+
+    if items and all(item.source == UNKNOWN for item in items):  # nothing to audit: say so, never "passed"
+        raise KedgeError(f"{data}: no source is known for these images, so no source check is possible: give "
+                         "--sources or --source-rule (or a bundle whose split.csv names them)")
+    runner, description = open_runner()
+    envelope = bundle_envelope(bundle)
+    gate = None if envelope is None else GateRecorder(runner, envelope)
+    with runner:
+        predictions = predict_items(gate or runner, items, batch_size, progress=progress)
+    report = audit(predictions, bundle.classes)
+    report["envelope"] = None if gate is None else envelope_section(
+        predictions, gate.checks, gate.envelope, bundle.classes, image_splits(bundle, data, split_manifest))
+    report.update({"bundle": str(bundle.path), "model": bundle.name, "data": str(data),
+                   "split": split or "all", "backend": description})
     return report
 
 

@@ -1,7 +1,9 @@
 """The lean side: no TensorFlow on the runtime path, and one-line errors from the CLI."""
 from __future__ import annotations
 
+import collections
 import configparser
+import re
 import subprocess
 import sys
 
@@ -62,6 +64,39 @@ def test_top_level_help_loads_neither_numpy_nor_opencv() -> None:
     result = python(code)
     assert "Commands:" in result.stdout, result.stderr
     assert result.stdout.splitlines()[-1] == "loaded: []"
+
+
+def test_command_help_loads_neither_numpy_nor_opencv() -> None:
+    """`kedge COMMAND --help` stays as cheap as `kedge --help` for every command whose options
+    list no backend or precision choices (those read the backend registry, which needs numpy)."""
+    code = ("import sys\nfrom kedge.cli import main\nfrom kedge.options import LazyChoice\n"
+            "cheap = [name for name, command in sorted(main.commands.items())\n"
+            "         if not any(isinstance(p.type, LazyChoice) for p in command.params)]\n"
+            "for name in cheap:\n    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
+            "print('commands:', len(cheap))\n"
+            "print('loaded:', sorted(m for m in ('numpy', 'cv2', 'tqdm') if m in sys.modules))")
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    commands, loaded = result.stdout.splitlines()[-2:]
+    assert int(commands.split()[1]) >= 15, commands  # all but the few with --backend/--precision
+    assert loaded == "loaded: []"
+
+
+def test_shared_options_are_declared_once() -> None:
+    """kedge/options.py declares every option two commands share, and no option name is
+    declared twice anywhere in the CLI: --json has one declaration, not one per command."""
+    from kedge.cli import main
+
+    files = [REPO / "kedge" / "options.py", *sorted((REPO / "kedge" / "commands").glob("*.py"))]
+    declared = collections.Counter(name for path in files
+                                   for name in re.findall(r'option\(\s*"(--[\w-]+)', path.read_text()))
+    assert [name for name, count in declared.items() if count > 1] == []
+    used = collections.Counter(opt for command in main.commands.values() for param in command.params
+                               for opt in dict.fromkeys(param.opts) if opt.startswith("--"))
+    options_py = (REPO / "kedge" / "options.py").read_text()
+    shared = sorted(name for name, count in used.items() if count > 1)
+    assert "--json" in shared and "--quiet" in shared
+    assert [name for name in shared if f'"{name}"' not in options_py] == []
 
 
 def test_every_package_folder_is_installed() -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from kedge.runtime.bundle import atomic_write_text
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.folders import LabelledImage, read_split_manifest, scan_labelled  # noqa: F401 (re-export)
-from kedge.runtime.sources import SourceSpec, class_mix, with_sources
+from kedge.runtime.sources import SourceSpec, class_mix, mix_warnings, with_sources
 from kedge.train.dedup import duplicate_groups, fingerprint
 
 SPLITS = ("train", "val", "test")
@@ -152,3 +152,31 @@ def write_split_manifest(path: str | os.PathLike[str], data: PreparedData) -> No
         writer.writerow({"path": e.relative, "class": e.item.class_name, "source": e.item.source, "split": e.split,
                          "group": e.group, "sha256": e.sha256, "note": e.note})
     atomic_write_text(path, buffer.getvalue())
+
+
+def dataset_report(data: PreparedData) -> dict[str, Any]:
+    """What `kedge dataset` reports: the split's summary, each source's class mix over the kept
+    images, what in that mix lets a model learn the source, and every excluded file with why."""
+    mix = class_mix([e.item for e in data.entries if e.split != "excluded"], data.classes)
+    excluded = [{"path": e.relative, "class": e.item.class_name, "reason": e.note}
+                for e in data.entries if e.split == "excluded"]
+    return {**data.summary(), "class_mix_by_source": mix, "warnings": mix_warnings(mix), "excluded_files": excluded}
+
+
+def format_dataset_report(data: PreparedData, report: dict[str, Any]) -> str:
+    """dataset_report as a table: counts per split and class, then per source, warnings and exclusions."""
+    classes, mix = data.classes, report["class_mix_by_source"]
+    lines = [f"{data.root}: {len(data.entries)} images, {report['groups']} distinct radiographs",
+             f"  {'split':<8}" + "".join(f"{c:>14}" for c in classes)]
+    for split in SPLITS:
+        counts = report["counts"][split]
+        lines.append(f"  {split:<8}" + "".join(f"{counts.get(c, 0):>14}" for c in classes))
+    if len(mix) > 1:
+        lines.append(f"  {'source':<8}" + "".join(f"{c:>14}" for c in classes) + "   (all splits)")
+        for source, source_counts in mix.items():
+            lines.append(f"  {source[:8]:<8}" + "".join(f"{source_counts[c]:>14}" for c in classes))
+    else:
+        lines.append("  sources: none given (--sources or --source-rule): no per-source check")
+    lines += [f"  warning: {warning}" for warning in report["warnings"]]
+    lines += [f"  excluded {row['path']}: {row['reason']}" for row in report["excluded_files"]]
+    return "\n".join(lines)

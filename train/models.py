@@ -204,6 +204,23 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+def architecture_rows() -> list[dict[str, Any]]:
+    """What `kedge models` lists: each architecture's classes, input shape, full-size parameter
+    counts, default epochs and options (no model is built, so no TensorFlow is needed)."""
+    return [{"name": arch.name, "classes": list(arch.classes), "input_shape": list(INPUT_SHAPE),
+             "parameters": arch.parameters, "default_epochs": arch.epochs, "options": arch.options,
+             "paper": arch.paper} for arch in ARCHITECTURES.values()]
+
+
+def format_architectures(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'model':<14}{'classes':<36}{'input':<13}{'total':>12}{'trainable':>12}{'non-trainable':>15}"]
+    for row in rows:
+        p = row["parameters"]
+        lines.append(f"{row['name']:<14}{', '.join(row['classes']):<36}{'x'.join(map(str, row['input_shape'])):<13}"
+                     f"{p['total']:>12,}{p['trainable']:>12,}{p['non_trainable']:>15,}")
+    return "\n".join(lines)
+
+
 def get_architecture(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]

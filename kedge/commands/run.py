@@ -1,8 +1,5 @@
-"""The `kedge` commands that run models: infer, bench, explain, parity and info.
-
-Wiring only: each command reads its options and calls the runtime module that does
-the work (runtime/infer.py, bench.py, explain.py, parity.py, info.py).
-"""
+"""The run stage: a model on images (infer), what drove its answers (explain), how fast
+each of its pairs runs (bench), and what the model is given (preprocess)."""
 from __future__ import annotations
 
 import sys
@@ -12,51 +9,55 @@ from typing import Any
 import click
 
 from kedge.options import (
-    BUNDLE,
     allow_unverified_option,
     backend_option,
+    batch_size_option,
     csv_list,
-    echo_parity,
+    cuda_graph_option,
     emit_json,
+    forms_option,
     json_option,
     load_models,
     log,
     machine,
     model_option,
     open_runner,
+    out_option,
+    plot_option,
     positive_ints,
     precision_option,
+    quiet_option,
     threads_option,
+    triton_option,
 )
 from kedge.runtime.errors import KedgeError
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@model_option
+@model_option()
 @backend_option()
 @precision_option()
 @allow_unverified_option
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096))
+@batch_size_option(8)
 @threads_option
 @click.option("--workers", type=click.IntRange(0, 64),
               help="Threads decoding the next files while a batch runs (default: up to 4; 0: decode inline).")
-@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay a captured CUDA graph for each batch size.")
+@cuda_graph_option("TensorRT: replay a captured CUDA graph for each batch size.")
 @json_option("Print a JSON list: path, label, probabilities, backend, form, model (one object per image and "
              "model).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, model, label, one p_<class> column per class, "
               "backend, form (one row per image and model).")
 @click.option("--full-decode", is_flag=True, help="Decode large JPEGs in full instead of from their DCT at 1/2-1/8 "
               "scale: slower, bit-for-bit preprocessing v1 (a borderline image can flip between the two).")
-@click.option("--triton", "triton_url", metavar="URL",
-              help="Run the model on a Triton server (e.g. http://gpu-host:8000) serving this bundle's model name; "
-              "decoding and preprocessing stay here.")
+@triton_option("Run the model on a Triton server (e.g. http://gpu-host:8000) serving this bundle's model name; "
+               "decoding and preprocessing stay here.", url=True)
 @click.option("--audit", type=click.Path(path_type=Path),
               help="Append one JSON line per reading to this file (time, input sha256, model, form sha256, "
               "backend, precision, runtime version, answer), fsynced line by line.")
 @click.option("--show-outside", is_flag=True, help="For a reading outside the model's envelope, print the "
               "probabilities too (the class stays withheld).")
-@click.option("--quiet", is_flag=True, help="No progress bar and no backend line on stderr.")
+@quiet_option("No progress bar and no backend line on stderr.")
 def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: str | None, allow_unverified: bool,
           batch_size: int, threads: int | None, workers: int | None, cuda_graph: bool, as_json: bool, as_csv: bool,
           full_decode: bool, triton_url: str | None, audit: Path | None, show_outside: bool, quiet: bool) -> None:
@@ -126,12 +127,12 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
 
 
 @click.command()
-@model_option
-@click.option("--backend", "backends", help="Comma-separated: keras and the registered backends (default: every "
-              "one this machine has; keras needs TensorFlow).")
-@click.option("--precision", "precisions", help="Comma-separated: fp32, fp16, bf16, int8, default (OpenVINO's own "
-              "choice, the baseline) (default: all).")
-@click.option("--forms", help="Only these forms, e.g. keras,onnx-fp32,onnx-int8-qdq,trt-int8.")
+@model_option()
+@backend_option(help="Comma-separated: keras and the registered backends (default: every one this machine has; "
+                "keras needs TensorFlow).", listed=True)
+@precision_option("Comma-separated: fp32, fp16, bf16, int8, default (OpenVINO's own choice, the baseline) "
+                  "(default: all).", listed=True)
+@forms_option("Only these forms, e.g. keras,onnx-fp32,onnx-int8-qdq,trt-int8.")
 @click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--modes", default="engine,end_to_end", show_default=True,
               help="engine: tensor in, probabilities out. end_to_end: file bytes in (decode + preprocess "
@@ -141,9 +142,9 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, 100_000))
 @click.option("--iterations", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
 @threads_option
-@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay captured CUDA graphs.")
-@click.option("--plot", type=click.Path(path_type=Path), help="Also write a PNG bar chart here (one per model).")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@cuda_graph_option("TensorRT: replay captured CUDA graphs.")
+@plot_option("Also write a PNG bar chart here (one per model).")
+@quiet_option("No progress lines.")
 @json_option("Print JSON per model: rows (backend, form, precision, parity, auto, batch_size, mode, mean_ms, p50_ms, "
              "p90_ms, p99_ms, throughput, ratios), auto against OpenVINO's default, preprocessing timings.")
 def bench(model: Path | None, backends: str | None, precisions: str | None, forms: str | None, batch_sizes: str,
@@ -165,61 +166,25 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
       kedge bench --model runs/cnn --backend onnxruntime,openvino --precision fp32,int8 --batch-sizes 1,8
       kedge bench --model runs/cnn --images scans/ --plot bench.png --json
     """
-    from kedge.runtime.bench import (
-        MODES,
-        auto_vs_baseline,
-        bundle_targets,
-        format_rows,
-        run_bench,
-        time_gate,
-        time_preprocess,
-    )
-    from kedge.runtime.bench import plot as plot_rows
-    from kedge.runtime.folders import expand_inputs
-    from kedge.runtime.preprocess import preprocess, read_bytes
+    from kedge.runtime.bench import MODES, bundle_targets, time_preprocess
+    from kedge.runtime.bench_report import bench_images, bench_models, format_report, report_json
 
     mode_list = csv_list(modes, "--modes", MODES) or list(MODES)
     sizes = positive_ints(batch_sizes, "--batch-sizes")
     bundles = load_models(model)
-    if image_paths:
-        paths = expand_inputs(image_paths)
-        images = [read_bytes(p) for p in paths]
-        for path, data in zip(paths, images, strict=True):
-            preprocess(data, str(path))  # a bad file fails here, with its name, before any timing
-    else:
-        from kedge.runtime.bench import synthetic_jpeg
+    images = bench_images(image_paths)
 
-        images = [synthetic_jpeg()]
-    reports = []
-    for bundle in bundles:
-        targets = bundle_targets(bundle, csv_list(backends, "--backend"), csv_list(precisions, "--precision"),
-                                 csv_list(forms, "--forms"), threads, cuda_graph, _keras_target(bundle, backends))
-        progress = None if quiet or as_json else (lambda what, b=bundle: log(f"{b.name}: timing {what}"))
-        rows = run_bench(targets, images, sizes, mode_list, warmup, iterations, progress=progress)
-        reports.append({"model": bundle.name, "rows": rows, "auto_vs_openvino_default": auto_vs_baseline(rows),
-                        "input_gate": time_gate(bundle, images)})
-        if plot is not None:
-            chart = plot if len(bundles) == 1 else plot.with_name(f"{plot.stem}.{bundle.name}{plot.suffix}")
-            plot_rows(rows, chart, f"{bundle.name}: mean latency per image")
+    def targets_for(bundle: Any) -> Any:
+        return bundle_targets(bundle, csv_list(backends, "--backend"), csv_list(precisions, "--precision"),
+                              csv_list(forms, "--forms"), threads, cuda_graph, _keras_target(bundle, backends))
+
+    reports = bench_models(bundles, targets_for, images, sizes, mode_list, warmup, iterations, plot,
+                           log=None if quiet or as_json else log)
     decode = time_preprocess(images)
     if as_json:
-        emit_json({"models": [{**r, "rows": [row.as_dict() for row in r["rows"]]} for r in reports],
-                   "preprocess": decode, "images": len(images), "machine": machine()})
+        emit_json(report_json(reports, decode, len(images), machine()))
         return
-    click.echo(f"{machine()}; {warmup} warm-up + {iterations} timed iterations; * = the pair `kedge infer` picks")
-    for report in reports:
-        click.echo(f"\n{report['model']}")
-        click.echo("\n".join(format_rows(report["rows"])))
-        for c in report["auto_vs_openvino_default"]:
-            click.echo(f"  {c['mode']}: auto ({c['auto']}) p50 {c['auto_p50_ms']:.2f} ms vs {c['baseline']} "
-                       f"{c['baseline_p50_ms']:.2f} ms: {c['ratio']:.2f}x")
-        gate = report["input_gate"]
-        click.echo("  input gate (envelope, the same for every form): " + (
-            f"mean {gate['mean_ms']:.2f} ms, p50 {gate['p50_ms']:.2f} ms per image, on top of the rows above"
-            if gate else "none in this bundle (no input check)"))
-    click.echo("\ndecode + preprocess per image (ms): " + "; ".join(
-        f"{d['decode']} mean {d['mean_ms']:.2f}, p50 {d['p50_ms']:.2f}" for d in decode)
-        + f"; reduced is {decode[1]['speedup']:.2f}x faster")
+    click.echo(format_report(reports, decode, machine(), warmup, iterations))
 
 
 def _keras_target(bundle: Any, backends: str | None) -> Any:
@@ -244,9 +209,8 @@ def _keras_target(bundle: Any, backends: str | None) -> Any:
 
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@model_option
-@click.option("--out", type=click.Path(path_type=Path),
-              help="PNG to write (default: IMAGE's name + .<model>.explain.png in the current folder).")
+@model_option()
+@out_option("PNG to write (default: IMAGE's name + .<model>.explain.png in the current folder).", required=False)
 @backend_option(("keras",), "keras needs TensorFlow; the others as in `kedge infer`.")
 @precision_option()
 @allow_unverified_option
@@ -296,71 +260,45 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
 
 
 @click.command()
-@click.argument("bundle", type=BUNDLE)
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled class-per-folder tree.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Only this split of --data.")
-@click.option("--reference", type=click.Choice(["keras", "onnx-fp32"]),
-              help="Default: keras where TensorFlow and model.keras are here, else onnx-fp32.")
-@click.option("--forms", help="Comma-separated forms to check (default: all this machine can run), e.g. "
-              "onnx-fp16,onnx-int8,trt-int8.")
-@click.option("--backend", "backends", help="Comma-separated backends to check (default: every one usable here).")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@json_option("Print JSON: rows with backend, form, precision, accuracy, macro_f1, agreement, max_abs_diff, "
-             "mean_abs_diff, passed.")
-def parity(bundle: Path, data: Path, split: str | None, reference: str | None, forms: str | None,
-           backends: str | None, batch_size: int, quiet: bool, as_json: bool) -> None:
-    """Compare every (backend, form, precision) pair of BUNDLE with the reference on labelled images.
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out-dir", type=click.Path(path_type=Path),
+              help="Write each model input as an 8-bit 224x224 PNG here, to see what the model sees.")
+@json_option("Print JSON.")
+def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> None:
+    """Run kedge's single preprocessing step on images (files, folders, globs).
 
-    \b
-    Per pair: accuracy, macro-F1, top-1 agreement with the reference, max and mean
-    |dp|. Thresholds (a row FAILS outside them):
-      fp32         agreement 100 %, max |dp| <= 1e-4
-      fp16, bf16   agreement >= 99.5 %
-      int8         agreement >= 98 %, accuracy within 1 point of the reference
-    Near ties are not counted: a flip where the reference's own top-1 margin is at
-    most 2x the precision's tolerance (1e-4 fp32, 1e-3 fp16, 0.05 int8), by a form
-    whose max |dp| is within that tolerance (docs/export-and-parity.md, "The near-tie rule").
-    The rows are recorded in the bundle's kedge.json (also a shipped bundle's, with
-    its model.keras put back beside it as the reference); `--backend auto` only
-    picks pairs that PASSED. Exit status 1 on any FAILED row.
+    Prints each tensor's statistics; a file that cannot be used gets one line on
+    stderr and the exit status is 1, while the other files are still processed.
 
     \b
     Example:
-      kedge parity runtime/models/knee-cnn --data ../shared/data/knee-3class --split test
+      kedge preprocess knee.png scans/ --out-dir /tmp/seen
     """
-    from kedge.export.parity import parity_for_bundle
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.errors import ImageError
+    from kedge.runtime.folders import expand_inputs
+    from kedge.runtime.inputview import ViewWriter, tensor_summary
+    from kedge.runtime.preprocess import preprocess as run_preprocess
 
-    result = parity_for_bundle(load_bundle(bundle), data, split, reference, csv_list(forms, "--forms"), batch_size,
-                               progress=not quiet, log=None if as_json else log,
-                               backends=csv_list(backends, "--backend"))
+    views = None if out_dir is None else ViewWriter(out_dir)
+    rows, failed = [], 0
+    for path in expand_inputs(inputs):
+        try:
+            x = run_preprocess(path)
+        except ImageError as err:
+            click.echo(f"kedge: error: {err}", err=True)
+            failed += 1
+            continue
+        row = tensor_summary(path, x)
+        if views is not None:
+            row["view"] = str(views.write(path, x))
+        rows.append(row)
+        if not as_json:
+            click.echo(f"{path}: {'x'.join(map(str, x.shape))} float32, min {row['min']:.3f} "
+                       f"mean {row['mean']:.3f} max {row['max']:.3f}")
     if as_json:
-        emit_json({**result, "rows": [{k: row.get(k) for k in (
-            "backend", "form", "precision", "accuracy", "macro_f1", "agreement", "near_ties", "max_abs_diff",
-            "mean_abs_diff", "passed", "runner", "n", "reference", "problems")} for row in result["rows"]]})
-    else:
-        echo_parity(result)
-    if not result["passed"]:
+        emit_json(rows)
+    if failed:
         sys.exit(1)
 
 
-@click.command()
-@click.option("--model", "-m", "model", type=BUNDLE, help="Also list this bundle's (backend, "
-              "form, precision) pairs with their parity status, and its engines.")
-@json_option()
-def info(model: Path | None, as_json: bool) -> None:
-    """What this machine offers kedge: versions, backends (ONNX Runtime, OpenVINO,
-    TensorRT), GPU, CPU INT8/BF16 features, and a bundle's pairs and engines.
-
-    \b
-    Example:
-      kedge info --model runs/cnn
-    """
-    from kedge.runtime.info import collect, format_info
-
-    data = collect(model)
-    if as_json:
-        emit_json(data)
-        return
-    click.echo(format_info(data))
+COMMANDS = [infer, explain, bench, preprocess]
