@@ -7,12 +7,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kedge.export import needs
+from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.parity import Candidate
 
 
 def parity_for_bundle(
-    bundle_dir: str | os.PathLike[str],
+    bundle: Bundle,
     data: str | os.PathLike[str],
     split: str | None = None,
     reference: str | None = None,
@@ -26,29 +28,26 @@ def parity_for_bundle(
     here and the bundle has its Keras model, else the FP32 ONNX)."""
     from kedge.runtime.parity import bundle_parity
 
-    opener = reference_candidate(bundle_dir, reference)
+    opener = reference_candidate(bundle, reference)
     if log:
         log(f"parity: reference {opener.form}, data {data}{f' ({split} split)' if split else ''}")
-    return bundle_parity(bundle_dir, data, split, opener, forms, batch_size, progress, backends=backends)
+    return bundle_parity(bundle, data, split, opener, forms, batch_size, progress, backends=backends)
 
 
-def reference_candidate(bundle_dir: str | os.PathLike[str], reference: str | None = None) -> Candidate:
+def reference_candidate(bundle: Bundle, reference: str | None = None) -> Candidate:
     """The parity reference of a bundle, not yet opened: `keras` (its form is 'keras') or the
     FP32 ONNX on ONNX Runtime. Default: keras where TensorFlow and the bundle's model.keras
     (or, for a shipped bundle, the one put back beside it) are here. Parity, the golden set
     and the INT8 tools all score against this one reference."""
-    from kedge.export.pipeline import tensorflow_available
-    from kedge.runtime.bundle import load_bundle
     from kedge.runtime.parity import onnx_reference
 
     if reference not in (None, "keras", "onnx-fp32"):
         raise KedgeError(f"--reference {reference}: choose keras or onnx-fp32 (which falls back to the float form "
                          "onnx-fp16 where a shipped bundle has no FP32 file)")
-    bundle = load_bundle(bundle_dir)
-    chosen = reference or ("keras" if tensorflow_available() and has_keras(bundle) else "onnx-fp32")
+    chosen = reference or ("keras" if needs.tensorflow_available() and has_keras(bundle) else "onnx-fp32")
     if chosen == "onnx-fp32":
         return onnx_reference(bundle)
-    if not tensorflow_available():
+    if not needs.tensorflow_available():
         raise KedgeError("--reference keras needs TensorFlow (the [train] extra); use --reference onnx-fp32")
     from kedge.train.backend import KerasBackend
 
@@ -56,20 +55,20 @@ def reference_candidate(bundle_dir: str | os.PathLike[str], reference: str | Non
     return Candidate("keras", "keras", "fp32", lambda: KerasBackend(keras_path))
 
 
-def has_keras(bundle: Any) -> bool:
+def has_keras(bundle: Bundle) -> bool:
     """The bundle lists its model.keras, or was shipped without it and has it back beside it."""
-    left_out = bundle.manifest.get("shipped", {}).get("left_out", {}).get("keras")
-    beside = bool(left_out) and (bundle.path / left_out["file"]).is_file()
-    return "keras" in bundle.manifest.get("artifacts", {}) or beside
+    left_out = bundle.left_out.get("keras")
+    beside = left_out is not None and (bundle.path / left_out["file"]).is_file()
+    return bundle.has("keras") or beside
 
 
-def keras_file(bundle: Any) -> Path:
+def keras_file(bundle: Bundle) -> Path:
     """The bundle's model.keras; for a shipped bundle, the one it was shipped without, put
     back beside it (checked against the sha256 the shipped manifest kept)."""
     from kedge.runtime.bundle import sha256_file
 
-    left_out = bundle.manifest.get("shipped", {}).get("left_out", {}).get("keras")
-    if "keras" in bundle.manifest.get("artifacts", {}) or not left_out:
+    left_out = bundle.left_out.get("keras")
+    if bundle.has("keras") or not left_out:
         return Path(bundle.file("keras"))
     path = bundle.path / left_out["file"]
     if not path.is_file():

@@ -218,8 +218,7 @@ def bundle_targets(bundle: Bundle, backends: Sequence[str] | None = None, precis
     backend, precision and form names. Marks the pair `auto` picks."""
     from kedge.runtime.backends import backend_class
     from kedge.runtime.choice import choose
-    from kedge.runtime.forms import Pair, has_form, runnable_pairs
-    from kedge.runtime.forms import form as form_spec
+    from kedge.runtime.forms import FORMS, Pair, has_form, runnable_pairs, runs
     from kedge.runtime.parity import status
 
     try:
@@ -229,7 +228,7 @@ def bundle_targets(bundle: Bundle, backends: Sequence[str] | None = None, precis
     pairs = [(p, status(bundle, p)[0]) for p in runnable_pairs(bundle)]
     if baseline and backend_class("openvino").problem() is None:
         pairs += [(Pair("openvino", f, BASELINE), "baseline")
-                  for f in (form_spec(n) for n in backend_class("openvino").forms) if has_form(bundle, f)]
+                  for f in FORMS.values() if runs(backend_class("openvino"), f) and has_form(bundle, f)]
 
     def wanted(backend: str, form: str, precision: str) -> bool:
         return ((backends is None or backend in backends) and (forms is None or form in forms)

@@ -21,7 +21,6 @@ from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
 
 ENGINE_DIR = "engines"
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -52,8 +51,10 @@ class EngineInfo:
 
 def engine_file_name(model: str, precision: str, tensorrt_version: str, compute_capability: str) -> str:
     """`knee-cnn.int8.trt10.3.sm87.engine`: model, precision, TensorRT major.minor, SM."""
-    if precision not in PRECISIONS:
-        raise KedgeError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    from kedge.runtime.forms import engine_precisions
+
+    if precision not in engine_precisions():
+        raise KedgeError(f"precision {precision!r}: choose from {', '.join(engine_precisions())}")
     major_minor = ".".join(tensorrt_version.split(".")[:2])
     return f"{model}.{precision}.trt{major_minor}.sm{compute_capability.replace('.', '')}.engine"
 
@@ -121,8 +122,10 @@ def rebuild_command(engine: str | os.PathLike[str], precision: str) -> str:
 
 
 def _precision_in_name(engine: str | os.PathLike[str]) -> str:
+    from kedge.runtime.forms import engine_precisions
+
     parts = Path(engine).name.split(".")
-    return parts[1] if len(parts) > 2 and parts[1] in PRECISIONS else "fp32"
+    return parts[1] if len(parts) > 2 and parts[1] in engine_precisions() else "fp32"
 
 
 def tensorrt_usable() -> bool:
@@ -141,7 +144,7 @@ def tensorrt_usable() -> bool:
 
 def bundle_engines(bundle: Bundle, precision: str) -> list[Path]:
     """The bundle's engine files of one precision, whatever they were built for."""
-    paths = [bundle.path / rel for rel in bundle.manifest.get("engines", {}).values()]
+    paths = [bundle.path / rel for rel in bundle.engines.values()]
     found = []
     for path in paths:
         try:
@@ -173,19 +176,18 @@ def engine_path(bundle: Bundle, precision: str) -> Path | None:
 
 def source_sha256(bundle: Bundle, relative: str) -> str | None:
     """The sha256 kedge.json records for an engine's source ONNX."""
-    value = bundle.manifest.get("files", {}).get(relative)
-    return str(value) if value is not None else None
+    return bundle.files.get(relative)
 
 
 def source_form_of(bundle: Bundle, pair: Any) -> str | None:
     """The ONNX form an engine pair was built from (its sidecar names the file); None for an
     ONNX form, which is its own source."""
-    from kedge.runtime.forms import ONNX_FORMS
+    from kedge.runtime.forms import onnx_forms
 
     if pair.form.artifact is not None:
         return None
     path = engine_path(bundle, pair.form.precision)
     if path is None:
         return None
-    by_file = {f.file: f.name for f in ONNX_FORMS}
+    by_file = {f.file: f.name for f in onnx_forms()}
     return by_file.get(Path(read_sidecar(path).source_onnx).name)

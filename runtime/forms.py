@@ -4,12 +4,16 @@ this machine can run from them.
 A form is one file: an exported ONNX (`onnx-fp32`, `onnx-fp16`, `onnx-int8` with
 uint8 activations for CPUs, `onnx-int8-qdq` in TensorRT's symmetric layout) or a
 TensorRT engine built here from one of them (`trt-fp32`, `trt-fp16`, `trt-int8`).
-Export file names, the ONNX each engine is built from, parity rows, benchmark rows
-and the `auto` choice all read this table. Which backends run a form is declared by
-the backends themselves (their `forms`), so a new backend needs no edit here.
+Export file names, artifact keys, the export options that make each form, the ONNX
+each engine is built from, the files check-trt checks, parity rows, benchmark rows
+and the `auto` choice all read this table: a new form is one row here plus, for a
+form converted from another, its converter (export/pipeline.py runs it). Which
+backends run a form is declared by the backends themselves (their `forms`, by name
+or by format), so a new backend needs no edit here either.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,21 +33,68 @@ class Form:
     file: str  # the file name export writes (engines: a pattern, see runtime/engines.py)
     artifact: str | None  # the manifest artifact key of an ONNX form; None for engines
     description: str
-    built_from: tuple[str, ...] = ()  # engines: the ONNX forms TensorRT builds them from, preferred first
+    built_from: tuple[str, ...] = ()  # the forms it is made (ONNX) or built (engines) from, preferred first
+    made_by: str = ""  # the `kedge export` options that make it ("": every export that has its source)
+    tensorrt: tuple[str, ...] = ()  # TensorRT versions whose engines are built from this file (check-trt checks it)
+    format: str = "onnx"  # what a backend reads: "onnx" or "engine" (a backend's `forms` may name a format)
+    # Converted forms: what writes it from built_from[0], "module:function" (export side, loaded only
+    # when exporting) or the function: (source, target, gate images) -> details kept in kedge.json's
+    # exports; and the max |dp| against its source it must keep on the gate images (None: no gate).
+    converter: str | Callable[..., dict[str, Any]] | None = None
+    gate: float | None = None
 
 
 FORMS: dict[str, Form] = {f.name: f for f in (
-    Form("onnx-fp32", "fp32", "model.onnx", "onnx_fp32", "FP32 ONNX"),
-    Form("onnx-fp16", "fp16", "model.fp16.onnx", "onnx_fp16", "FP16 ONNX (FP32 I/O)"),
-    Form("onnx-int8", "int8", "model.int8.cpu.onnx", "onnx_int8_cpu", "INT8 Q/DQ ONNX, uint8 activations, for CPUs"),
-    Form("onnx-int8-qdq", "int8", "model.int8.qdq.onnx", "onnx_int8_qdq", "INT8 Q/DQ ONNX, symmetric (TensorRT's)"),
-    Form("trt-fp32", "fp32", "{model}.fp32.trt{trt}.sm{sm}.engine", None, "TensorRT FP32 engine", ("onnx-fp32",)),
+    Form("onnx-fp32", "fp32", "model.onnx", "onnx_fp32", "FP32 ONNX", tensorrt=("10.3", "11")),
+    Form("onnx-fp16", "fp16", "model.fp16.onnx", "onnx_fp16", "FP16 ONNX (FP32 I/O)", ("onnx-fp32",), "--fp16",
+         ("11",), converter="kedge.export.fp16:to_fp16", gate=1e-2),
+    Form("onnx-int8", "int8", "model.int8.cpu.onnx", "onnx_int8_cpu", "INT8 Q/DQ ONNX, uint8 activations, for CPUs",
+         ("onnx-fp32",), "--int8 --calib DIR"),
+    Form("onnx-int8-qdq", "int8", "model.int8.qdq.onnx", "onnx_int8_qdq", "INT8 Q/DQ ONNX, symmetric (TensorRT's)",
+         ("onnx-fp32",), "--int8 --calib DIR", ("10.3", "11")),
+    Form("trt-fp32", "fp32", "{model}.fp32.trt{trt}.sm{sm}.engine", None, "TensorRT FP32 engine", ("onnx-fp32",),
+         "--engine", format="engine"),
     Form("trt-fp16", "fp16", "{model}.fp16.trt{trt}.sm{sm}.engine", None, "TensorRT FP16 engine",
-         ("onnx-fp16", "onnx-fp32")),
+         ("onnx-fp16", "onnx-fp32"), "--engine --fp16", format="engine"),
     Form("trt-int8", "int8", "{model}.int8.trt{trt}.sm{sm}.engine", None, "TensorRT INT8 engine",
-         ("onnx-int8-qdq", "onnx-fp32")),
+         ("onnx-int8-qdq", "onnx-fp32"), "--engine --int8", format="engine"),
 )}
-ONNX_FORMS = tuple(f for f in FORMS.values() if f.artifact is not None)
+def onnx_forms() -> list[Form]:
+    """The ONNX forms of the table as it is now (a row added at run time included)."""
+    return [f for f in FORMS.values() if f.artifact is not None]
+
+
+def engine_forms() -> list[Form]:
+    return [f for f in FORMS.values() if f.artifact is None]
+
+
+def engine_precisions() -> tuple[str, ...]:
+    """The precisions TensorRT engines are built at (the engine rows of the table)."""
+    return tuple(dict.fromkeys(f.precision for f in engine_forms()))
+
+
+def tensorrt_bound(trt: str) -> list[Form]:
+    """The ONNX forms whose files a TensorRT version builds engines from (check-trt checks them)."""
+    return [f for f in onnx_forms() if trt in f.tensorrt]
+
+
+def engine_source(precision: str, trt: str) -> Form:
+    """The ONNX form an engine of `precision` is built from on TensorRT `trt` ("10.3", "11"):
+    the first of its row's built_from that this TensorRT takes."""
+    spec = next(f for f in engine_forms() if f.precision == precision)
+    return next(FORMS[n] for n in spec.built_from if trt in FORMS[n].tensorrt)
+
+
+def options_that_make(precision: str, engine: bool = False) -> str | None:
+    """The `kedge export` options that make a form of `precision` (an engine, or an ONNX
+    file), or None when no row makes one."""
+    rows = engine_forms() if engine else onnx_forms()
+    return next((f.made_by for f in rows if f.precision == precision), None)
+
+
+def runs(backend: type[Backend], spec: Form) -> bool:
+    """The backend declares it runs this form, by name or by format ("onnx": every ONNX form)."""
+    return spec.name in backend.forms or spec.format in backend.forms
 
 
 def form(name: str) -> Form:
@@ -54,12 +105,12 @@ def form(name: str) -> Form:
 
 
 def form_of_artifact(key: str) -> Form | None:
-    return next((f for f in ONNX_FORMS if f.artifact == key), None)
+    return next((f for f in onnx_forms() if f.artifact == key), None)
 
 
 def backends_for(spec: Form) -> list[str]:
     """Registered backends that declare they run `spec` (whether or not usable here)."""
-    return [n for n in names() if spec.name in backend_class(n).forms]
+    return [n for n in names() if runs(backend_class(n), spec)]
 
 
 @dataclass(frozen=True)
@@ -81,8 +132,7 @@ class Pair:
         """What identifies the bytes this pair runs: the sha256 kedge.json records for an ONNX
         form; for an engine, its file name and the sha256 of the ONNX it was built from."""
         if self.form.artifact is not None:
-            relative = bundle.manifest.get("artifacts", {}).get(self.form.artifact, "")
-            return str(bundle.manifest.get("files", {}).get(relative, relative))
+            return str(bundle.sha256(self.form.artifact) or bundle.artifacts.get(self.form.artifact, ""))
         from kedge.runtime.engines import read_sidecar
 
         path = Path(self.open(bundle).locate())
@@ -101,10 +151,10 @@ def pair(backend: str, form_name: str, precision: str | None = None) -> Pair:
 def has_form(bundle: Bundle, spec: Form) -> bool:
     """The bundle holds this form's file (ONNX: listed in artifacts; engines: one runs here)."""
     if spec.artifact is not None:
-        return spec.artifact in bundle.manifest.get("artifacts", {})
+        return bundle.has(spec.artifact)
     from kedge.runtime.engines import engine_path, tensorrt_usable
 
-    if not bundle.manifest.get("engines") or not tensorrt_usable():
+    if not bundle.engines or not tensorrt_usable():
         return False
     try:
         return engine_path(bundle, spec.precision) is not None
@@ -121,11 +171,6 @@ def runnable_pairs(bundle: Bundle, backends: list[str] | None = None) -> list[Pa
         if cls.problem() is not None:
             continue
         for spec in held:
-            if spec.name in cls.forms:
+            if runs(cls, spec):
                 pairs.extend(Pair(name, spec, p) for p in cls.precisions(spec))
     return pairs
-
-
-def usable_backends() -> dict[str, str | None]:
-    """Each registered backend and why it cannot run here (None: it can)."""
-    return {name: backend_class(name).problem() for name in names()}

@@ -208,9 +208,8 @@ class Predictor:
         """sha256 of the file the form runs from (hashed once: an engine can be large)."""
         if self.triton_url is not None:
             return None  # the server's file; see its model repository
-        relative = self.bundle.manifest.get("artifacts", {}).get(self.choice.form.artifact or "")
-        if relative:
-            return self.bundle.manifest.get("files", {}).get(relative)
+        if self.choice.form.artifact is not None and self.bundle.has(self.choice.form.artifact):
+            return self.bundle.sha256(self.choice.form.artifact)
         from kedge.runtime.bundle import sha256_file
 
         assert isinstance(self.runner, Backend)

@@ -118,7 +118,7 @@ def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     trt = tensorrt_info() or {}
     gpu = gpu_info()
     rows = []
-    for name, rel in sorted(bundle.manifest.get("engines", {}).items()):
+    for name, rel in sorted(bundle.engines.items()):
         path = bundle.path / rel
         row: dict[str, Any] = {"engine": name, "compatible": False}
         try:
@@ -130,7 +130,7 @@ def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
             if trt.get("version") is None or gpu is None:
                 raise KedgeError("no TensorRT or no GPU on this machine")
             check_compatible(path, info, trt["version"], gpu["compute_capability"],
-                             bundle.manifest.get("files", {}).get(info.source_onnx))
+                             bundle.files.get(info.source_onnx))
             row["compatible"] = True
         except KedgeError as err:
             row["problem"] = str(err)

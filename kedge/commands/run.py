@@ -192,7 +192,7 @@ def _keras_target(bundle: Any, backends: str | None) -> Any:
     from kedge.runtime.bench import Target
 
     wanted = backends is not None and "keras" in (csv_list(backends, "--backend") or [])
-    if "keras" not in bundle.manifest.get("artifacts", {}):
+    if not bundle.has("keras"):
         if wanted:
             raise KedgeError(f"{bundle.path}: --backend keras needs the bundle's model.keras")
         return None

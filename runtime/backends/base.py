@@ -52,7 +52,7 @@ class Session(abc.ABC):
         self.close()
 
 
-EVERY_ONNX_FORM = ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")  # for backends that read any ONNX
+EVERY_ONNX_FORM = ("onnx",)  # for backends that read any ONNX: the format of every ONNX row of forms.FORMS
 
 
 class Backend(abc.ABC):
@@ -65,7 +65,7 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     device: ClassVar[str] = "cpu"
-    forms: ClassVar[tuple[str, ...]] = ()
+    forms: ClassVar[tuple[str, ...]] = ()  # form names of forms.FORMS, or a format ("onnx": every ONNX form)
 
     def __init__(self, bundle: Bundle, form: Form, precision: str | None = None, threads: int | None = None,
                  **options: Any) -> None:
