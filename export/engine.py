@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from kedge.runtime.bundle import atomic_path, sha256_file
 from kedge.runtime.engines import ENGINE_DIR, EngineInfo, write_sidecar
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import FORMS, engine_precisions, engine_source
 from kedge.runtime.preprocess import INPUT_SHAPE
 
 if TYPE_CHECKING:
@@ -50,21 +51,19 @@ def tensorrt_version() -> str | None:
 
 
 def build_plan(precision: str, trt_major: int, int8_source: str = "qdq") -> tuple[str, str]:
-    """(bundle artifact key of the ONNX to parse, build path) for a precision and TensorRT major."""
+    """(bundle artifact key of the ONNX to parse, build path) for a precision and TensorRT major:
+    the first source the engine's row of the table of forms names that this TensorRT takes."""
     if int8_source not in INT8_SOURCES:
         raise KedgeError(f"INT8 source {int8_source!r}: choose from {', '.join(INT8_SOURCES)}")
-    if precision == "fp32":
-        return "onnx_fp32", "strongly-typed" if trt_major >= 11 else "flags"
-    if precision == "fp16":
-        return ("onnx_fp16", "strongly-typed") if trt_major >= 11 else ("onnx_fp32", "flags")
-    if precision == "int8":
-        if int8_source == "calibration-cache":
-            if trt_major >= 11:
-                raise KedgeError("TensorRT 11 removed calibrators: build INT8 from the Q/DQ ONNX "
-                                 "(the default), not from the calibration cache")
-            return "onnx_fp32", "calibration-cache"
-        return "onnx_int8_qdq", "strongly-typed" if trt_major >= 11 else "flags"
-    raise KedgeError(f"precision {precision!r}: choose from fp32, fp16, int8")
+    if precision not in engine_precisions():
+        raise KedgeError(f"precision {precision!r}: choose from {', '.join(engine_precisions())}")
+    if precision == "int8" and int8_source == "calibration-cache":
+        if trt_major >= 11:
+            raise KedgeError("TensorRT 11 removed calibrators: build INT8 from the Q/DQ ONNX "
+                             "(the default), not from the calibration cache")
+        return str(FORMS["onnx-fp32"].artifact), "calibration-cache"
+    source = engine_source(precision, "11" if trt_major >= 11 else "10.3")
+    return str(source.artifact), "strongly-typed" if trt_major >= 11 else "flags"
 
 
 def build_engine(

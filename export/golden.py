@@ -13,12 +13,12 @@ images and holds each (backend, form, precision) pair to these outputs
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.golden import DECIMALS, GOLDEN_VERSION, SIZE, GoldenImages, draw, pool_densities, select_spread
 
@@ -26,16 +26,14 @@ DEFAULT_COUNT = 24
 POOL_FACTOR = 4  # candidates drawn per kept image
 
 
-def make_golden(bundle_dir: str | os.PathLike[str], count: int = DEFAULT_COUNT, seed: int = 0,
+def make_golden(bundle: Bundle, count: int = DEFAULT_COUNT, seed: int = 0,
                 reference: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the golden set into the bundle's kedge.json; returns it."""
     from kedge.runtime.backends import pair
-    from kedge.runtime.bundle import load_bundle, update_manifest
-    from kedge.runtime.forms import ONNX_FORMS
+    from kedge.runtime.forms import onnx_forms
     from kedge.runtime.parity import reference_pair
     from kedge.runtime.preprocess import PREPROCESS_VERSION
 
-    bundle = load_bundle(bundle_dir)
     if count < 1:
         raise KedgeError(f"--count {count}: need at least one golden image")
     chosen = reference_pair(bundle, reference)  # parity's: Keras (model.keras + TensorFlow), or FP32 ONNX
@@ -52,11 +50,11 @@ def make_golden(bundle_dir: str | os.PathLike[str], count: int = DEFAULT_COUNT, 
     batch = pool_tensors[keep]
     outputs = {name: _rounded(pool_outputs[keep])}
     files: dict[str, str] = {}
-    artifacts = bundle.manifest.get("artifacts", {})
-    for spec in ONNX_FORMS:
-        if spec.artifact not in artifacts:
+    for spec in onnx_forms():
+        digest = bundle.sha256(str(spec.artifact))
+        if digest is None:
             continue
-        files[spec.name] = bundle.manifest["files"][artifacts[spec.artifact]]
+        files[spec.name] = digest
         if spec.name not in outputs:
             with pair("onnxruntime", spec.name).open(bundle, device="cpu") as session:
                 outputs[spec.name] = _rounded(session.infer(batch))
@@ -70,7 +68,7 @@ def make_golden(bundle_dir: str | os.PathLike[str], count: int = DEFAULT_COUNT, 
         "answers": {c: int((answers == k).sum()) for k, c in enumerate(bundle.classes)},
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    update_manifest(bundle, golden=golden)
+    bundle.update(golden=golden)
     return golden
 
 

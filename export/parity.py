@@ -7,9 +7,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kedge.runtime.bundle import Bundle
+
 
 def parity_for_bundle(
-    bundle_dir: str | os.PathLike[str],
+    bundle: Bundle,
     data: str | os.PathLike[str],
     split: str | None = None,
     reference: str | None = None,
@@ -21,10 +23,9 @@ def parity_for_bundle(
 ) -> dict[str, Any]:
     """Run parity, choosing the reference: `keras` or `onnx-fp32` (default: keras if TensorFlow is
     here and the bundle has its Keras model, else the FP32 ONNX)."""
-    from kedge.runtime.bundle import load_bundle
     from kedge.runtime.parity import bundle_parity, reference_pair
 
-    chosen = reference_pair(load_bundle(bundle_dir), reference)
+    chosen = reference_pair(bundle, reference)
     if log:
         log(f"parity: reference {chosen.form.name}, data {data}{f' ({split} split)' if split else ''}")
-    return bundle_parity(bundle_dir, data, split, chosen, forms, batch_size, progress, backends=backends)
+    return bundle_parity(bundle, data, split, chosen, forms, batch_size, progress, backends=backends)

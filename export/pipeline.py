@@ -4,7 +4,8 @@ Steps, each skipped with a reason when this machine cannot do it:
 
 1. Keras -> FP32 ONNX (needs TensorFlow), gated on max |dp| <= 1e-4 against Keras.
    Reused when the Keras file has not changed since the last export.
-2. FP16 ONNX (--fp16), gated against the FP32 ONNX.
+2. Every form converted from the FP32 ONNX whose option is on (--fp16: the FP16 ONNX),
+   by the converter its row of the table of forms names, gated against the FP32 ONNX.
 3. INT8 (--int8 --calib DIR): cached ranges, the TensorRT Q/DQ file, the CPU Q/DQ
    file and the TensorRT 10 calibration cache. The INT8 tools (calibration/sensitivity.py)
    score on --data/--split: --calib-method auto, --sensitivity, --keep-float.
@@ -22,30 +23,29 @@ the FP32 ONNX they came from; when that changes, stale ones are removed.
 from __future__ import annotations
 
 import datetime
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import Bundle, load_bundle, portable_path, sha256_file, write_manifest
+from kedge.export import needs
+from kedge.runtime.bundle import Bundle, portable_path, sha256_file
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS
+from kedge.runtime.forms import FORMS, Form, onnx_forms
 
 ONNX_NAME = FORMS["onnx-fp32"].file  # file names come from the one table of forms
-FP16_NAME = FORMS["onnx-fp16"].file
 INT8_QDQ_NAME = FORMS["onnx-int8-qdq"].file
 INT8_CPU_NAME = FORMS["onnx-int8"].file
 CALIBRATION_DIR = "calibration"
-FP16_GATE = 1e-2  # max |dp| of FP16 against FP32 on the gate images
-DERIVED = ("onnx_fp16", "onnx_int8_qdq", "onnx_int8_cpu", "calibration_ranges", "trt_calibration_cache")
+CALIBRATION_KEYS = ("calibration_ranges", "trt_calibration_cache")  # made with the INT8 forms, not forms
 
 Log = Callable[[str], None]
 
 
 @dataclass
 class ExportSettings:
-    bundle: Path
+    bundle: Bundle
     fp16: bool = False
     int8: bool = False
     calib: Path | None = None
@@ -102,47 +102,39 @@ class ExportReport:
         return lines + ([format_result(self.parity)] if self.parity is not None else [])
 
 
-def tensorflow_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("tf_keras", "tf2onnx"))
+def derived_keys() -> tuple[str, ...]:
+    """Artifacts made from the FP32 ONNX, stale once it changes: the forms whose row names
+    it as their source, and the INT8 calibration files."""
+    return (*(str(f.artifact) for f in onnx_forms() if "onnx-fp32" in f.built_from), *CALIBRATION_KEYS)
 
 
-# What each step imports beyond the lean runtime, and the extra that brings it.
-STEP_NEEDS = {"--fp16": (("onnx", "onnxconverter_common", "onnxruntime"), "export"),
-              "--int8": (("onnx", "onnxruntime"), "export")}
+def converted_forms(s: ExportSettings) -> list[Form]:
+    """The forms converted from another (their row names a converter) that this export makes:
+    those whose `made_by` option is on, the ExportSettings field click names after it
+    (--fp16: fp16); a row with no option is made by every export that has its source."""
+    def on(option: str) -> bool:
+        return not option or bool(getattr(s, option.lstrip("-").replace("-", "_"), False))
 
-
-def require(step: str) -> None:
-    """One line saying which extra a step needs, before any work, instead of an ImportError later."""
-    modules, extra = STEP_NEEDS[step]
-    missing = [m for m in modules if not _importable(m)]
-    if missing:
-        names = ", ".join(m.replace("_", "-") for m in missing)
-        raise KedgeError(f"{step} needs {names}: pip install 'kedge[{extra}]'")
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    return [f for f in onnx_forms() if f.converter is not None and on(f.made_by.split(" ")[0])]
 
 
 def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
-    bundle = load_bundle(s.bundle)
+    bundle = s.bundle
     report = ExportReport(str(bundle.path))
     calibrate = s.int8 and not (s.calib is None and s.engine and _has_int8_source(bundle, s.int8_source))
     if calibrate and s.calib is None:
         raise KedgeError("--int8 needs --calib DIR: a folder of calibration images (class folders, or flat); "
                          "with --engine, a bundle that already has its INT8 Q/DQ ONNX needs none")
-    for step, on in (("--fp16", s.fp16), ("--int8", calibrate)):
-        if on:
-            require(step)
+    converted = converted_forms(s)
+    steps = [f.made_by for f in converted if f.made_by in needs.STEP_NEEDS] + (["--int8"] if calibrate else [])
+    for step in dict.fromkeys(steps):
+        needs.require(step)
     images = _select_calibration(bundle, s, log) if calibrate else None
     if s.int8 and not calibrate:
         report.skipped.append("onnx-int8: no --calib; the engine is built from the bundle's INT8 Q/DQ ONNX")
-    _export_fp32(bundle, s, report, log, images)
-    if s.fp16:
-        _export_fp16(bundle, report, log, images)
+    _export_fp32(bundle, s, report, log, images, asked=[f for f in converted if f.made_by])
+    for spec in converted:
+        _export_converted(bundle, spec, report, log, images)
     if calibrate and images is not None:
         _export_int8(bundle, s, report, log, images)
     _check_trt(bundle, report, log)
@@ -159,11 +151,11 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
     else:
         from kedge.export.parity import parity_for_bundle
 
-        report.parity = parity_for_bundle(bundle.path, data, s.split, s.reference, progress=s.progress, log=log)
-    if s.fp16 or calibrate or not s.engine:  # ONNX files were (re)made: record what they give here
+        report.parity = parity_for_bundle(bundle, data, s.split, s.reference, progress=s.progress, log=log)
+    if converted or calibrate or not s.engine:  # ONNX files were (re)made: record what they give here
         from kedge.export.golden import make_golden
 
-        golden = make_golden(bundle.path, reference=s.reference, log=log)
+        golden = make_golden(bundle, reference=s.reference, log=log)
         report.done.append(f"golden set: {len(golden['indices'])} synthetic knees, outputs of "
                            f"{', '.join(golden['outputs'])} (every machine checks its forms against them)")
     return report
@@ -171,21 +163,18 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
 
 def _has_int8_source(bundle: Bundle, int8_source: str) -> bool:
     """Whether an INT8 engine can be built from what the bundle already holds."""
-    artifacts = bundle.manifest.get("artifacts", {})
     if int8_source == "calibration-cache":
-        return "trt_calibration_cache" in artifacts and "onnx_fp32" in artifacts
-    return "onnx_int8_qdq" in artifacts
+        return bundle.has("trt_calibration_cache") and bundle.has(str(FORMS["onnx-fp32"].artifact))
+    return bundle.has(str(FORMS["onnx-int8-qdq"].artifact))
 
 
 def _select_calibration(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
     from kedge.calibration.images import select_images
-    from kedge.runtime.folders import read_split_manifest
 
     assert s.calib is not None
     only = None
     if s.calib_split is not None:
-        assigned = read_split_manifest(bundle.file("split_manifest"))
-        only = {path for path, split in assigned.items() if split == s.calib_split}
+        only = {path for path, split in bundle.split.items() if split == s.calib_split}
     images = select_images(s.calib, bundle.classes, s.calib_size, s.seed, only)
     how = f"stratified by {', '.join(images.stratified_by)}" if images.stratified_by else "no class folders"
     where = f"the {s.calib_split} split of {s.calib}" if s.calib_split else str(s.calib)
@@ -203,9 +192,9 @@ def _gate_images(images: Any) -> Any:
 
 def _save(bundle: Bundle, artifacts: dict[str, str | None], exports: dict[str, Any] | None = None,
           **sections: Any) -> None:
-    """Update artifacts (None removes one, and its file), export records and sections; rewrite kedge.json."""
-    manifest = dict(bundle.manifest)
-    current = dict(manifest.get("artifacts", {}))
+    """Update artifacts (None removes one, and its file), export records and sections (Bundle.update
+    rewrites kedge.json, hashing the files the artifacts name)."""
+    current = bundle.artifacts
     for key, relative in artifacts.items():
         if relative is None:
             old = current.pop(key, None)
@@ -213,23 +202,22 @@ def _save(bundle: Bundle, artifacts: dict[str, str | None], exports: dict[str, A
                 (bundle.path / old).unlink(missing_ok=True)
         else:
             current[key] = relative
-    manifest["artifacts"] = current
     if exports:
-        manifest["exports"] = {**manifest.get("exports", {}), **exports}
-    manifest.update(sections)
-    manifest.pop("files", None)
-    bundle.manifest = write_manifest(bundle.path, manifest)
+        sections["exports"] = {**bundle.exports, **exports}
+    bundle.update(artifacts=current, **sections)
 
 
-def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log, images: Any) -> None:
-    exports = bundle.manifest.get("exports", {})
-    artifacts = bundle.manifest.get("artifacts", {})
-    if not tensorflow_available() or "keras" not in artifacts:
-        why = "TensorFlow not installed here" if not tensorflow_available() else "the bundle has no Keras model"
+def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log, images: Any,
+                 asked: list[Form]) -> None:
+    """Keras -> FP32 ONNX; `asked`: the converted forms an option asked for (they need the FP32 ONNX)."""
+    exports = bundle.exports
+    artifacts = bundle.artifacts
+    if not needs.tensorflow_available() or "keras" not in artifacts:
+        why = "TensorFlow not installed here" if not needs.tensorflow_available() else "the bundle has no Keras model"
         if "onnx_fp32" in artifacts:
             bundle.file("onnx_fp32")
             report.skipped.append(f"keras->onnx: {why}; using the bundle's FP32 ONNX")
-        elif s.fp16 or images is not None:
+        elif asked or images is not None:
             raise KedgeError(f"{bundle.path}: no FP32 ONNX, and converting from Keras needs TensorFlow and the "
                              "Keras model (install kedge[train] on the desktop, export there, then copy the bundle)")
         else:
@@ -262,7 +250,7 @@ def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
         staged.unlink(missing_ok=True)
         keras.close()
     onnx_sha = sha256_file(target)
-    stale = {key: None for key in DERIVED
+    stale = {key: None for key in derived_keys()
              if key in artifacts and exports.get(key, {}).get("source_onnx_sha256") != onnx_sha}
     if stale:
         log(f"onnx-fp32 changed: removed stale {', '.join(stale)}")
@@ -273,26 +261,46 @@ def _export_fp32(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
     log(f"onnx-fp32: wrote {ONNX_NAME}; max |dp| vs Keras {worst:.1e}")
 
 
-def _export_fp16(bundle: Bundle, report: ExportReport, log: Log, images: Any) -> None:
-    from kedge.export.fp16 import to_fp16
+def _export_converted(bundle: Bundle, spec: Form, report: ExportReport, log: Log, images: Any) -> None:
+    """One form converted from another by the converter its row names, gated against its
+    source (max |dp| <= the row's gate on the gate images), then recorded with the sha256
+    of the source it came from."""
     from kedge.export.onnx import check_parity
     from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
 
-    source = bundle.file("onnx_fp32")
+    origin = FORMS[spec.built_from[0]]
+    if not bundle.has(str(origin.artifact)) and not spec.made_by:
+        report.skipped.append(f"{spec.name}: the bundle has no {origin.name} to make it from")
+        return
+    source = bundle.file(str(origin.artifact))
+    convert = _converter(spec)
     gate = _gate_images(images)
-    staged = bundle.path / f".{FP16_NAME}.gate"
+    staged = bundle.path / f".{spec.file}.gate"
     try:
-        details = to_fp16(source, staged, gate)
-        with OnnxRuntimeSession(source) as fp32, OnnxRuntimeSession(staged) as fp16:
-            worst = check_parity(fp32, fp16, gate, FP16_GATE, f"{bundle.path}: FP16 vs FP32 ONNX")
-        staged.replace(bundle.path / FP16_NAME)
+        details = dict(convert(source, staged, gate))
+        worst = None
+        if spec.gate is not None:
+            with OnnxRuntimeSession(source) as before, OnnxRuntimeSession(staged) as after:
+                worst = check_parity(before, after, gate, spec.gate,
+                                     f"{bundle.path}: {spec.name} vs {origin.name}")
+        staged.replace(bundle.path / spec.file)
     finally:
         staged.unlink(missing_ok=True)
-    _save(bundle, {"onnx_fp16": FP16_NAME}, {"onnx_fp16": {
+    _save(bundle, {str(spec.artifact): spec.file}, {str(spec.artifact): {
         **details, "source_onnx_sha256": sha256_file(source), "gate_max_abs_diff": worst, "at": _now()}})
-    kept = f", {len(details['kept_fp32_nodes'])} nodes kept in FP32" if details["kept_fp32_nodes"] else ""
-    report.done.append(f"onnx-fp16: {FP16_NAME} (max |dp| vs FP32 {worst:.1e}{kept})")
-    log(f"onnx-fp16: wrote {FP16_NAME}; max |dp| vs FP32 {worst:.1e}{kept}")
+    kept = f", {len(details['kept_fp32_nodes'])} nodes kept in FP32" if details.get("kept_fp32_nodes") else ""
+    gated = f"max |dp| vs {origin.precision.upper()} {worst:.1e}" if worst is not None else "no gate"
+    report.done.append(f"{spec.name}: {spec.file} ({gated}{kept})")
+    log(f"{spec.name}: wrote {spec.file}; {gated}{kept}")
+
+
+def _converter(spec: Form) -> Callable[..., dict[str, Any]]:
+    """The function a row of the table names as its converter ("module:function", imported now)."""
+    if callable(spec.converter):
+        return spec.converter
+    module, _, name = str(spec.converter).partition(":")
+    function: Callable[..., dict[str, Any]] = getattr(import_module(module), name)
+    return function
 
 
 def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log, images: Any) -> None:
@@ -369,15 +377,12 @@ def _validation_name(s: ExportSettings) -> str:
 def _validation(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
     """The labelled images the INT8 tools score on (--data, --split) with the reference's predictions."""
     from kedge.calibration.sensitivity import validation_set
-    from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
     from kedge.runtime.parity import reference_pair
 
     if s.data is None:
         raise KedgeError("--sensitivity, --keep-float auto and --calib-method auto score on labelled validation "
                          "images: pass --data DIR --split val")
-    items = scan_labelled(s.data, bundle.classes)
-    if s.split is not None:
-        items = in_split(items, s.data, read_split_manifest(bundle.file("split_manifest")), s.split)
+    items = bundle.labelled(s.data, s.split)
     reference = reference_pair(bundle, s.reference)
     log(f"int8 tools: {len(items)} validation images of {_validation_name(s)}, reference {reference.form.name}")
     return validation_set(items, bundle.classes, lambda: reference.open(bundle))
@@ -426,10 +431,10 @@ def _check_trt(bundle: Bundle, report: ExportReport, log: Log) -> None:
     """`kedge check-trt` on the TensorRT-bound files just made: an error fails the export."""
     from kedge.export.trtcheck import check_bundle
 
-    if not _importable("onnx"):  # a lean device install building engines from shipped files
+    if not needs.importable("onnx"):  # a lean device install building engines from shipped files
         report.skipped.append("check-trt: the onnx package is not installed (pip install 'kedge[cpu]')")
         return
-    result = check_bundle(bundle.path)
+    result = check_bundle(bundle)
     report.trt_check = result.to_json()
     for line in result.lines():
         log(f"check-trt: {line}")
@@ -449,7 +454,7 @@ def _build_engines(bundle: Bundle, s: ExportSettings, report: ExportReport, log:
         log(f"engines: skipped ({why})")
         return
     precisions = [p for p, on in (("fp16", s.fp16), ("int8", s.int8)) if on] or ["fp32"]
-    engines = dict(bundle.manifest.get("engines", {}))
+    engines = bundle.engines
     for precision in precisions:
         key, path = build_plan(precision, int(version.split(".")[0]), s.int8_source)
         onnx_path = bundle.file(key)
@@ -458,7 +463,7 @@ def _build_engines(bundle: Bundle, s: ExportSettings, report: ExportReport, log:
         engine_path, info = build_engine(onnx_path, bundle.path, bundle.name, precision, path, s.max_batch,
                                          s.opt_batch, s.workspace_mib, cache, s.progress)
         engines[engine_path.name] = f"{ENGINE_DIR}/{engine_path.name}"
-        _save(bundle, {}, engines=engines)
+        bundle.update(engines=engines)
         report.done.append(f"engine {precision}: {engine_path.name} ({info.build_seconds:.0f} s)")
 
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import load_bundle, portable_path, staged_folder, write_manifest
+from kedge.runtime.bundle import Bundle, new_bundle, portable_path, staged_folder
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import form as form_spec
 
@@ -36,19 +36,18 @@ LIMITATIONS = [
 ]
 
 
-def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], forms: list[str],
-                overwrite: bool = False, data_source: str | None = None) -> dict[str, Any]:
-    """Copy `forms` (e.g. onnx-fp32, onnx-int8) and the provenance files of `source` to
-    `dest`, with the model card sections; returns the new manifest. `data_source`
+def ship_bundle(bundle: Bundle, dest: str | os.PathLike[str], forms: list[str],
+                overwrite: bool = False, data_source: str | None = None) -> Bundle:
+    """Copy `forms` (e.g. onnx-fp32, onnx-int8) and the provenance files of `bundle` to
+    `dest`, with the model card sections; returns the shipped bundle. `data_source`
     describes where the training images came from, for the card."""
-    bundle = load_bundle(source)
-    artifacts = bundle.manifest.get("artifacts", {})
+    artifacts = bundle.artifacts
     keys = [_artifact(f) for f in forms]
     missing = [f for f, k in zip(forms, keys, strict=True) if k not in artifacts]
     if missing:
         raise KedgeError(f"{bundle.path}: has no {', '.join(missing)}; run `kedge export` first")
-    parity = bundle.manifest.get("parity")
-    if parity is None:
+    parity = bundle.parity
+    if not parity:
         raise KedgeError(f"{bundle.path}: no parity record; run `kedge parity` on the test split before shipping")
     rows: dict[str, dict[str, Any]] = {}  # per form: a row that passed, else the last that failed
     for row in parity["rows"]:
@@ -61,7 +60,7 @@ def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], fo
                          + "; ".join([*(f"{f} was not checked" for f in unchecked),
                                       *(f"{f} FAILED ({'; '.join(rows[f]['problems'])})" for f in failed)]))
     shipped = {k: artifacts[k] for k in (*keys, *ALWAYS) if k in artifacts}
-    left_out = {k: {"file": rel, "sha256": bundle.manifest.get("files", {}).get(rel),
+    left_out = {k: {"file": rel, "sha256": bundle.files.get(rel),
                     "bytes": (bundle.path / rel).stat().st_size if (bundle.path / rel).is_file() else None}
                 for k, rel in artifacts.items() if k not in shipped}
     with staged_folder(dest, overwrite) as stage:
@@ -73,10 +72,9 @@ def ship_bundle(source: str | os.PathLike[str], dest: str | os.PathLike[str], fo
         manifest["artifacts"] = shipped
         manifest["shipped"] = {"forms": forms, "left_out": left_out,
                                "bytes": sum((stage / rel).stat().st_size for rel in shipped.values())}
-        manifest["card"] = {"limitations": _limitations(bundle.manifest),
-                            "training_data": _training_data(bundle.manifest, data_source)}
-        result = write_manifest(stage, portable(manifest, *_data_folders(bundle.manifest)))
-    return result
+        manifest["card"] = {"limitations": _limitations(bundle), "training_data": _training_data(bundle, data_source)}
+        shipped_manifest = new_bundle(stage, portable(manifest, *_data_folders(bundle))).manifest
+    return Bundle(Path(dest), shipped_manifest)
 
 
 # A path of the machine that wrote a string: absolute (POSIX, Windows drive, home) or going up
@@ -87,12 +85,12 @@ MACHINE_PATH = re.compile(r"(?<![\w.~/:\\-])(?:[A-Za-z]:[\\/]|~/|\.\.?/|/)(?=[\w
 NOT_PATHS = frozenset({"files", "artifacts", "nodes", "kept_in_float", "started_with", "worst", "rule"})
 
 
-def _data_folders(manifest: dict[str, Any]) -> list[str]:
+def _data_folders(bundle: Bundle) -> list[str]:
     """The --data folders a manifest recorded as machine paths (older kedge versions did):
     the roots that other recorded paths (sources file, calibration folder, unreadable
     images) are made relative to, as kedge now records them."""
-    training = manifest.get("training", {})
-    found = (training.get("data"), training.get("dataset", {}).get("root"), (manifest.get("parity") or {}).get("data"))
+    training = bundle.section("training")
+    found = (training.get("data"), training.get("dataset", {}).get("root"), bundle.parity.get("data"))
     return [f for f in found if isinstance(f, str) and MACHINE_PATH.fullmatch(f)]
 
 
@@ -114,11 +112,11 @@ def _portable_token(token: str, roots: tuple[str, ...]) -> str:
     return portable_path(path, *roots) + token[len(path):]
 
 
-def _limitations(manifest: dict[str, Any]) -> list[str]:
+def _limitations(bundle: Bundle) -> list[str]:
     from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, not_validated
 
     items = list(LIMITATIONS)
-    test = manifest.get("metrics", {}).get("test", {})
+    test = bundle.section("metrics").get("test", {})
     for name in not_validated(test):
         row = test["by_source"][name]
         items.insert(1, f"NOT VALIDATED for images like source {name}'s: on the test split its balanced accuracy is "
@@ -126,7 +124,7 @@ def _limitations(manifest: dict[str, Any]) -> list[str]:
                         f"({row['chance']:.2f}), n={row['n']}.")
     if not test.get("by_source"):
         items.insert(1, "No sources were given in training: no per-source check was possible.")
-    if manifest.get("model", {}).get("options", {}).get("weights") == "none":
+    if bundle.section("model").get("options", {}).get("weights") == "none":
         items.insert(2, "The ResNet50 backbone started from random weights (ImageNet weights could not be "
                         "downloaded where it was trained); the paper used a pretrained backbone.")
     return items
@@ -139,8 +137,8 @@ def _artifact(name: str) -> str:
     return spec.artifact
 
 
-def _training_data(manifest: dict[str, Any], data_source: str | None) -> dict[str, Any]:
-    dataset = manifest.get("training", {}).get("dataset", {})
+def _training_data(bundle: Bundle, data_source: str | None) -> dict[str, Any]:
+    dataset = bundle.section("training").get("dataset", {})
     return {
         "source": data_source or f"the labelled folder {dataset.get('root')} (no description given)",
         "folder": dataset.get("root"),

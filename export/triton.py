@@ -14,11 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import atomic_path, load_bundle
+from kedge.runtime.bundle import Bundle, atomic_path
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import FORMS, engine_forms
 from kedge.runtime.forms import form as form_spec
 
 INPUT, OUTPUT = "image", "probabilities"
+PREFERRED = ("onnx-fp32", "onnx-int8")  # the ONNX form served when none is named: the reference, else INT8
 
 
 def config_text(name: str, platform: str, classes: list[str], max_batch: int, queue_delay_us: int) -> str:
@@ -38,22 +40,21 @@ def config_text(name: str, platform: str, classes: list[str], max_batch: int, qu
     ])
 
 
-def write_repository(bundle_dir: str | os.PathLike[str], repo: str | os.PathLike[str], form: str | None = None,
+def write_repository(bundle: Bundle, repo: str | os.PathLike[str], form: str | None = None,
                      max_batch: int = 16, queue_delay_us: int = 2000) -> list[dict[str, Any]]:
     """Add the bundle's models to a Triton repository (created if needed); returns what was written."""
     from kedge.runtime.engines import read_sidecar
 
-    bundle = load_bundle(bundle_dir)
-    artifacts = bundle.manifest.get("artifacts", {})
-    name = form or next((f for f in ("onnx-fp32", "onnx-int8") if form_spec(f).artifact in artifacts), None)
-    if name is None or form_spec(name).artifact not in artifacts:
+    name = form or next((f for f in PREFERRED if bundle.has(str(FORMS[f].artifact))), None)
+    if name is None or form_spec(name).artifact is None or not bundle.has(str(form_spec(name).artifact)):
         raise KedgeError(f"{bundle.path}: no {name or 'ONNX'} form for a Triton repository; run `kedge export`")
     entries = [(bundle.name, "onnxruntime_onnx", bundle.file(str(form_spec(name).artifact)), "model.onnx",
                 max_batch, name)]
-    for rel in bundle.manifest.get("engines", {}).values():
+    for rel in bundle.engines.values():
         info = read_sidecar(bundle.path / rel)
+        engine = next(f for f in engine_forms() if f.precision == info.precision)
         entries.append((f"{bundle.name}-trt-{info.precision}", "tensorrt_plan", bundle.path / rel, "model.plan",
-                        min(max_batch, int(info.batch["max"])), f"trt-{info.precision}"))
+                        min(max_batch, int(info.batch["max"])), engine.name))
     written = []
     for model, platform, source, filename, batch, form_name in entries:
         folder = Path(repo) / model

@@ -27,14 +27,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
+from kedge.runtime.forms import onnx_forms, tensorrt_bound
 
 TRT_VERSIONS = ("10.3", "11")
 DEFAULT_MAX_BATCH = 16  # `kedge export --engine`'s default profile is batch 1..16
-# Bundle artifact keys of the files each TensorRT builds from (export/engine.py's build_plan):
-# 10.x takes the FP32 file with the FP16 flag; 11 is strongly typed and takes the FP16 file.
-BOUND_FILES = {"10.3": ("onnx_fp32", "onnx_int8_qdq"), "11": ("onnx_fp32", "onnx_fp16", "onnx_int8_qdq")}
-DEFAULT_NAMES = {"onnx_fp32": "model.onnx", "onnx_fp16": "model.fp16.onnx", "onnx_int8_qdq": "model.int8.qdq.onnx"}
 FLOAT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16"}
 TYPE_NAMES = {**FLOAT_TYPES, 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool"}
 NO_TYPE_RULE = {"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear", "Shape", "Size", "Reshape", "Expand",
@@ -419,18 +417,17 @@ class BundleCheck:
         return out
 
 
-def bound_files(bundle: Any, trt: str) -> list[tuple[str, Path]]:
-    """The TensorRT-bound ONNX files a bundle lists, for one TensorRT version (sha256-checked)."""
-    artifacts = bundle.manifest.get("artifacts", {})
-    return [(key, bundle.file(key)) for key in BOUND_FILES[trt] if key in artifacts]
+def bound_files(bundle: Bundle, trt: str) -> list[tuple[str, Path]]:
+    """The TensorRT-bound ONNX files a bundle lists, for one TensorRT version (sha256-checked):
+    those whose row of the table of forms names this TensorRT (10.x takes the FP32 file with
+    the FP16 flag; 11 is strongly typed and takes the FP16 file)."""
+    keys = [str(f.artifact) for f in tensorrt_bound(trt)]
+    return [(key, bundle.file(key)) for key in keys if bundle.has(key)]
 
 
-def check_bundle(bundle_dir: str | os.PathLike[str], versions: Sequence[str] = TRT_VERSIONS,
+def check_bundle(bundle: Bundle, versions: Sequence[str] = TRT_VERSIONS,
                  max_batch: int | None = None) -> BundleCheck:
     """check-trt on every TensorRT-bound file of a bundle, for each TensorRT version."""
-    from kedge.runtime.bundle import load_bundle
-
-    bundle = load_bundle(bundle_dir)
     batch = max_batch or DEFAULT_MAX_BATCH
     files: dict[str, list[str]] = {}
     findings: list[Finding] = []
@@ -439,12 +436,14 @@ def check_bundle(bundle_dir: str | os.PathLike[str], versions: Sequence[str] = T
             findings += check_model(path, trt, batch)
             files.setdefault(path.name, []).append(trt)
     status = {name: f"checked for TensorRT {', '.join(v)}" for name, v in files.items()}
-    for key, name in DEFAULT_NAMES.items():
-        if key not in bundle.manifest.get("artifacts", {}):
-            status[name] = "not in this bundle"
+    bound = [f for f in onnx_forms() if f.tensorrt]
+    for spec in bound:
+        if not bundle.has(str(spec.artifact)):
+            status[spec.file] = "not in this bundle"
     if not files:
-        raise KedgeError(f"{bundle.path}: no TensorRT-bound ONNX file (model.onnx, model.fp16.onnx or "
-                         "model.int8.qdq.onnx); run `kedge export` first")
+        names = [f.file for f in bound]
+        raise KedgeError(f"{bundle.path}: no TensorRT-bound ONNX file ({', '.join(names[:-1])} or {names[-1]}); "
+                         "run `kedge export` first")
     return BundleCheck(str(bundle.path), list(versions), status, _dedupe(findings))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
 
 PASSED, FAILED, NOT_CHECKABLE = "passed", "failed", "not checkable here"
@@ -109,18 +110,14 @@ def machine_facts() -> dict[str, Any]:
             "onnxruntime": ort["version"] if ort else None}
 
 
-def verify_bundle(bundle_dir: str | os.PathLike[str], data: Path | None = None, split: str | None = None,
+def verify_bundle(bundle: Bundle, data: Path | None = None, split: str | None = None,
                   build: bool = True, bench_iterations: int = 20, progress: bool = False,
                   log: Log | None = None) -> VerifyReport:
-    from kedge.runtime.bundle import load_bundle
-
     say = log or (lambda _m: None)
-    bundle = load_bundle(bundle_dir)
     report = VerifyReport(str(bundle.path), machine_facts())
     _check_trt(bundle, report)
     if build:
         _build_engines(bundle, report, say)
-        bundle = load_bundle(bundle.path)  # engines were added to kedge.json
     _golden(bundle, report, say)
     _envelope(bundle, report)
     _parity(bundle, data, split, report, progress, say)
@@ -129,7 +126,7 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], data: Path | None = None, 
     return report
 
 
-def _check_trt(bundle: Any, report: VerifyReport) -> None:
+def _check_trt(bundle: Bundle, report: VerifyReport) -> None:
     from importlib.util import find_spec
 
     from kedge.export.trtcheck import TRT_VERSIONS, check_bundle
@@ -140,7 +137,7 @@ def _check_trt(bundle: Any, report: VerifyReport) -> None:
     installed = report.machine["tensorrt"]
     versions = TRT_VERSIONS if not installed else (("11",) if int(installed.split(".")[0]) >= 11 else ("10.3",))
     try:
-        result = check_bundle(bundle.path, versions)
+        result = check_bundle(bundle, versions)
     except KedgeError as err:
         report.add("check-trt", NOT_CHECKABLE, str(err))
         return
@@ -150,12 +147,12 @@ def _check_trt(bundle: Any, report: VerifyReport) -> None:
     report.add("check-trt", PASSED if result.passed else FAILED, detail, result.to_json())
 
 
-def _build_engines(bundle: Any, report: VerifyReport, say: Log) -> None:
+def _build_engines(bundle: Bundle, report: VerifyReport, say: Log) -> None:
     """Build every engine this machine's TensorRT can build from the files the bundle has."""
     from kedge.export.engine import build_engine, build_plan
-    from kedge.runtime.bundle import write_manifest
     from kedge.runtime.cuda import has_gpu
     from kedge.runtime.engines import ENGINE_DIR
+    from kedge.runtime.forms import engine_precisions
 
     version = report.machine["tensorrt"]
     if version is None or not has_gpu():
@@ -163,9 +160,9 @@ def _build_engines(bundle: Any, report: VerifyReport, say: Log) -> None:
             else "no CUDA GPU is visible"
         report.add("engines", NOT_CHECKABLE, f"no engine was built on this machine: {why}")
         return
-    artifacts = bundle.manifest.get("artifacts", {})
-    engines = dict(bundle.manifest.get("engines", {}))
-    for precision in ("fp32", "fp16", "int8"):
+    artifacts = bundle.artifacts
+    engines = bundle.engines
+    for precision in engine_precisions():
         key, path = build_plan(precision, int(version.split(".")[0]))
         name = f"engine {precision}"
         if key not in artifacts:
@@ -180,12 +177,11 @@ def _build_engines(bundle: Any, report: VerifyReport, say: Log) -> None:
             continue
         engines[engine_path.name] = f"{ENGINE_DIR}/{engine_path.name}"
         report.add(name, PASSED, f"built {engine_path.name} in {info.build_seconds:.0f} s")
-    manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
-    manifest["engines"] = engines
-    write_manifest(bundle.path, manifest)
+    if engines != bundle.engines:
+        bundle.update(engines=engines)
 
 
-def _status(bundle: Any, pair: Any, passed: bool) -> str:
+def _status(bundle: Bundle, pair: Any, passed: bool) -> str:
     """PASSED, FAILED, or KNOWN_FAILURE for a pair the bundle's recorded parity already FAILED."""
     from kedge.runtime.parity import FAILED as RECORDED_FAILED
     from kedge.runtime.parity import status
@@ -195,14 +191,14 @@ def _status(bundle: Any, pair: Any, passed: bool) -> str:
     return KNOWN_FAILURE if status(bundle, pair)[0] == RECORDED_FAILED else FAILED
 
 
-def _golden(bundle: Any, report: VerifyReport, say: Log) -> None:
+def _golden(bundle: Bundle, report: VerifyReport, say: Log) -> None:
     """Every runnable pair on the golden set, through the same check (and per-machine cache)
     that `auto` uses, each shown with its parity recorded at export."""
     from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.choice import check_here
     from kedge.runtime.parity import status
 
-    if not bundle.manifest.get("golden"):
+    if not bundle.golden:
         report.add("golden set", NOT_CHECKABLE, "the bundle has no golden set (run `kedge golden BUNDLE` where it "
                    "was exported, with model.keras beside it)")
         return
@@ -223,7 +219,7 @@ def _golden(bundle: Any, report: VerifyReport, say: Log) -> None:
         report.add("golden engines", NOT_CHECKABLE, "no TensorRT engine runs here, so none was compared")
 
 
-def _envelope(bundle: Any, report: VerifyReport) -> None:
+def _envelope(bundle: Bundle, report: VerifyReport) -> None:
     """The input gate runs beside every form (docs/envelope.md): one check, not one per pair."""
     from kedge.runtime.envelope_report import device_check
 
@@ -231,7 +227,7 @@ def _envelope(bundle: Any, report: VerifyReport) -> None:
     report.add("input envelope", NOT_CHECKABLE if passed is None else PASSED if passed else FAILED, detail)
 
 
-def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyReport, progress: bool,
+def _parity(bundle: Bundle, data: Path | None, split: str | None, report: VerifyReport, progress: bool,
             say: Log) -> None:
     if data is None:
         report.add("parity", NOT_CHECKABLE, "no labelled folder given (pass --data DIR, optionally --split)")
@@ -239,11 +235,11 @@ def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyRep
     from kedge.runtime.backends import pair as make_pair
     from kedge.runtime.parity import ParityRow, bundle_parity, format_table
 
-    if "onnx_fp32" not in bundle.manifest.get("artifacts", {}):
+    if not bundle.has("onnx_fp32"):
         _accuracy_against_record(bundle, data, split, report, progress, say)
         return
     say(f"verify: parity on {data}")
-    result = bundle_parity(bundle.path, data, split, progress=progress, record=False)
+    result = bundle_parity(bundle, data, split, progress=progress, record=False)
     say(format_table([ParityRow(**r) for r in result["rows"]]))
     where = f"{result['n']} images of {data} ({result['split']}) vs {result['reference']}"
     for row in result["rows"][1:]:  # the first row is the reference itself
@@ -252,7 +248,7 @@ def _parity(bundle: Any, data: Path | None, split: str | None, report: VerifyRep
         report.add(f"parity {pair}", _status(bundle, pair, row["passed"]), detail, row)
 
 
-def _bench(bundle: Any, report: VerifyReport, iterations: int, say: Log) -> None:
+def _bench(bundle: Bundle, report: VerifyReport, iterations: int, say: Log) -> None:
     from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.bench import run_bench
     from kedge.runtime.golden import draw, pool_densities
@@ -264,7 +260,7 @@ def _bench(bundle: Any, report: VerifyReport, iterations: int, say: Log) -> None
     report.bench = [r.as_dict() for r in rows]
 
 
-def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report: VerifyReport, progress: bool,
+def _accuracy_against_record(bundle: Bundle, data: Path, split: str | None, report: VerifyReport, progress: bool,
                              say: Log) -> None:
     """Without an FP32 reference here (left out when shipped): each form's accuracy on --data
     against the accuracy the bundle's recorded parity gives for the same ONNX file on the same
@@ -273,16 +269,13 @@ def _accuracy_against_record(bundle: Any, data: Path, split: str | None, report:
     from kedge.runtime.bundle import portable_path
     from kedge.runtime.engines import source_form_of
     from kedge.runtime.evaluate import predict_items
-    from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
     from kedge.runtime.parity import THRESHOLDS
 
-    recorded = bundle.manifest.get("parity") or {}
+    recorded = bundle.parity
     same_split = recorded.get("split") == (split or "all") and bool(recorded.get("data")) and \
         portable_path(str(recorded["data"])) == portable_path(data)  # recorded by name (by path before)
     rows = _recorded_rows(recorded.get("rows", [])) if same_split else {}
-    items = scan_labelled(data, bundle.classes)
-    if split is not None:
-        items = in_split(items, data, read_split_manifest(bundle.file("split_manifest")), split)
+    items = bundle.labelled(data, split)
     limit = THRESHOLDS["int8"]["max_accuracy_drop"]
     for pair in runnable_pairs(bundle):
         source = source_form_of(bundle, pair) or pair.form.name

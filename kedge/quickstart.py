@@ -11,17 +11,17 @@ import sys
 from pathlib import Path
 
 from kedge.runtime.bundle import load_bundle
+from kedge.runtime.forms import onnx_forms
 
 
 def summary(bundle_dir: Path, predictions: Path) -> str:
     bundle = load_bundle(bundle_dir)
-    manifest = bundle.manifest
-    test = manifest.get("metrics", {}).get("test", {})
-    parity = manifest.get("parity") or {}
+    test = bundle.section("metrics").get("test", {})
+    parity = bundle.parity
     with open(predictions, newline="", encoding="utf-8") as handle:
         labels = collections.Counter(row["label"] or "withheld (outside the input envelope)"
                                      for row in csv.DictReader(handle))
-    forms = [file for key, file in manifest.get("artifacts", {}).items() if key.startswith("onnx")]
+    forms = [spec.file for spec in onnx_forms() if bundle.has(str(spec.artifact))]
     lines = ["", "quickstart: done",
              f"  bundle      {bundle_dir}  ({bundle.name}: {', '.join(forms)})"]
     if test:

@@ -21,11 +21,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
-from kedge.runtime.schema import MAX_MANIFEST_BYTES, SCHEMA_VERSION, check_inside, parse_manifest, validate
+from kedge.runtime.schema import (
+    MAX_MANIFEST_BYTES,
+    PATH_TABLES,
+    SCHEMA_VERSION,
+    check_inside,
+    parse_manifest,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from kedge.runtime.folders import LabelledImage
 
 MANIFEST_NAME = "kedge.json"
 INTENDED_USE = "Research use only, not a diagnostic device."
@@ -149,7 +159,9 @@ def _alive(pid: int) -> bool:
 
 @dataclass
 class Bundle:
-    """A bundle folder and its parsed manifest."""
+    """A bundle folder and its parsed manifest. Everything else reads kedge.json through
+    these accessors and writes it only through `update`, so the manifest's layout is
+    known in one place."""
 
     path: Path
     manifest: dict[str, Any]
@@ -162,10 +174,91 @@ class Bundle:
     def classes(self) -> list[str]:
         return list(self.manifest["model"]["classes"])
 
+    @property
+    def intended_use(self) -> str:
+        return str(self.manifest.get("intended_use", "-"))
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A top-level table of kedge.json ({} when the bundle has none): model, training,
+        metrics, calibration, envelope, card, rebuild..."""
+        return dict(self.manifest.get(name) or {})
+
+    @property
+    def artifacts(self) -> dict[str, str]:
+        """Artifact key (onnx_fp32, split_manifest, ...) -> the bundle-relative file."""
+        return self.section("artifacts")
+
+    def has(self, key: str) -> bool:
+        """The bundle lists this artifact (its file is checked only when opened, by `file`)."""
+        return key in self.artifacts
+
+    @property
+    def exports(self) -> dict[str, dict[str, Any]]:
+        """Artifact key -> how export made it (its source's sha256, gate, tool, time)."""
+        return self.section("exports")
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Bundle-relative file -> its sha256, as recorded."""
+        return self.section("files")
+
+    def sha256(self, key: str) -> str | None:
+        """The sha256 kedge.json records for the file of artifact `key` (None: no such artifact)."""
+        relative = self.artifacts.get(key)
+        return self.files.get(relative) if relative is not None else None
+
+    @property
+    def engines(self) -> dict[str, str]:
+        """Engine file name -> its bundle-relative path (engines built on some machine)."""
+        return self.section("engines")
+
+    @property
+    def left_out(self) -> dict[str, dict[str, Any]]:
+        """Artifacts a shipped bundle was shipped without: key -> {file, sha256, bytes}."""
+        return dict(self.section("shipped").get("left_out") or {})
+
+    @property
+    def parity(self) -> dict[str, Any]:
+        """The recorded parity ({} when none was recorded)."""
+        return self.section("parity")
+
+    @property
+    def golden(self) -> dict[str, Any] | None:
+        """The stored golden set, or None."""
+        return self.manifest.get("golden") or None
+
+    @property
+    def split(self) -> dict[str, str]:
+        """The split.csv: image path relative to the training folder -> train, val, test or excluded."""
+        from kedge.runtime.folders import read_split_manifest
+
+        return read_split_manifest(self.file("split_manifest"))
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """The split.csv's source of each image ({} without a split.csv, or one written before sources)."""
+        from kedge.runtime.folders import read_split_sources
+
+        return read_split_sources(self.file("split_manifest")) if self.has("split_manifest") else {}
+
+    def labelled(self, data: str | os.PathLike[str], split: str | None = None,
+                 split_csv: str | os.PathLike[str] | None = None) -> list[LabelledImage]:
+        """The labelled images of `data` (class folders of this bundle's classes), only those
+        the bundle's split.csv (or `split_csv`, another bundle's) puts in `split` when given."""
+        from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+
+        items = scan_labelled(data, self.classes)
+        if split is None:
+            return items
+        if split_csv is None and not self.has("split_manifest"):
+            raise KedgeError(f"{self.path}: no split manifest, so --split cannot be used")
+        assigned = read_split_manifest(split_csv) if split_csv is not None else self.split
+        return in_split(items, data, assigned, split)
+
     def file(self, key: str) -> Path:
         """Path of a file named in manifest["artifacts"][key], checked against its sha256."""
-        relative = self.manifest.get("artifacts", {}).get(key)
-        left_out = self.manifest.get("shipped", {}).get("left_out", {}).get(key)
+        relative = self.artifacts.get(key)
+        left_out = self.left_out.get(key)
         if relative is None and left_out:
             raise KedgeError(f"{self.path}: {left_out['file']} ({key}) was left out when this bundle was shipped "
                              f"(size budget; sha256 {str(left_out['sha256'])[:12]}); use the full exported bundle")
@@ -175,12 +268,57 @@ class Bundle:
         if not path.is_file():
             kind = "missing from the bundle" if not path.exists() else "not a regular file (a FIFO, device or folder)"
             raise KedgeError(f"{path}: {kind}; refused")
-        expected = self.manifest.get("files", {}).get(relative)
+        expected = self.files.get(relative)
         if not expected:  # load_bundle refuses this too; kept here for manifests edited in memory
             raise KedgeError(f"{path}: no sha256 in kedge.json; refused")
         if sha256_file(path) != expected:
             raise KedgeError(f"{path}: sha256 differs from kedge.json (file changed or corrupted)")
         return path
+
+    def update(self, **sections: Any) -> None:
+        """Replace these top-level sections of kedge.json (a section given as None is removed)
+        and write it atomically: the one writer of kedge.json.
+
+        The one hashing rule: `files` lists exactly the files the bundle names as its own,
+        those of its artifacts and engines (with each engine's sidecar), and a file's sha256
+        is taken when a section naming it is written; every other recorded sha256 stays as
+        it was. So a file put beside a bundle (the model.keras a shipped bundle's reference
+        is read from) is never added to its file list, and a section that names no file
+        (parity, golden) leaves every recorded sha256 alone."""
+        if "files" in sections or "schema" in sections:
+            raise KedgeError("kedge.json: files and schema are written by Bundle.update itself")
+        manifest = {**self.manifest, **sections}  # a replaced section keeps its place in the file
+        manifest = {k: v for k, v in manifest.items() if v is not None}
+        recorded = dict(self.manifest.get("files") or {})
+        rehash = {rel for table in PATH_TABLES if table in sections for rel in _own_files(manifest, table)}
+        files = {}
+        for relative in sorted({rel for table in PATH_TABLES for rel in _own_files(manifest, table)}):
+            if relative in recorded and relative not in rehash:
+                files[relative] = recorded[relative]
+            elif (self.path / relative).is_file():
+                files[relative] = sha256_file(self.path / relative)
+        manifest["files"] = files
+        atomic_write_json(self.path / MANIFEST_NAME, manifest)
+        self.manifest = manifest
+
+
+def _own_files(manifest: dict[str, Any], table: str) -> list[str]:
+    """The bundle-relative files one path table of a manifest names (an engine with its sidecar)."""
+    named = [str(rel) for rel in (manifest.get(table) or {}).values()]
+    return named + [f"{rel}.json" for rel in named] if table == "engines" else named
+
+
+def new_bundle(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Bundle:
+    """A bundle's first kedge.json (its files written already), with the defaults every
+    manifest carries; written by `Bundle.update`."""
+    sections = {k: v for k, v in manifest.items() if k not in ("files", "schema")}
+    sections.setdefault("intended_use", INTENDED_USE)
+    sections.setdefault("input", {"name": "image", "shape": [None, *INPUT_SHAPE], "layout": "NHWC",
+                                  "dtype": "float32", "range": [0.0, 1.0]})
+    sections.setdefault("preprocessing", {"version": PREPROCESS_VERSION, "interpolation": INTERPOLATION})
+    bundle = Bundle(Path(folder), {"schema": SCHEMA_VERSION})
+    bundle.update(**sections)
+    return bundle
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -215,32 +353,3 @@ def _read_manifest(path: Path) -> bytes:
         if info.st_size > MAX_MANIFEST_BYTES:
             raise KedgeError(f"{path}: manifest is over {MAX_MANIFEST_BYTES >> 20} MiB")
         return handle.read(MAX_MANIFEST_BYTES + 1)
-
-
-def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Any]:
-    """Record the sha256 of every file in the bundle, then write kedge.json atomically."""
-    folder = Path(folder)
-    files = {
-        p.relative_to(folder).as_posix(): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
-    }
-    manifest = {"schema": SCHEMA_VERSION, **manifest, "files": files}
-    manifest.setdefault("intended_use", INTENDED_USE)
-    manifest.setdefault("input", {"name": "image", "shape": [None, *INPUT_SHAPE], "layout": "NHWC",
-                                  "dtype": "float32", "range": [0.0, 1.0]})
-    manifest.setdefault("preprocessing", {"version": PREPROCESS_VERSION, "interpolation": INTERPOLATION})
-    atomic_write_json(folder / MANIFEST_NAME, manifest)
-    return manifest
-
-
-def update_manifest(bundle: Bundle, **sections: Any) -> dict[str, Any]:
-    """Replace these top-level sections of kedge.json (a section given as None is removed)
-    and write it atomically. Only kedge.json changes, so the recorded sha256 of every
-    other file stays as it was: a file put beside a bundle (the model.keras a reference
-    was read from) is never added to its file list."""
-    manifest = {**bundle.manifest, **sections}  # a replaced section keeps its place in the file
-    manifest = {k: v for k, v in manifest.items() if v is not None}
-    atomic_write_json(bundle.path / MANIFEST_NAME, manifest)
-    bundle.manifest = manifest
-    return manifest

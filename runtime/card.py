@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kedge.runtime.bundle import Bundle
 from kedge.runtime.envelope import card_lines
 from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, group_table, not_validated
 
@@ -23,23 +24,22 @@ def _ci(interval: list[float] | None) -> str:
     return "" if not interval else f" (95 % CI {100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
 
 
-def render_card(manifest: dict[str, Any], location: str | None = None) -> str:
-    """The card text; `location`: the bundle's folder on this machine (for a shipped model,
-    inside the installed package), which the manifest cannot know."""
-    model = manifest.get("model", {})
-    training = manifest.get("training", {})
-    card = manifest.get("card", {})
+def render_card(bundle: Bundle) -> str:
+    """The card text, with the bundle's folder on this machine (for a shipped model, inside
+    the installed package), which the manifest cannot know."""
+    model = bundle.section("model")
+    training = bundle.section("training")
+    card = bundle.section("card")
     lines = [f"{model.get('name', '?')}: {', '.join(model.get('classes', []))}",
              f"  paper          {model.get('paper', '-')}",
-             f"  intended use   {manifest.get('intended_use', '-')}"]
-    if location is not None:
-        lines.append(f"  location       {location}")
+             f"  intended use   {bundle.intended_use}",
+             f"  location       {bundle.path.resolve()}"]
     params = model.get("parameters", {})
     options = model.get("options", {})
     lines.append(f"  architecture   {model.get('architecture', '-')}, {params.get('total', 0):,} parameters"
                  + (f"; options {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""))
-    lines.append(f"  preprocessing  version {manifest.get('preprocessing', {}).get('version', '-')}")
-    lines += _lead(manifest)
+    lines.append(f"  preprocessing  version {bundle.section('preprocessing').get('version', '-')}")
+    lines += _lead(bundle)
     data = card.get("training_data") or {}
     counts = data.get("counts") or training.get("dataset", {}).get("counts") or {}
     lines += ["", "Training data"]
@@ -69,32 +69,32 @@ def render_card(manifest: dict[str, Any], location: str | None = None) -> str:
                   f"  sources        {_sources(training.get('sources'))}; loss weights "
                   f"{training.get('balance', 'none')}; epoch chosen by {training.get('select', 'val-loss')}",
                   f"  device         {training.get('device', '-')}, {training.get('keras', '')}"]
-    lines += _metrics(manifest.get("metrics", {}).get("test"))
-    lines += card_lines(manifest.get("envelope"))
-    lines += _parity(manifest.get("parity"), manifest)
-    calibration = manifest.get("calibration")
+    lines += _metrics(bundle.section("metrics").get("test"))
+    lines += card_lines(bundle.section("envelope") or None)
+    lines += _parity(bundle)
+    calibration = bundle.section("calibration")
     if calibration:
         lines += ["", "INT8 calibration",
                   f"  {calibration.get('method')} on {calibration.get('images')} images of "
                   f"{calibration.get('folder')}" + (f" ({calibration['split']} split)" if calibration.get("split")
                                                     else "")]
         lines += int8_tools_section(calibration)
-    lines += _files(manifest)
+    lines += _files(bundle)
     if card.get("limitations"):
         lines += ["", "Known limitations"] + [f"  - {item}" for item in card["limitations"]]
     return "\n".join(lines)
 
 
-def _lead(manifest: dict[str, Any]) -> list[str]:
+def _lead(bundle: Bundle) -> list[str]:
     """What a reader needs first: where the model was validated (per source, with the 95 %
     Wilson interval), which sources it was not validated on and why, and what the input
     envelope refuses. The detail follows in the sections below."""
     from kedge.runtime.envelope import wilson_lower
 
-    groups = (manifest.get("metrics", {}).get("test") or {}).get("by_source") or {}
-    envelope = manifest.get("envelope") or {}
+    groups = (bundle.section("metrics").get("test") or {}).get("by_source") or {}
+    envelope = bundle.section("envelope")
     validated = list(envelope.get("validated") or [])
-    unvalidated = list(manifest.get("training", {}).get("unvalidated_sources") or [])
+    unvalidated = list(bundle.section("training").get("unvalidated_sources") or [])
     lines = ["", "Where it was validated (test split; detail below)"]
     rule = envelope.get("rule") or {}
     for name in validated:
@@ -167,18 +167,17 @@ def _metrics(test: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _parity(parity: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str]:
+def _parity(bundle: Bundle) -> list[str]:
     """Every (backend, form, precision) row; rows of forms this bundle does not carry are
     marked, and the headline judges only the forms it carries."""
+    parity = bundle.parity
     if not parity:
         return ["", "Parity: not run"]
     from kedge.runtime.forms import FORMS
 
-    artifacts = manifest.get("artifacts", {})
-
     def carried(form: str) -> bool:
         spec = FORMS.get(form)
-        return spec is None or spec.artifact is None or spec.artifact in artifacts
+        return spec is None or spec.artifact is None or bundle.has(spec.artifact)
 
     rows = [r for r in parity["rows"] if r["form"] != parity["reference"]]
     judged = [r for r in rows if carried(r["form"])]
@@ -202,10 +201,9 @@ def _parity(parity: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str
     return lines
 
 
-def _files(manifest: dict[str, Any]) -> list[str]:
-    files = manifest.get("files", {})
-    lines = ["", "Files (sha256)"] + [f"  {rel:<34} {digest[:16]}" for rel, digest in files.items()]
-    left = manifest.get("shipped", {}).get("left_out", {})
+def _files(bundle: Bundle) -> list[str]:
+    lines = ["", "Files (sha256)"] + [f"  {rel:<34} {digest[:16]}" for rel, digest in bundle.files.items()]
+    left = bundle.left_out
     if left:
         lines.append("  not shipped (size budget): " + ", ".join(
             f"{v['file']} ({(v['bytes'] or 0) / 1e6:.0f} MB, {str(v['sha256'])[:12]})" for v in left.values()))
@@ -235,6 +233,6 @@ def int8_tools_section(calibration: dict[str, Any]) -> list[str]:
     return lines
 
 
-def card_json(bundle: Any) -> dict[str, Any]:
+def card_json(bundle: Bundle) -> dict[str, Any]:
     """What `kedge card --json` prints for one bundle: where it is on this machine, then its kedge.json."""
     return {"location": str(bundle.path.resolve()), **bundle.manifest}

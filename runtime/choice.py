@@ -41,7 +41,7 @@ from kedge.runtime.backends.base import cache_root
 from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.cpu import cpu_info
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, PRECISIONS
+from kedge.runtime.forms import FORMS, PRECISIONS, onnx_forms, options_that_make
 from kedge.runtime.parity import PASSED, UNCHECKED, status
 
 CHUNK = 8  # golden images per timed call: kedge infer's default batch size
@@ -167,14 +167,15 @@ def _fastest(usable: list[Pair], here: dict[str, Here], failed: list[tuple[Pair,
 
 
 def _nothing_to_run(bundle: Bundle, backend: str, precision: str | None) -> str:
-    if precision is not None and not any(f.precision == precision and f.artifact in bundle.manifest.get(
-            "artifacts", {}) for f in FORMS.values()) and precision != "bf16":
-        flag = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --calib DIR"}[precision]
-        return f"{bundle.path}: no {precision} ONNX form; make it with `kedge export {bundle.path}{flag}`"
+    options = options_that_make(precision) if precision is not None else None  # None: no file is at it (bf16)
+    if options is not None and not any(f.precision == precision and bundle.has(str(f.artifact))
+                                       for f in onnx_forms()):
+        hint = f" {options}" if options else ""
+        return f"{bundle.path}: no {precision} ONNX form; make it with `kedge export {bundle.path}{hint}`"
     if backend == "tensorrt":
         what = f"{precision} engine" if precision else "engine"
-        hint = f" --{precision}" if precision and precision not in ("fp32", "bf16") else ""
-        return f"{bundle.path}: no {what} for this device; build one with `kedge export {bundle.path} --engine{hint}`"
+        options = options_that_make(precision or "fp32", engine=True) or options_that_make("fp32", True)
+        return f"{bundle.path}: no {what} for this device; build one with `kedge export {bundle.path} {options}`"
     who = "any backend usable here" if backend == "auto" else backend
     return f"{bundle.path}: {who} cannot run {precision or 'any form'} from the forms this bundle holds"
 
@@ -183,7 +184,7 @@ def machine_key(bundle: Bundle, pairs: Sequence[Pair], threads: int | None) -> d
     """What a per-machine result depends on: the CPU and its INT8 features, the backends'
     versions, the threads and the bundle's golden set."""
     cpu = cpu_info()
-    golden = bundle.manifest.get("golden")
+    golden = bundle.golden
     return {"cpu": cpu["model"], "cores": cpu["cores"],
             "flags": sorted(k for k, v in cpu["int8_features"].items() if v),
             "backends": {b: backend_class(b).version() for b in sorted({p.backend for p in pairs})},
@@ -250,7 +251,7 @@ def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: 
 
     from kedge.runtime.golden import GoldenBatch
 
-    golden = bundle.manifest.get("golden")
+    golden = bundle.golden
     batch = GoldenBatch(golden) if golden else None
     tensors = batch.tensors if batch is not None else \
         np.random.default_rng(0).random((2 * CHUNK, 224, 224, 3), dtype=np.float32)
@@ -287,8 +288,7 @@ def _golden_check(bundle: Bundle, pair: Pair, outputs: np.ndarray, batch: Any) -
     golden = batch.golden
     source = source_form_of(bundle, pair)
     target = source or pair.form.name
-    source_sha = bundle.manifest.get("files", {}).get(
-        bundle.manifest.get("artifacts", {}).get(FORMS[target].artifact or "", ""))
+    source_sha = bundle.sha256(FORMS[target].artifact or "")
     if not batch.same_pixels.any():  # not a verdict on the form: this OpenCV draws other pixels
         return Here(None, "the golden images could not be drawn again here (another OpenCV build drew other "
                           "pixels), so this machine cannot check the form")

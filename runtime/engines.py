@@ -20,10 +20,9 @@ from typing import Any
 
 from kedge.runtime.bundle import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import ONNX_FORMS
+from kedge.runtime.forms import engine_precisions, onnx_forms
 
 ENGINE_DIR = "engines"
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -54,8 +53,8 @@ class EngineInfo:
 
 def engine_file_name(model: str, precision: str, tensorrt_version: str, compute_capability: str) -> str:
     """`knee-cnn.int8.trt10.3.sm87.engine`: model, precision, TensorRT major.minor, SM."""
-    if precision not in PRECISIONS:
-        raise KedgeError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision not in engine_precisions():
+        raise KedgeError(f"precision {precision!r}: choose from {', '.join(engine_precisions())}")
     major_minor = ".".join(tensorrt_version.split(".")[:2])
     return f"{model}.{precision}.trt{major_minor}.sm{compute_capability.replace('.', '')}.engine"
 
@@ -124,7 +123,7 @@ def rebuild_command(engine: str | os.PathLike[str], precision: str) -> str:
 
 def _precision_in_name(engine: str | os.PathLike[str]) -> str:
     parts = Path(engine).name.split(".")
-    return parts[1] if len(parts) > 2 and parts[1] in PRECISIONS else "fp32"
+    return parts[1] if len(parts) > 2 and parts[1] in engine_precisions() else "fp32"
 
 
 def tensorrt_module() -> Any:
@@ -155,7 +154,7 @@ def tensorrt_usable() -> bool:
 
 def bundle_engines(bundle: Bundle, precision: str) -> list[Path]:
     """The bundle's engine files of one precision, whatever they were built for."""
-    paths = [bundle.path / rel for rel in bundle.manifest.get("engines", {}).values()]
+    paths = [bundle.path / rel for rel in bundle.engines.values()]
     found = []
     for path in paths:
         try:
@@ -186,8 +185,7 @@ def engine_path(bundle: Bundle, precision: str) -> Path | None:
 
 def source_sha256(bundle: Bundle, relative: str) -> str | None:
     """The sha256 kedge.json records for an engine's source ONNX."""
-    value = bundle.manifest.get("files", {}).get(relative)
-    return str(value) if value is not None else None
+    return bundle.files.get(relative)
 
 
 def source_form_of(bundle: Bundle, pair: Any) -> str | None:
@@ -198,5 +196,5 @@ def source_form_of(bundle: Bundle, pair: Any) -> str | None:
     path = engine_path(bundle, pair.form.precision)
     if path is None:
         return None
-    by_file = {f.file: f.name for f in ONNX_FORMS}
+    by_file = {f.file: f.name for f in onnx_forms()}
     return by_file.get(Path(read_sidecar(path).source_onnx).name)

@@ -271,7 +271,7 @@ def read_envelope(path: str | os.PathLike[str]) -> Envelope:
 
 def bundle_envelope(bundle: Any) -> Envelope | None:
     """The bundle's envelope (sha256 checked), or None for a bundle made without one."""
-    if ARTIFACT not in bundle.manifest.get("artifacts", {}):
+    if not bundle.has(ARTIFACT):
         return None
     return read_envelope(bundle.file(ARTIFACT))
 

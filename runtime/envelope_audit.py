@@ -52,9 +52,9 @@ def image_splits(bundle: Any, data: Path, split_manifest: Path | None) -> dict[s
     """Image path -> split, from split_manifest or the bundle's split.csv ({} without one)."""
     from kedge.runtime.folders import read_split_manifest
 
-    if split_manifest is None and "split_manifest" not in bundle.manifest.get("artifacts", {}):
+    if split_manifest is None and not bundle.has("split_manifest"):
         return {}
-    assigned = read_split_manifest(split_manifest or bundle.file("split_manifest"))
+    assigned = read_split_manifest(split_manifest) if split_manifest is not None else bundle.split
     return {str(Path(data) / relative): name for relative, name in assigned.items()}
 
 

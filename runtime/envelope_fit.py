@@ -18,9 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from kedge.runtime import envelope as env
-from kedge.runtime.bundle import Bundle, atomic_write_text, load_bundle, write_manifest
+from kedge.runtime.bundle import Bundle, atomic_write_text, load_bundle
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.folders import LabelledImage, read_split_manifest
+from kedge.runtime.folders import LabelledImage
 from kedge.runtime.preprocess import PREPROCESS_VERSION, preprocess
 from kedge.runtime.sources import SourceSpec, labelled_items
 
@@ -38,9 +38,9 @@ def split_samples(bundle: Bundle, data: str | os.PathLike[str], spec: SourceSpec
                   progress: bool = True) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Every image of `data` that the bundle's split.csv assigns to train, val or test,
     with its features; and the (path, problem) of those that could not be read."""
-    if "split_manifest" not in bundle.manifest.get("artifacts", {}):
+    if not bundle.has("split_manifest"):
         raise KedgeError(f"{bundle.path}: no split.csv, so no training split to fit the envelope on")
-    assigned = read_split_manifest(bundle.file("split_manifest"))
+    assigned = bundle.split
     root = Path(data)
     items = [(i, assigned.get(i.path.relative_to(root).as_posix()))
              for i in labelled_items(bundle, data, None, spec)]
@@ -61,7 +61,7 @@ def split_samples(bundle: Bundle, data: str | os.PathLike[str], spec: SourceSpec
 def choose_validated(bundle: Bundle, given: Sequence[str] | None,
                      present: Sequence[str]) -> tuple[list[str], str, dict[str, Any]]:
     """(validated sources, how they were chosen, the rule's row per source)."""
-    rule = env.validated_sources(bundle.manifest.get("metrics", {}).get("test", {}))
+    rule = env.validated_sources(bundle.section("metrics").get("test", {}))
     if given:
         unknown = [s for s in given if s not in present]
         if unknown:
@@ -120,13 +120,10 @@ def held_out(envelope: env.Envelope, samples: Sequence[Sample]) -> dict[str, Any
     return result
 
 
-def store(bundle: Bundle, envelope: env.Envelope) -> dict[str, Any]:
+def store(bundle: Bundle, envelope: env.Envelope) -> None:
     """Write envelope.json atomically and record it (with its sha256) in kedge.json."""
     atomic_write_text(bundle.path / env.FILE_NAME, env.dumps(envelope))
-    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "schema")}
-    manifest["artifacts"] = {**manifest.get("artifacts", {}), env.ARTIFACT: env.FILE_NAME}
-    manifest["envelope"] = summary(envelope)
-    return write_manifest(bundle.path, manifest)
+    bundle.update(artifacts={**bundle.artifacts, env.ARTIFACT: env.FILE_NAME}, envelope=summary(envelope))
 
 
 def summary(envelope: env.Envelope) -> dict[str, Any]:

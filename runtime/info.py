@@ -82,7 +82,7 @@ def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
         trt_version = None
     gpu = gpu_info()
     rows = []
-    for name, rel in sorted(bundle.manifest.get("engines", {}).items()):
+    for name, rel in sorted(bundle.engines.items()):
         path = bundle.path / rel
         row: dict[str, Any] = {"engine": name, "compatible": False}
         try:
@@ -94,7 +94,7 @@ def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
             if trt_version is None or gpu is None:
                 raise KedgeError("no TensorRT or no GPU on this machine")
             check_compatible(path, info, trt_version, gpu["compute_capability"],
-                             bundle.manifest.get("files", {}).get(info.source_onnx))
+                             bundle.files.get(info.source_onnx))
             row["compatible"] = True
         except KedgeError as err:
             row["problem"] = str(err)

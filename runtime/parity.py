@@ -38,6 +38,7 @@ import numpy as np
 
 from kedge.runtime.backends import Pair, backend_class, names, pair, runnable_pairs
 from kedge.runtime.backends.base import Backend
+from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions, predict_items
 from kedge.runtime.folders import LabelledImage
@@ -128,21 +129,20 @@ def _problems(row: ParityRow, agreement: float, accuracy: float, ref_accuracy: f
     return problems
 
 
-def onnx_reference(bundle: Any) -> Pair:
+def onnx_reference(bundle: Bundle) -> Pair:
     """The lean reference: the bundle's FP32 ONNX on ONNX Runtime, else its float form
     (the FP16-stored weights a shipped bundle carries, run in FP32), so parity runs on a
     lean install of a shipped model too (one line when it has neither)."""
-    artifacts = bundle.manifest.get("artifacts", {})
-    for name in ("onnx-fp32", "onnx-fp16"):
-        if FORMS[name].artifact in artifacts:
-            return pair("onnxruntime", name)
-    if "onnx_fp32" in bundle.manifest.get("shipped", {}).get("left_out", {}):
-        bundle.file("onnx_fp32")  # says it was left out when the bundle was shipped
+    for spec in (FORMS["onnx-fp32"], FORMS["onnx-fp16"]):
+        if bundle.has(str(spec.artifact)):
+            return pair("onnxruntime", spec.name)
+    if str(FORMS["onnx-fp32"].artifact) in bundle.left_out:
+        bundle.file(str(FORMS["onnx-fp32"].artifact))  # says it was left out when the bundle was shipped
     raise KedgeError(f"{bundle.path}: no reference: parity needs model.keras with TensorFlow, or the FP32 "
                      f"or FP16 ONNX (run `kedge export {bundle.path}`)")
 
 
-def reference_pair(bundle: Any, reference: str | None = None) -> Pair:
+def reference_pair(bundle: Bundle, reference: str | None = None) -> Pair:
     """The parity reference of a bundle, not yet opened: the form of a registered reference
     backend (`keras`: the Keras original, which kedge.train registers) or `onnx-fp32`
     (`onnx_reference`). Default: the reference backend where it is usable here and the
@@ -172,7 +172,7 @@ def _reference_forms() -> dict[str, tuple[str, Form]]:
 
 
 def run_parity(
-    bundle: Any,
+    bundle: Bundle,
     reference: Pair,
     pairs: Sequence[Pair],
     items: Sequence[LabelledImage],
@@ -215,7 +215,7 @@ def format_table(rows: Sequence[ParityRow]) -> str:
 
 
 def bundle_parity(
-    bundle_dir: Any,
+    bundle: Bundle,
     data: Any,
     split: str | None,
     reference: Pair | None = None,
@@ -234,13 +234,9 @@ def bundle_parity(
     """
     import datetime
 
-    from kedge.runtime.bundle import load_bundle, portable_path
-    from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+    from kedge.runtime.bundle import portable_path
 
-    bundle = load_bundle(bundle_dir)
-    items = scan_labelled(data, bundle.classes)
-    if split is not None:
-        items = in_split(items, data, read_split_manifest(bundle.file("split_manifest")), split)
+    items = bundle.labelled(data, split)
     runnable = runnable_pairs(bundle, list(backends) if backends else None)
     if forms:
         unknown = [f for f in forms if f not in {p.form.name for p in runnable}]
@@ -266,7 +262,7 @@ def bundle_parity(
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "forms": {name: spec.description for name, spec in FORMS.items() if name in {p.form.name for p in runnable}},
     }
-    kept = (bundle.manifest.get("parity") or {}).get("reference")
+    kept = bundle.parity.get("reference")
     if record and kept in _reference_forms() and not backend_class(reference.backend).reference:
         # A lean install checking a shipped model against its float form must not replace
         # the parity the bundle carries against its Keras original, the stronger reference.
@@ -279,21 +275,19 @@ def bundle_parity(
     return result
 
 
-def record_parity(bundle: Any, result: dict[str, Any]) -> None:
+def record_parity(bundle: Bundle, result: dict[str, Any]) -> None:
     """Write the parity result into kedge.json atomically, merging with earlier rows of the
     same reference, data and split. Only kedge.json changes, so the sha256 of every other
     file ("files") stays as recorded (a file beside a shipped bundle, such as the model.keras
     a reference was read from, is not added)."""
-    from kedge.runtime.bundle import update_manifest
-
-    old = bundle.manifest.get("parity") or {}
+    old = bundle.parity
     if all(old.get(k) == result[k] for k in ("reference", "data", "split")):
         keys = {row_key(r) for r in result["rows"]}
         kept = [r for r in old.get("rows", []) if row_key(r) not in keys]
         result["rows"] = result["rows"][:1] + kept + result["rows"][1:]
         result["passed"] = all(r["passed"] for r in result["rows"])
         result["forms_passed"] = forms_passed(result["rows"])
-    update_manifest(bundle, parity=result)
+    bundle.update(parity=result)
 
 
 def forms_passed(rows: Sequence[dict[str, Any]]) -> bool:
@@ -310,20 +304,21 @@ def row_key(row: dict[str, Any]) -> str:
     engines only on TensorRT."""
     backend = str(row.get("backend", ""))
     if backend not in (*names(), "keras"):
+        spec = FORMS.get(str(row.get("form")))
         backend = "keras" if row.get("form") == "keras" else (
-            "tensorrt" if str(row.get("form", "")).startswith("trt-") else "onnxruntime")
+            "tensorrt" if spec is not None and spec.format == "engine" else "onnxruntime")
     return f"{backend}/{row.get('form')}/{row.get('precision')}"
 
 
 PASSED, FAILED, UNCHECKED = "passed", "FAILED", "not checked"
 
 
-def status(bundle: Any, pair: Any) -> tuple[str, str]:
+def status(bundle: Bundle, pair: Pair) -> tuple[str, str]:
     """(PASSED | FAILED | UNCHECKED, detail) of one (backend, form, precision) in the bundle's
     recorded parity. The reference itself counts as passed. A row judges the bytes whose
     sha256 it records: a row without one, or for a file that has changed since (a
     re-export without --data, one killed during its parity step), counts as not checked."""
-    parity = bundle.manifest.get("parity") or {}
+    parity = bundle.parity
     for row in parity.get("rows", []):
         if row_key(row) == pair.key:
             judged, now = row.get("file_sha256"), pair.identity(bundle)

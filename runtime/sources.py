@@ -30,10 +30,7 @@ from kedge.runtime.errors import KedgeError
 from kedge.runtime.folders import (
     LabelledImage,
     file_format,
-    in_split,
-    read_split_manifest,
     read_split_sources,
-    scan_labelled,
 )
 
 UNKNOWN = "all"  # the one source of data without source information
@@ -224,13 +221,6 @@ def labelled_items(bundle: Bundle, data: str | os.PathLike[str], split: str | No
     """The labelled images of `data` for this bundle, limited to a split of its split.csv
     (or of `split_manifest`, another bundle's split.csv: to compare two models on one
     held-out split), with sources from `spec`, else from that split.csv."""
-    items = scan_labelled(data, bundle.classes)
-    recorded: dict[str, str] = {}
-    if split_manifest is not None or "split_manifest" in bundle.manifest.get("artifacts", {}):
-        manifest_path = split_manifest if split_manifest is not None else bundle.file("split_manifest")
-        recorded = read_split_sources(manifest_path)
-        if split is not None:
-            items = in_split(items, data, read_split_manifest(manifest_path), split)
-    elif split is not None:
-        raise KedgeError(f"{bundle.path}: no split manifest, so --split cannot be used")
+    items = bundle.labelled(data, split, split_manifest)
+    recorded = read_split_sources(split_manifest) if split_manifest is not None else bundle.sources
     return with_sources(items, data, spec, recorded)

@@ -83,7 +83,7 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, 
     from kedge.calibration.images import select_images
     from kedge.calibration.qdq import quantize
     from kedge.calibration.ranges import calibrate
-    from kedge.runtime.bundle import write_manifest
+    from kedge.runtime.bundle import new_bundle
 
     folder.mkdir(parents=True)
     tiny_onnx(folder / "model.onnx")
@@ -93,14 +93,15 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, 
         ranges, _, _ = calibrate(folder / "model.onnx", images, "minmax", folder / "calibration", progress=False)
         quantize(folder / "model.onnx", ranges, "minmax", "cpu", folder / "model.int8.cpu.onnx")
         artifacts["onnx_int8_cpu"] = "model.int8.cpu.onnx"
-    write_manifest(folder, {"kedge_version": "test", "model": {"name": "tiny", "architecture": "tiny",
+    new_bundle(folder, {"kedge_version": "test", "model": {"name": "tiny", "architecture": "tiny",
                                                               "classes": CLASSES},
                             "input": {"name": "image", "shape": [None, 224, 224, 3], "layout": "NHWC"},
                             "artifacts": artifacts})
     if parity:
         from kedge.export.golden import make_golden
+        from kedge.runtime.bundle import load_bundle
         from kedge.runtime.parity import bundle_parity
 
-        bundle_parity(folder, calibration_images, None, progress=False)
-        make_golden(folder, count=12)
+        bundle_parity(load_bundle(folder), calibration_images, None, progress=False)
+        make_golden(load_bundle(folder), count=12)
     return folder

@@ -79,7 +79,7 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
         choose(bundle, "toy")
     assert not choose(bundle, "toy", allow_unverified=True).verified
 
-    result = bundle_parity(bundle_dir, small_data, None, progress=False, backends=["onnxruntime", "toy"])
+    result = bundle_parity(bundle, small_data, None, progress=False, backends=["onnxruntime", "toy"])
     toy_row = next(r for r in result["rows"] if r["backend"] == "toy")
     assert toy_row["passed"] and toy_row["max_abs_diff"] < 1e-4 and toy_row["runner"].startswith("toy:cpu")
     bundle = load_bundle(bundle_dir)
@@ -212,11 +212,11 @@ def test_infer_says_which_pair_runs_and_why(verified, small_data) -> None:
 
 def test_engine_plans_and_export_names_agree_with_the_table_of_forms() -> None:
     from kedge.export.engine import build_plan
-    from kedge.export.pipeline import FP16_NAME, INT8_CPU_NAME, INT8_QDQ_NAME, ONNX_NAME
+    from kedge.export.pipeline import INT8_CPU_NAME, INT8_QDQ_NAME, ONNX_NAME
     from kedge.runtime.forms import FORMS, form_of_artifact
 
-    names = [FORMS[n].file for n in ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")]
-    assert names == [ONNX_NAME, FP16_NAME, INT8_CPU_NAME, INT8_QDQ_NAME]
+    names = [FORMS[n].file for n in ("onnx-fp32", "onnx-int8", "onnx-int8-qdq")]
+    assert names == [ONNX_NAME, INT8_CPU_NAME, INT8_QDQ_NAME]
     for precision in ("fp32", "fp16", "int8"):
         for major in (10, 11):
             key, _ = build_plan(precision, major)

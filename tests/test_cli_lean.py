@@ -236,7 +236,7 @@ def test_documented_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synth
     from leanbundle import make_lean_bundle
 
     from kedge.cli import main
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle, new_bundle
 
     bundle = make_lean_bundle(tmp_path / "b", synthetic_data, int8=False)
     made = CliRunner().invoke(main, ["export", str(bundle), "--int8", "--calib", str(synthetic_data),
@@ -245,7 +245,7 @@ def test_documented_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synth
     manifest = load_bundle(bundle).manifest
     (bundle / "model.onnx").unlink()  # shipped bundles hold no FP32 ONNX
     artifacts = {k: v for k, v in manifest["artifacts"].items() if k != "onnx_fp32"}
-    write_manifest(bundle, {**{k: v for k, v in manifest.items() if k not in ("files", "schema")},
+    new_bundle(bundle, {**{k: v for k, v in manifest.items() if k not in ("files", "schema")},
                             "artifacts": artifacts})
     assert "kedge export BUNDLE --engine --int8 --workspace 1024" in (REPO / "docs" / "device.md").read_text()
     result = kedge_lean("export", str(bundle), "--engine", "--int8", "--workspace", "1024")

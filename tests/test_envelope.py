@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, real_data_root
 from kedge.runtime import envelope as env
 from kedge.runtime import outsiders
-from kedge.runtime.bundle import load_bundle, write_manifest
+from kedge.runtime.bundle import load_bundle, new_bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.preprocess import preprocess, read_bytes
 
@@ -56,7 +56,7 @@ def add_split(bundle: Path, data: Path, held_out_source: str | None = None) -> P
     manifest["artifacts"]["split_manifest"] = "split.csv"
     manifest["metrics"] = {"test": {"by_source": {
         name: {"n": 20, "balanced_accuracy": 0.9, "chance": 1 / 3} for name in SOURCES}}}
-    write_manifest(bundle, {k: v for k, v in manifest.items() if k not in ("files", "schema")})
+    new_bundle(bundle, {k: v for k, v in manifest.items() if k not in ("files", "schema")})
     return bundle
 
 
@@ -230,7 +230,7 @@ def test_kedge_envelope_override_dry_run_json_and_one_line_errors(plain, synthet
     manifest = load_bundle(nosplit).manifest
     del manifest["artifacts"]["split_manifest"]
     (nosplit / "split.csv").unlink()
-    write_manifest(nosplit, {k: v for k, v in manifest.items() if k not in ("files", "schema")})
+    new_bundle(nosplit, {k: v for k, v in manifest.items() if k not in ("files", "schema")})
     bad = kedge("envelope", nosplit, "--data", synthetic_data)
     assert bad.returncode == 1 and f"{nosplit}: no split.csv" in bad.stderr
 
@@ -248,7 +248,7 @@ def test_a_tampered_envelope_is_refused_before_any_answer(gated, tmp_path, synth
 def test_ship_carries_the_envelope(gated, tmp_path) -> None:
     from kedge.export.ship import ship_bundle
 
-    manifest = ship_bundle(gated, tmp_path / "shipped", ["onnx-fp32"])
+    manifest = ship_bundle(load_bundle(gated), tmp_path / "shipped", ["onnx-fp32"]).manifest
     assert manifest["artifacts"]["envelope"] == "envelope.json"
     assert (tmp_path / "shipped" / "envelope.json").read_bytes() == (gated / "envelope.json").read_bytes()
     assert env.bundle_envelope(load_bundle(tmp_path / "shipped")) is not None

@@ -26,12 +26,12 @@ def lesion_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lesion_bundle(tmp_path_factory) -> Path:
-    from kedge.runtime.bundle import write_manifest
+    from kedge.runtime.bundle import new_bundle
 
     folder = tmp_path_factory.mktemp("lesion") / "lesion"
     folder.mkdir()
     lesion_onnx(folder / "model.onnx")
-    write_manifest(folder, {"model": {"name": "lesion", "architecture": "test", "classes": ["clear", "lesion"]},
+    new_bundle(folder, {"model": {"name": "lesion", "architecture": "test", "classes": ["clear", "lesion"]},
                             "artifacts": {"onnx_fp32": "model.onnx"}})
     return folder
 

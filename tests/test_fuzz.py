@@ -340,9 +340,9 @@ def test_no_tampered_bundle_is_used(tmp_path, synthetic_data) -> None:
     from leanbundle import tiny_onnx  # a different model in the other bundle, listed with its own sha256
 
     tiny_onnx(other / "model.onnx", seed=1)
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle, new_bundle
 
-    write_manifest(other, {k: v for k, v in load_bundle(other).manifest.items() if k not in ("files", "schema")})
+    new_bundle(other, {k: v for k, v in load_bundle(other).manifest.items() if k not in ("files", "schema")})
     image = tmp_path / "knee.png"
     image.write_bytes(encode(pattern(64, 64, seed=SEED), ".png"))
     control = _infer(base, image)

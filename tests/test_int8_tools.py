@@ -14,7 +14,7 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 
 from kedge.cli import main  # noqa: E402
-from kedge.runtime.bundle import load_bundle, write_manifest  # noqa: E402
+from kedge.runtime.bundle import load_bundle, new_bundle  # noqa: E402
 
 CLASSES = ["Normal", "Osteoporosis"]
 
@@ -57,13 +57,13 @@ def bundle(knees, tmp_path) -> Path:
     folder = tmp_path / "offset"
     folder.mkdir()
     offset_model(folder / "model.onnx", threshold=means[len(means) // 2])
-    write_manifest(folder, {"model": {"name": "offset", "architecture": "offset", "classes": CLASSES},
+    new_bundle(folder, {"model": {"name": "offset", "architecture": "offset", "classes": CLASSES},
                             "artifacts": {"onnx_fp32": "model.onnx"}})
     return folder
 
 
 def export(monkeypatch, *args):
-    monkeypatch.setattr("kedge.export.pipeline.tensorflow_available", lambda: False)
+    monkeypatch.setattr("kedge.export.needs.tensorflow_available", lambda: False)
     return CliRunner().invoke(main, ["export", *map(str, args)], catch_exceptions=False)
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from leanbundle import make_lean_bundle
 
 from kedge.cli import main
-from kedge.runtime.bundle import load_bundle, write_manifest
+from kedge.runtime.bundle import load_bundle, new_bundle
 
 DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
@@ -85,7 +85,7 @@ def test_ship_makes_the_paths_of_an_older_bundle_portable(synthetic_data, tmp_pa
     manifest["parity"]["data"] = OLD
     manifest["parity"]["unreadable"] = [{"path": f"{OLD}/knee-3class/Normal/bad.png", "problem": "truncated"}]
     manifest["metrics"] = {"test": {"failures": [{"path": "C:\\Users\\me\\data\\x.png", "problem": "unreadable"}]}}
-    write_manifest(source, manifest)
+    new_bundle(source, manifest)
     assert len(machine_paths(load_bundle(source).manifest)) >= 8  # the test's input really holds them
 
     shipped = tmp_path / "shipped"

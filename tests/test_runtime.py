@@ -285,28 +285,29 @@ def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) 
 
     from kedge.export.parity import parity_for_bundle
     from kedge.export.ship import ship_bundle
-    from kedge.runtime.bundle import sha256_file, write_manifest
+    from kedge.runtime.bundle import new_bundle, sha256_file
 
     source = tmp_path / "source"
     shutil.copytree(lean, source)
     unchecked = load_bundle(source).manifest  # as trained and exported without --data: no parity yet
-    write_manifest(source, {k: v for k, v in unchecked.items() if k not in ("files", "schema", "parity")})
+    new_bundle(source, {k: v for k, v in unchecked.items() if k not in ("files", "schema", "parity")})
     with pytest.raises(KedgeError, match="no parity record"):
-        ship_bundle(source, tmp_path / "early", ["onnx-int8"])
-    assert parity_for_bundle(source, synthetic_data, reference="onnx-fp32", progress=False)["passed"]
+        ship_bundle(load_bundle(source), tmp_path / "early", ["onnx-int8"])
+    assert parity_for_bundle(load_bundle(source), synthetic_data, reference="onnx-fp32", progress=False)["passed"]
     failed = tmp_path / "failed"  # the same bundle, had its INT8 row failed
     shutil.copytree(source, failed)
     manifest = load_bundle(failed).manifest
     for row in manifest["parity"]["rows"]:
         if row["form"] == "onnx-int8":
             row.update(passed=False, problems=["agreement 97.22% < 98.0%"])
-    write_manifest(failed, {k: v for k, v in manifest.items() if k not in ("files", "schema")})
+    new_bundle(failed, {k: v for k, v in manifest.items() if k not in ("files", "schema")})
     with pytest.raises(KedgeError, match=r"only forms that passed parity ship; onnx-int8 FAILED \(agreement 97"):
-        ship_bundle(failed, tmp_path / "refused", ["onnx-int8"])
+        ship_bundle(load_bundle(failed), tmp_path / "refused", ["onnx-int8"])
     with pytest.raises(KedgeError, match="has no onnx-fp16"):
-        ship_bundle(source, tmp_path / "none", ["onnx-fp16"])
+        ship_bundle(load_bundle(source), tmp_path / "none", ["onnx-fp16"])
     shipped = tmp_path / "shipped"
-    manifest = ship_bundle(source, shipped, ["onnx-int8"], data_source="synthetic knees made by the tests")
+    manifest = ship_bundle(load_bundle(source), shipped, ["onnx-int8"],
+                           data_source="synthetic knees made by the tests").manifest
     assert manifest["card"]["training_data"]["source"] == "synthetic knees made by the tests"
     assert not any((tmp_path / n).exists() for n in ("early", "none", "refused"))  # nothing half-written
     assert set(manifest["artifacts"]) == {"onnx_int8_cpu"}  # the small provenance files it has (none here)
@@ -321,12 +322,12 @@ def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) 
                      "Known limitations", "model.int8.cpu.onnx"):
         assert expected in text.stdout
     with pytest.raises(KedgeError, match=r"model.onnx \(onnx_fp32\) was left out when this bundle was shipped"):
-        parity_for_bundle(shipped, synthetic_data, reference="onnx-fp32", progress=False)
+        parity_for_bundle(load_bundle(shipped), synthetic_data, reference="onnx-fp32", progress=False)
     both = tmp_path / "both"  # with its FP32 reference, parity runs and records its rows in the shipped bundle
-    ship_bundle(source, both, ["onnx-fp32", "onnx-int8"])
+    ship_bundle(load_bundle(source), both, ["onnx-fp32", "onnx-int8"])
     before = load_bundle(both).manifest
     (both / "model.keras").write_bytes(b"beside the bundle, not part of it")
-    result = parity_for_bundle(both, synthetic_data, reference="onnx-fp32", progress=False)
+    result = parity_for_bundle(load_bundle(both), synthetic_data, reference="onnx-fp32", progress=False)
     after = load_bundle(both).manifest
     assert result["recorded"] is True and after["parity"]["rows"] == result["rows"]
     assert after["files"] == before["files"]  # only kedge.json changed: the sha256 bookkeeping stays right

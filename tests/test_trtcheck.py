@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from kedge.export.trtcheck import check_model  # noqa: E402
-from kedge.runtime.bundle import write_manifest  # noqa: E402
+from kedge.runtime.bundle import new_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ def _bundle_with(tmp_path: Path, model) -> Path:
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     onnx.save(model, bundle / "model.int8.qdq.onnx")
-    write_manifest(bundle, {"model": {"name": "tiny", "classes": ["a", "b"]},
+    new_bundle(bundle, {"model": {"name": "tiny", "classes": ["a", "b"]},
                             "artifacts": {"onnx_int8_qdq": "model.int8.qdq.onnx"}})
     return bundle
 

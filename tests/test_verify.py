@@ -26,14 +26,14 @@ def _kedge(*args):
 def bundle(synthetic_data, tmp_path_factory) -> Path:
     """The lean bundle plus its symmetric TensorRT Q/DQ form, as export makes it."""
     from kedge.calibration.qdq import quantize
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle, new_bundle
 
     folder = make_lean_bundle(tmp_path_factory.mktemp("verify") / "tiny", synthetic_data)
     ranges = next((folder / "calibration").glob("ranges.*.json"))
     quantize(folder / "model.onnx", ranges, "minmax", "tensorrt", folder / "model.int8.qdq.onnx")
     manifest = {k: v for k, v in load_bundle(folder).manifest.items() if k != "files"}
     manifest["artifacts"]["onnx_int8_qdq"] = "model.int8.qdq.onnx"
-    write_manifest(folder, manifest)
+    new_bundle(folder, manifest)
     return folder
 
 
@@ -96,12 +96,12 @@ def test_verify_fails_when_a_form_no_longer_matches_its_golden_outputs(bundle, t
 def test_verify_without_a_golden_set_says_what_to_run(bundle, tmp_path) -> None:
     import shutil
 
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle, new_bundle
 
     copy = tmp_path / "plain"
     shutil.copytree(bundle, copy)
     manifest = {k: v for k, v in load_bundle(copy).manifest.items() if k not in ("files", "golden")}
-    write_manifest(copy, manifest)
+    new_bundle(copy, manifest)
     result = _kedge("verify", copy, "--bench-iterations", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "NOT CHECKABLE HERE  golden set: the bundle has no golden set (run `kedge golden BUNDLE`" in result.stdout
@@ -112,7 +112,7 @@ def test_verify_data_without_fp32_reference_uses_the_recorded_parity(bundle, syn
     its ONNX file had in the bundle's recorded parity on the same folder and split."""
     import shutil
 
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle, new_bundle
 
     copy = tmp_path / "shipped"
     shutil.copytree(bundle, copy)
@@ -123,7 +123,7 @@ def test_verify_data_without_fp32_reference_uses_the_recorded_parity(bundle, syn
     for row in manifest["parity"]["rows"]:
         if row["form"] == "onnx-int8":
             row["accuracy"] += 0.05  # as if the CPU form had done better (on every backend) when it shipped
-    write_manifest(copy, manifest)
+    new_bundle(copy, manifest)
     result = _kedge("verify", copy, "--data", synthetic_data, "--bench-iterations", "0", "--json")
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     qdq, cpu = checks["parity onnxruntime onnx-int8-qdq int8"], checks["parity onnxruntime onnx-int8 int8"]
@@ -175,7 +175,7 @@ def test_verify_runs_and_reports_every_registered_pair(bundle, tmp_path, monkeyp
 
     from kedge.export.verify import verify_bundle
     from kedge.runtime import backends
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle, new_bundle
 
     monkeypatch.setattr(backends, "REGISTRY", dict(backends.REGISTRY))
     backends.register("good-toy", GoodToy)
@@ -183,7 +183,7 @@ def test_verify_runs_and_reports_every_registered_pair(bundle, tmp_path, monkeyp
     copy = tmp_path / "toys"
     shutil.copytree(bundle, copy)
     assert _kedge("golden", copy, "--count", "6").returncode == 0
-    report = verify_bundle(copy, build=False, bench_iterations=0)
+    report = verify_bundle(load_bundle(copy), build=False, bench_iterations=0)
     checks = {c.name: c for c in report.checks}
     assert checks["golden good-toy onnx-int8 int8"].status == "passed"
     assert checks["golden broken-toy onnx-int8 int8"].status == "failed"
@@ -193,7 +193,7 @@ def test_verify_runs_and_reports_every_registered_pair(bundle, tmp_path, monkeyp
     manifest["parity"] = {"reference": "onnx-fp32", "data": "d", "split": "test", "rows": [
         {"backend": "broken-toy", "form": "onnx-int8", "precision": "int8", "passed": False, "n": 6,
          "problems": ["agreement 0% < 98%"]}]}
-    write_manifest(copy, manifest)
-    report = verify_bundle(copy, build=False, bench_iterations=0)
+    new_bundle(copy, manifest)
+    report = verify_bundle(load_bundle(copy), build=False, bench_iterations=0)
     assert {c.name: c for c in report.checks}["golden broken-toy onnx-int8 int8"].status == "failed as recorded"
     assert report.passed

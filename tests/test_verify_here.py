@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from leanbundle import make_lean_bundle
 
-from kedge.runtime.bundle import load_bundle, update_manifest
+from kedge.runtime.bundle import load_bundle
 from kedge.runtime.errors import KedgeError
 
 SATURATION_ERROR = 0.11  # the smallest max |dp| of the 8-bit INT8 files on an AVX2-only EPYC
@@ -91,7 +91,7 @@ def test_a_form_off_by_the_saturation_error_is_never_used_and_auto_falls_back(bu
     bundle = load_bundle(bundle_dir)
     golden = dict(bundle.manifest["golden"])
     golden["outputs"] = {**golden["outputs"], "onnx-int8": shift(golden["outputs"]["onnx-int8"], SATURATION_ERROR)}
-    update_manifest(bundle, golden=golden)
+    bundle.update(golden=golden)
 
     choice = choose(load_bundle(bundle_dir))
     assert choice.pair.precision == "fp32" and choice.fallback and choice.verified
@@ -119,7 +119,7 @@ def test_a_small_kernel_difference_still_passes(bundle_dir) -> None:
     bundle = load_bundle(bundle_dir)
     golden = dict(bundle.manifest["golden"])
     golden["outputs"] = {**golden["outputs"], "onnx-int8": shift(golden["outputs"]["onnx-int8"], 0.03)}
-    update_manifest(bundle, golden=golden)
+    bundle.update(golden=golden)
     assert choose(load_bundle(bundle_dir)).pair.precision == "int8"
 
 
@@ -225,7 +225,7 @@ def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bu
     assert "onnx-int8" in {r["form"] for r in rows[1:]} and all(r["passed"] for r in rows)
     assert json.loads(parity.stdout)["recorded"]  # its recorded parity was against the FP32 ONNX, not Keras
     bundle = load_bundle(shipped)  # as shipped from a desktop: parity recorded against Keras
-    update_manifest(bundle, parity={**bundle.manifest["parity"], "reference": "keras"})
+    bundle.update(parity={**bundle.manifest["parity"], "reference": "keras"})
     again = kedge("parity", shipped, "--data", small_data)
     assert again.returncode == 0 and "not recorded: the bundle's recorded parity is against Keras" in again.stdout
     assert load_bundle(shipped).manifest["parity"]["reference"] == "keras"
@@ -233,7 +233,7 @@ def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bu
     bundle = load_bundle(shipped)
     golden = dict(bundle.manifest["golden"])
     golden["outputs"] = {**golden["outputs"], "onnx-int8": shift(golden["outputs"]["onnx-int8"], SATURATION_ERROR)}
-    update_manifest(bundle, golden=golden)
+    bundle.update(golden=golden)
     choice = choose(load_bundle(shipped))
     assert choice.fallback and choice.pair.form.name == "onnx-fp16"
 
@@ -244,6 +244,6 @@ def test_golden_images_another_opencv_draws_differently_leave_the_pair_unchecked
 
     bundle = load_bundle(bundle_dir)
     golden = {**bundle.manifest["golden"], "pixel_sha256": ["0" * 64] * len(bundle.manifest["golden"]["indices"])}
-    update_manifest(bundle, golden=golden)
+    bundle.update(golden=golden)
     choice = choose(load_bundle(bundle_dir))
     assert not choice.verified and "could not be drawn again here (another OpenCV build" in choice.reason

@@ -20,7 +20,7 @@ from kedge.runtime.bundle import Bundle, sha256_file
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import Form
 
-KERAS = Form("keras", "fp32", "model.keras", "keras", "the Keras original (tf_keras)")
+KERAS = Form("keras", "fp32", "model.keras", "keras", "the Keras original (tf_keras)", format="keras")
 
 
 def keras_available() -> bool:
@@ -44,17 +44,17 @@ class KerasSession(Session):
 
 def has_keras(bundle: Bundle) -> bool:
     """The bundle lists its model.keras, or was shipped without it and has it back beside it."""
-    left_out = bundle.manifest.get("shipped", {}).get("left_out", {}).get("keras")
-    beside = bool(left_out) and (bundle.path / left_out["file"]).is_file()
-    return "keras" in bundle.manifest.get("artifacts", {}) or beside
+    left_out = bundle.left_out.get(str(KERAS.artifact))
+    beside = left_out is not None and (bundle.path / left_out["file"]).is_file()
+    return bundle.has(str(KERAS.artifact)) or beside
 
 
 def keras_file(bundle: Bundle) -> Path:
     """The bundle's model.keras; for a shipped bundle, the one it was shipped without, put
     back beside it (checked against the sha256 the shipped manifest kept)."""
-    left_out = bundle.manifest.get("shipped", {}).get("left_out", {}).get("keras")
-    if "keras" in bundle.manifest.get("artifacts", {}) or not left_out:
-        return Path(bundle.file("keras"))
+    left_out = bundle.left_out.get(str(KERAS.artifact))
+    if bundle.has(str(KERAS.artifact)) or not left_out:
+        return Path(bundle.file(str(KERAS.artifact)))
     path = bundle.path / left_out["file"]
     if not path.is_file():
         raise KedgeError(f"{bundle.path}: {left_out['file']} was left out when this bundle was shipped; put the one "

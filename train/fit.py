@@ -19,9 +19,9 @@ from kedge.runtime.bundle import (
     INTENDED_USE,
     atomic_write_text,
     check_output_folder,
+    new_bundle,
     portable_path,
     staged_folder,
-    write_manifest,
 )
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import format_report, predict_items, score
@@ -169,7 +169,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             sources["file"] = portable_path(sources["file"], settings.data)
         for failure in test_report["failures"]:
             failure["path"] = portable_path(failure["path"], settings.data)
-        manifest = write_manifest(stage, {
+        manifest = new_bundle(stage, {
             "kedge_version": kedge.__version__,
             "model": {"name": arch.name, "architecture": arch.name, "classes": classes, "paper": arch.paper,
                       "options": options, "parameters": parameter_counts(model)},
@@ -193,7 +193,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> dict[s
             },
             "metrics": {scored: test_report},
             "intended_use": INTENDED_USE,
-        })
+        }).manifest
     log(f"bundle written: {settings.out}")
     return manifest
 

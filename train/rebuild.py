@@ -95,7 +95,7 @@ def record_rebuild(model: str, shipped_dir: Path, ran: list[dict[str, str]]) -> 
     """Write the recipe into the shipped kedge.json as the commands that remake it from a
     checkout beside ../shared/data (the default folders, so no machine path is recorded),
     with the seeds and when each step ran here."""
-    from kedge.runtime.bundle import load_bundle, update_manifest
+    from kedge.runtime.bundle import load_bundle
 
     canonical = commands(model, Path("../shared/data"), Path("runs") / model, Path("runtime/models") / model)
     record: dict[str, object] = {
@@ -103,7 +103,7 @@ def record_rebuild(model: str, shipped_dir: Path, ran: list[dict[str, str]]) -> 
         "commands": ["kedge " + shlex.join(step) for step in canonical], "ran": ran,
         "seeds": {"train": int(_value(canonical[0], "--seed", "0")), "calibration": 0, "golden": 0},
         "python": sys.version.split()[0]}
-    update_manifest(load_bundle(shipped_dir), rebuild=record)
+    load_bundle(shipped_dir).update(rebuild=record)
     return record
 
 

@@ -148,7 +148,7 @@ def _bundles(seed: int, report: dict, work: Path) -> None:
     from leanbundle import make_lean_bundle, tiny_onnx
 
     from imagegen import encode, pattern
-    from kedge.runtime.bundle import load_bundle, write_manifest
+    from kedge.runtime.bundle import load_bundle, new_bundle
 
     rng = np.random.default_rng(seed)
     data = work / "data"
@@ -160,7 +160,7 @@ def _bundles(seed: int, report: dict, work: Path) -> None:
     base = make_lean_bundle(root / "base", data, int8=False, parity=True)
     other = make_lean_bundle(root / "other", data, int8=False, parity=False)
     tiny_onnx(other / "model.onnx", seed=1)
-    write_manifest(other, {k: v for k, v in load_bundle(other).manifest.items() if k not in ("files", "schema")})
+    new_bundle(other, {k: v for k, v in load_bundle(other).manifest.items() if k not in ("files", "schema")})
     image = root / "knee.png"
     image.write_bytes(encode(pattern(64, 64, seed=seed), ".png"))
     tampered = test_fuzz.tampered_bundles(base, other, rng)

@@ -79,7 +79,7 @@ def card(bundles: tuple[Path, ...], as_json: bool) -> None:
     if as_json:
         emit_json([card_json(b) for b in loaded])
         return
-    click.echo("\n\n".join(render_card(b.manifest, str(b.path.resolve())) for b in loaded))
+    click.echo("\n\n".join(render_card(b) for b in loaded))
 
 
 def _finish(result: Any, as_json: bool) -> None:
@@ -116,8 +116,10 @@ def check_trt(bundle: Path, versions: str, max_batch: int | None, as_json: bool)
       kedge check-trt runtime/models/resnet50-gru --trt 10.3
     """
     from kedge.export.trtcheck import TRT_VERSIONS, check_bundle
+    from kedge.runtime.bundle import load_bundle
 
-    _finish(check_bundle(bundle, TRT_VERSIONS if versions == "all" else (versions,), max_batch), as_json)
+    _finish(check_bundle(load_bundle(bundle), TRT_VERSIONS if versions == "all" else (versions,), max_batch),
+            as_json)
 
 
 @click.command()
@@ -151,9 +153,10 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
       kedge verify runtime/models/resnet50-gru --report verify.md
     """
     from kedge.export.verify import verify_bundle
-    from kedge.runtime.bundle import atomic_write_text
+    from kedge.runtime.bundle import atomic_write_text, load_bundle
 
-    result = verify_bundle(bundle, data, split, build=not no_build, bench_iterations=bench_iterations, log=log)
+    result = verify_bundle(load_bundle(bundle), data, split, build=not no_build, bench_iterations=bench_iterations,
+                           log=log)
     if report_path is not None:
         atomic_write_text(report_path, result.markdown())
     _finish(result, as_json)

@@ -117,6 +117,7 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
     Exit status 1 if the parity gate fails: a form that no backend here reproduces.
     """
     from kedge.export.pipeline import ExportReport, ExportSettings, export_bundle
+    from kedge.runtime.bundle import load_bundle
 
     size = None if calib_size.strip().lower() == "all" else positive_int(calib_size, "--calib-size")
     if options["split"] is not None and options["data"] is None and options["calib"] is None:  # never ignored
@@ -124,15 +125,16 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
     if options["calib_split"] is not None and options["calib"] is None:
         raise KedgeError(f"--calib-split {options['calib_split']} needs --calib DIR")
     only_triton = triton_repo is not None and not any(options[k] for k in ("fp16", "int8", "engine", "data"))
+    loaded = load_bundle(bundle)
     if only_triton:
         report = ExportReport(str(bundle))
     else:
-        report = export_bundle(ExportSettings(bundle=bundle, calib_size=size, workspace_mib=workspace_mib,
+        report = export_bundle(ExportSettings(bundle=loaded, calib_size=size, workspace_mib=workspace_mib,
                                               progress=not quiet, **options), log=log)
     if triton_repo is not None:
         from kedge.export.triton import write_repository
 
-        report.add_triton(write_repository(bundle, triton_repo, max_batch=options["max_batch"]))
+        report.add_triton(write_repository(loaded, triton_repo, max_batch=options["max_batch"]))
     if as_json:
         emit_json(report.to_json())
     else:
@@ -176,9 +178,10 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
       kedge parity runtime/models/knee-cnn --data ../shared/data/knee-3class --split test
     """
     from kedge.export.parity import parity_for_bundle
+    from kedge.runtime.bundle import load_bundle
     from kedge.runtime.parity import format_result, result_json
 
-    result = parity_for_bundle(bundle, data, split, reference, csv_list(forms, "--forms"), batch_size,
+    result = parity_for_bundle(load_bundle(bundle), data, split, reference, csv_list(forms, "--forms"), batch_size,
                                progress=not quiet, log=None if as_json else log,
                                backends=csv_list(backends, "--backend"))
     if as_json:
@@ -209,8 +212,9 @@ def golden(bundle: Path, count: int, seed: int, reference: str | None, as_json: 
       kedge golden runtime/models/resnet50-gru
     """
     from kedge.export.golden import make_golden
+    from kedge.runtime.bundle import load_bundle
 
-    stored = make_golden(bundle, count, seed, reference, log=log)
+    stored = make_golden(load_bundle(bundle), count, seed, reference, log=log)
     if as_json:
         emit_json(stored)
     else:
@@ -296,11 +300,11 @@ def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite
       kedge ship runs/gru --out runtime/models/resnet50-gru --forms onnx-fp32,onnx-int8
     """
     from kedge.export.ship import ship_bundle
+    from kedge.runtime.bundle import load_bundle
 
     names = csv_list(forms, "--forms") or []
-    manifest = ship_bundle(bundle, out, names, overwrite, data_source)
-    log(f"shipped {manifest['model']['name']} to {out}: {', '.join(names)}, "
-        f"{manifest['shipped']['bytes'] / 1e6:.1f} MB")
+    shipped = ship_bundle(load_bundle(bundle), out, names, overwrite, data_source)
+    log(f"shipped {shipped.name} to {out}: {', '.join(names)}, {shipped.section('shipped')['bytes'] / 1e6:.1f} MB")
 
 
 COMMANDS = [export_command, parity, golden, envelope, ship]

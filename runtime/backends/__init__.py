@@ -105,7 +105,7 @@ def pair(backend: str, form_name: str, precision: str | None = None) -> Pair:
 
 def backends_for(spec: Form) -> list[str]:
     """Registered backends that declare they run `spec` (whether or not usable here)."""
-    return [n for n in names() if spec.name in backend_class(n).forms]
+    return [n for n in names() if backend_class(n).runs(spec)]
 
 
 def runnable_pairs(bundle: Bundle, backends: list[str] | None = None) -> list[Pair]:

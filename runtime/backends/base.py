@@ -56,7 +56,7 @@ class Session(abc.ABC):
         self.close()
 
 
-EVERY_ONNX_FORM = ("onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")  # for backends that read any ONNX
+EVERY_ONNX_FORM = ("onnx",)  # for backends that read any ONNX: the format of every ONNX row of forms.FORMS
 
 
 class Backend(abc.ABC):
@@ -72,7 +72,7 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     title: ClassVar[str] = ""  # its name for people, on its `kedge info` line (default: `name`)
     device: ClassVar[str] = "cpu"
-    forms: ClassVar[tuple[str, ...]] = ()  # names in the table of forms (runtime/forms.py)
+    forms: ClassVar[tuple[str, ...]] = ()  # form names of forms.FORMS, or a format ("onnx": every ONNX form)
     own_forms: ClassVar[tuple[Form, ...]] = ()  # forms outside that table it brings itself (a reference's original)
     checked: ClassVar[bool] = True  # parity and the golden check judge it; False: it runs only when named
     reference: ClassVar[bool] = False  # parity's reference: the others are compared against it, never it
@@ -104,11 +104,15 @@ class Backend(abc.ABC):
         return None
 
     @classmethod
+    def runs(cls, spec: Form) -> bool:
+        """It declares it runs this form, by name or by format ("onnx": every ONNX form)."""
+        return spec.name in cls.forms or spec.format in cls.forms
+
+    @classmethod
     def forms_in(cls, bundle: Bundle) -> list[Form]:
-        """The forms of `bundle` this backend runs here: by default, those of its `forms`
-        that are files the bundle lists (in the order of the table of forms)."""
-        artifacts = bundle.manifest.get("artifacts", {})
-        return [f for f in FORMS.values() if f.name in cls.forms and f.artifact is not None and f.artifact in artifacts]
+        """The forms of `bundle` this backend runs here: by default, those it `runs` that are
+        files the bundle lists (in the order of the table of forms)."""
+        return [f for f in FORMS.values() if cls.runs(f) and f.artifact is not None and bundle.has(f.artifact)]
 
     @classmethod
     def precisions(cls, form: Form) -> tuple[str, ...]:
@@ -141,14 +145,13 @@ class Backend(abc.ABC):
     def identity(self) -> str:
         """What identifies the bytes this runs (parity rows and the per-machine cache are bound
         to it): the sha256 kedge.json records for the form's file."""
-        relative = self.bundle.manifest.get("artifacts", {}).get(self.form.artifact or "", "")
-        return str(self.bundle.manifest.get("files", {}).get(relative, relative))
+        key = self.form.artifact or ""
+        return str(self.bundle.sha256(key) or self.bundle.artifacts.get(key, ""))
 
     def file_sha256(self) -> str | None:
         """sha256 of the file this runs, for the audit trail (recorded in kedge.json, else hashed)."""
-        relative = self.bundle.manifest.get("artifacts", {}).get(self.form.artifact or "")
-        if relative:
-            return self.bundle.manifest.get("files", {}).get(relative)
+        if self.form.artifact is not None and self.bundle.has(self.form.artifact):
+            return self.bundle.sha256(self.form.artifact)
         from kedge.runtime.bundle import sha256_file
 
         return sha256_file(self.locate())

@@ -184,7 +184,7 @@ class OpenVINO(Backend):
     def open(self) -> Session:
         path = self.locate()
         relative = path.relative_to(self.bundle.path).as_posix()
-        sha = self.bundle.manifest.get("files", {}).get(relative)
+        sha = self.bundle.files.get(relative)
         if sha is None:
             from kedge.runtime.bundle import sha256_file
 

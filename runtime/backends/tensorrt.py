@@ -165,7 +165,7 @@ class TensorRT(Backend):
     """The plug-in: this machine's engines of the bundle (see runtime/engines.py for discovery).
     Option: `cuda_graph`."""
 
-    name, device, forms = "tensorrt", "cuda", ("trt-fp32", "trt-fp16", "trt-int8")
+    name, device, forms = "tensorrt", "cuda", ("engine",)  # every engine row of forms.FORMS
     title = "TensorRT"
 
     @classmethod
@@ -175,10 +175,10 @@ class TensorRT(Backend):
     @classmethod
     def forms_in(cls, bundle: Bundle) -> list[Form]:
         """The engine forms with an engine built for this machine (an engine for another one is not runnable here)."""
-        if not bundle.manifest.get("engines"):
+        if not bundle.engines:
             return []
         found = []
-        for spec in (f for f in FORMS.values() if f.name in cls.forms):
+        for spec in (f for f in FORMS.values() if cls.runs(f)):
             try:
                 if engine_path(bundle, spec.precision) is not None:
                     found.append(spec)

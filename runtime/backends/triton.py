@@ -20,7 +20,7 @@ from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import Form
 
-SERVED = Form("triton", "served", "", None, "whatever form the Triton server runs")
+SERVED = Form("triton", "served", "", None, "whatever form the Triton server runs", format="served")
 
 
 def _tritonclient_http() -> Any:
