@@ -210,6 +210,19 @@ def test_infer_says_which_pair_runs_and_why(verified, small_data) -> None:
     assert run.stdout.split(": ", 1)[1].split()[0] in CLASSES
 
 
+def test_backends_claim_forms_by_name_or_by_the_tables_format() -> None:
+    """ONNX Runtime and OpenVINO run every ONNX row, TensorRT every engine row (a new row
+    needs no backend edit), and the forms Keras and Triton bring themselves are claimed by
+    no backend that reads files of the table."""
+    from kedge.runtime.backends import backend_class, backends_for
+    from kedge.runtime.forms import FORMS
+
+    for spec in FORMS.values():
+        assert backends_for(spec) == (["tensorrt"] if spec.format == "engine" else ["openvino", "onnxruntime"])
+    for name in ("keras", "triton"):
+        assert all(backends_for(own) == [] for own in backend_class(name).own_forms)
+
+
 def test_engine_plans_and_export_names_agree_with_the_table_of_forms() -> None:
     from kedge.export.engine import build_plan
     from kedge.export.pipeline import INT8_CPU_NAME, INT8_QDQ_NAME, ONNX_NAME
