@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from kedge.runtime.bundle import sha256_file
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.folders import class_trees, expand_inputs, is_image_file
-from kedge.runtime.preprocess import PREPROCESS_VERSION, preprocess
+from kedge.runtime.inputs.folders import class_trees, expand_inputs, is_image_file
+from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION, preprocess
 
 DEFAULT_SIZE = 300
 

@@ -139,7 +139,7 @@ class Validation:
         return compare("candidate", "onnxruntime", "int8", predictions, self.reference, self.classes)
 
     def tensors(self, count: int) -> np.ndarray:
-        from kedge.runtime.preprocess import preprocess
+        from kedge.runtime.inputs.preprocess import preprocess
 
         step = max(1, len(self.reference.items) // count)
         return np.stack([preprocess(i.path) for i in self.reference.items[::step][:count]])

@@ -32,7 +32,7 @@ from kedge.runtime.bundle import atomic_path, sha256_file
 from kedge.runtime.engines import ENGINE_DIR, EngineInfo, write_sidecar
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.forms import FORMS, engine_precisions, engine_source
-from kedge.runtime.preprocess import INPUT_SHAPE
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -31,8 +31,8 @@ def make_golden(bundle: Bundle, count: int = DEFAULT_COUNT, seed: int = 0,
     """Write the golden set into the bundle's kedge.json; returns it."""
     from kedge.runtime.backends import pair
     from kedge.runtime.forms import onnx_forms
+    from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION
     from kedge.runtime.parity import reference_pair
-    from kedge.runtime.preprocess import PREPROCESS_VERSION
 
     if count < 1:
         raise KedgeError(f"--count {count}: need at least one golden image")

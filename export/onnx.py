@@ -17,7 +17,7 @@ import numpy as np
 
 from kedge.runtime.bundle import atomic_path
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.preprocess import INPUT_SHAPE, PREPROCESS_VERSION
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE, PREPROCESS_VERSION
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
@@ -103,12 +103,12 @@ def check_parity(
 def gate_images(paths: Sequence[str | os.PathLike[str]], count: int = 8, seed: int = 0) -> np.ndarray:
     """A handful of model inputs for the export gates: real images when given, else
     synthetic knees (deterministic), always through the runtime's preprocessing."""
-    from kedge.runtime.preprocess import preprocess
+    from kedge.runtime.inputs.preprocess import preprocess
 
     if paths:
         chosen = list(paths)[:count]
         return np.stack([preprocess(p) for p in chosen])
-    from kedge.runtime.preprocess import to_model_input
+    from kedge.runtime.inputs.preprocess import to_model_input
     from kedge.runtime.synthetic import knee_radiograph
 
     rng = np.random.default_rng(seed)

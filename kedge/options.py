@@ -208,7 +208,7 @@ def source_options(function: Any) -> Any:
 
 def source_spec(options: dict[str, Any]) -> Any:
     """Pop the source_options values from a command's kwargs into a SourceSpec."""
-    from kedge.runtime.sources import make_spec
+    from kedge.runtime.inputs.sources import make_spec
 
     return make_spec(options.pop("sources_file"), options.pop("source_rule"), options.pop("path_column"),
                      options.pop("source_column"))

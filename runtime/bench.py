@@ -28,7 +28,7 @@ import numpy as np
 from kedge.runtime.backends import Pair, backend_class, names, runnable_pairs
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.preprocess import preprocess
+from kedge.runtime.inputs.preprocess import preprocess
 
 MODES = ("engine", "end_to_end")
 BASELINE = "default"  # the precision label of a backend's out-of-the-box setting (its `baseline`)

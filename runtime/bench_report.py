@@ -9,8 +9,8 @@ from typing import Any
 from kedge.runtime import bench
 from kedge.runtime.backends import Pair
 from kedge.runtime.bundle import Bundle
-from kedge.runtime.folders import expand_inputs
-from kedge.runtime.preprocess import preprocess, read_bytes
+from kedge.runtime.inputs.folders import expand_inputs
+from kedge.runtime.inputs.preprocess import preprocess, read_bytes
 
 
 def bench_images(inputs: Sequence[str]) -> list[bytes]:

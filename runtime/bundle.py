@@ -24,7 +24,7 @@ from pathlib import Path, PurePath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
 from kedge.runtime.schema import (
     MAX_MANIFEST_BYTES,
     PATH_TABLES,
@@ -35,7 +35,7 @@ from kedge.runtime.schema import (
 )
 
 if TYPE_CHECKING:
-    from kedge.runtime.folders import LabelledImage
+    from kedge.runtime.inputs.folders import LabelledImage
 
 MANIFEST_NAME = "kedge.json"
 INTENDED_USE = "Research use only, not a diagnostic device."
@@ -230,14 +230,14 @@ class Bundle:
     @property
     def split(self) -> dict[str, str]:
         """The split.csv: image path relative to the training folder -> train, val, test or excluded."""
-        from kedge.runtime.folders import read_split_manifest
+        from kedge.runtime.inputs.folders import read_split_manifest
 
         return read_split_manifest(self.file("split_manifest"))
 
     @property
     def sources(self) -> dict[str, str]:
         """The split.csv's source of each image ({} without a split.csv, or one written before sources)."""
-        from kedge.runtime.folders import read_split_sources
+        from kedge.runtime.inputs.folders import read_split_sources
 
         return read_split_sources(self.file("split_manifest")) if self.has("split_manifest") else {}
 
@@ -245,7 +245,7 @@ class Bundle:
                  split_csv: str | os.PathLike[str] | None = None) -> list[LabelledImage]:
         """The labelled images of `data` (class folders of this bundle's classes), only those
         the bundle's split.csv (or `split_csv`, another bundle's) puts in `split` when given."""
-        from kedge.runtime.folders import in_split, read_split_manifest, scan_labelled
+        from kedge.runtime.inputs.folders import in_split, read_split_manifest, scan_labelled
 
         items = scan_labelled(data, self.classes)
         if split is None:

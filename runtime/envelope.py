@@ -51,7 +51,7 @@ FEATURE_LENGTH = THUMBNAIL * THUMBNAIL + HISTOGRAM_BINS + len(ENERGIES)
 COMPONENTS = 20
 KEEP = 0.95  # share of the validated sources' validation images the threshold keeps inside
 MAX_ENVELOPE_BYTES = 1 << 20
-UNKNOWN_SOURCE = "all"  # the one source of a model trained without sources (runtime.sources.UNKNOWN)
+UNKNOWN_SOURCE = "all"  # the one source of a model trained without sources (runtime.inputs.sources.UNKNOWN)
 _DIGITS = 6  # significant digits stored; the threshold is set with the stored numbers
 
 

@@ -50,7 +50,7 @@ def _answers(probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, int
 
 def image_splits(bundle: Any, data: Path, split_manifest: Path | None) -> dict[str, str]:
     """Image path -> split, from split_manifest or the bundle's split.csv ({} without one)."""
-    from kedge.runtime.folders import read_split_manifest
+    from kedge.runtime.inputs.folders import read_split_manifest
 
     if split_manifest is None and not bundle.has("split_manifest"):
         return {}

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from kedge.runtime import envelope as env
 from kedge.runtime.bundle import Bundle, atomic_write_text, load_bundle
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.folders import LabelledImage
-from kedge.runtime.preprocess import PREPROCESS_VERSION, preprocess
-from kedge.runtime.sources import SourceSpec, labelled_items
+from kedge.runtime.inputs.folders import LabelledImage
+from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION, preprocess
+from kedge.runtime.inputs.sources import SourceSpec, labelled_items
 
 SPLITS = ("train", "val", "test")
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from kedge.runtime import envelope as env
 from kedge.runtime import outsiders
 from kedge.runtime.envelope_fit import Sample
-from kedge.runtime.preprocess import preprocess, read_bytes
+from kedge.runtime.inputs.preprocess import preprocess, read_bytes
 
 GROSS = (("inverted", "inverted polarity", 0.95), ("rotated-90", "rotated 90 degrees", 0.80),
          ("corner-crop", "quarter-size corner crops", 0.70))

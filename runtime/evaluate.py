@@ -16,10 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from kedge.runtime.errors import ImageError
-from kedge.runtime.folders import LabelledImage
+from kedge.runtime.inputs.folders import LabelledImage
+from kedge.runtime.inputs.preprocess import preprocess
+from kedge.runtime.inputs.sources import UNKNOWN
 from kedge.runtime.metrics import classification_report, group_metrics, metrics_by, worst_group
-from kedge.runtime.preprocess import preprocess
-from kedge.runtime.sources import UNKNOWN
 
 NOT_VALIDATED_MARGIN = 0.10  # a source below chance + this is "not validated for images like it"
 

@@ -113,7 +113,7 @@ def explain_image(image: Path, bundles: Sequence[Any], out: Path | None, open_ru
                   log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """One PNG per bundle for `image`: `open_runner(bundle)` gives (runner, form name),
     `explainer` makes the map. Returns what was written, one dict per model."""
-    from kedge.runtime.preprocess import preprocess
+    from kedge.runtime.inputs.preprocess import preprocess
 
     x = preprocess(image)
     written = []

@@ -46,7 +46,7 @@ class GoldenImages:
     pixel_sha256: list[str]
 
     def tensors(self) -> np.ndarray:
-        from kedge.runtime.preprocess import preprocess
+        from kedge.runtime.inputs.preprocess import preprocess
 
         return np.stack([preprocess(png, f"golden-{i}") for i, png in enumerate(self.pngs)])
 

@@ -24,7 +24,7 @@ from kedge.runtime.bundle import Bundle
 from kedge.runtime.choice import choose
 from kedge.runtime.envelope import GATE_FIELDS, Check, bundle_envelope
 from kedge.runtime.errors import ImageError, KedgeError, safe_name
-from kedge.runtime.preprocess import INPUT_SHAPE, preprocess, read_bytes
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE, preprocess, read_bytes
 
 
 @dataclass(frozen=True)

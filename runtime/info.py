@@ -115,7 +115,7 @@ def collect(bundle: str | Path | None = None) -> dict[str, Any]:
     import numpy as np
 
     import kedge
-    from kedge.runtime.preprocess import PREPROCESS_VERSION
+    from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION
 
     info: dict[str, Any] = {
         "kedge": kedge.__version__, "python": platform.python_version(), "platform": platform.platform(),

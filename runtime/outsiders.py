@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
-from kedge.runtime.preprocess import decode_grey, to_model_input
+from kedge.runtime.inputs.preprocess import decode_grey, to_model_input
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 

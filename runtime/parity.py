@@ -41,8 +41,8 @@ from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions, predict_items
-from kedge.runtime.folders import LabelledImage
 from kedge.runtime.forms import FORMS, Form
+from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.metrics import classification_report
 
 THRESHOLDS: dict[str, dict[str, float]] = {

@@ -125,7 +125,7 @@ def audit_bundle(bundle: Any, items: Sequence[Any], open_runner: Callable[[], tu
     from kedge.runtime.envelope_audit import GateRecorder, envelope_section, image_splits
     from kedge.runtime.errors import KedgeError
     from kedge.runtime.evaluate import predict_items
-    from kedge.runtime.sources import UNKNOWN
+    from kedge.runtime.inputs.sources import UNKNOWN
 
     if items and all(item.source == UNKNOWN for item in items):  # nothing to audit: say so, never "passed"
         raise KedgeError(f"{data}: no source is known for these images, so no source check is possible: give "

@@ -59,9 +59,9 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
     from kedge.runtime.backends import backends_for, runnable_pairs
     from kedge.runtime.bench import bundle_pairs, run_bench, synthetic_jpeg
     from kedge.runtime.choice import choose
-    from kedge.runtime.folders import expand_inputs
     from kedge.runtime.forms import form
     from kedge.runtime.infer import Prediction, Predictor
+    from kedge.runtime.inputs.folders import expand_inputs
     from kedge.runtime.parity import bundle_parity
 
     monkeypatch.setattr(backends, "REGISTRY", dict(backends.REGISTRY))  # the registry as it was, afterwards

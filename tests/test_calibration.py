@@ -12,7 +12,7 @@ from kedge.calibration.images import _quotas, select_images
 from kedge.calibration.trt_cache import cache_text, read_cache, trt_version_code, with_version
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions
-from kedge.runtime.folders import LabelledImage
+from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.parity import compare, format_table
 from kedge.runtime.synthetic import write_dataset
 

@@ -27,7 +27,7 @@ def test_runtime_never_imports_tensorflow() -> None:
     # TensorFlow made unimportable: every runtime module, the CLI and the synthetic generator still load and run.
     code = BLOCK_TF + IMPORT_RUNTIME + (
         "import cv2, numpy as np, kedge.cli, kedge.runtime.synthetic\n"
-        "from kedge.runtime.preprocess import preprocess\n"
+        "from kedge.runtime.inputs.preprocess import preprocess\n"
         "print(preprocess(cv2.imencode('.png', np.zeros((9, 9), np.uint8))[1].tobytes()).shape)"
     )
     result = python(code)
@@ -193,7 +193,7 @@ def test_dataset_command(synthetic_data, tmp_path) -> None:
 
 
 def test_expand_inputs_files_folders_globs(tmp_path) -> None:
-    from kedge.runtime.folders import expand_inputs
+    from kedge.runtime.inputs.folders import expand_inputs
 
     for name in ("a/1.png", "a/b/2.JPG", "a/notes.txt", "c.bmp"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

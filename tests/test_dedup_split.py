@@ -89,8 +89,8 @@ def test_bad_fractions(tmp_path) -> None:
 def test_split_is_stratified_by_source_and_class(tmp_path) -> None:
     """Two sources with different class mixes: every (source, class) cell is spread over
     the splits, and split.csv records each file's source."""
-    from kedge.runtime.folders import read_split_sources
-    from kedge.runtime.sources import make_spec
+    from kedge.runtime.inputs.folders import read_split_sources
+    from kedge.runtime.inputs.sources import make_spec
 
     root = tmp_path / "d"
     for source, mix in (("siteA", {"Normal": 30, "Osteoporosis": 10}), ("siteB", {"Normal": 10, "Osteoporosis": 30})):

@@ -16,7 +16,7 @@ pydicom = pytest.importorskip("pydicom", reason="needs the [dicom] extra")
 
 from imagegen import PATIENT, dicom  # noqa: E402
 from kedge.runtime.errors import ImageError  # noqa: E402
-from kedge.runtime.preprocess import preprocess, to_model_input  # noqa: E402
+from kedge.runtime.inputs.preprocess import preprocess, to_model_input  # noqa: E402
 
 TOLERANCE = 1e-3  # max |dx| between a DICOM's tensor and its PNG source's (windowing rounds to 1/4096)
 
@@ -126,7 +126,7 @@ def test_dicom_and_png_give_the_same_prediction_and_no_identifier_leaks(tmp_path
 
 
 def test_folder_scans_find_extensionless_dicoms_by_their_marker(tmp_path) -> None:
-    from kedge.runtime.folders import expand_inputs
+    from kedge.runtime.inputs.folders import expand_inputs
 
     (tmp_path / "IM0001").write_bytes(dicom(knee(12), 12))
     (tmp_path / "README").write_bytes(b"not an image, no marker" * 10)
@@ -152,7 +152,7 @@ def test_a_rescale_slope_or_intercept_alone_is_refused(present) -> None:
 def test_the_display_pipeline_gives_the_same_pixels_band_by_band(monkeypatch) -> None:
     """The pipeline runs on bands of rows to bound its memory: bands of 7 rows give the
     same image as one band, with rescale, window and MONOCHROME1 inversion."""
-    from kedge.runtime import dicom as dicom_module
+    from kedge.runtime.inputs import dicom as dicom_module
 
     data = dicom(knee(12, seed=4), 12, "MONOCHROME1", slope=2.0, intercept=-100.0, window=(3000.0, 5000.0))
     whole, scale = dicom_module.decode_dicom(data, "scan.dcm")

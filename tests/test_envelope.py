@@ -26,7 +26,7 @@ from kedge.runtime import envelope as env
 from kedge.runtime import outsiders
 from kedge.runtime.bundle import load_bundle, new_bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.preprocess import preprocess, read_bytes
+from kedge.runtime.inputs.preprocess import preprocess, read_bytes
 
 pytest.importorskip("onnx", reason="the lean test bundle is built with onnx")
 

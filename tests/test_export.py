@@ -124,7 +124,7 @@ def test_int8_forms_keep_the_output_softmax_in_float(exported, parity_data) -> N
     import onnx
 
     from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
-    from kedge.runtime.preprocess import preprocess
+    from kedge.runtime.inputs.preprocess import preprocess
 
     bundle, _ = exported
     batch = np.stack([preprocess(p) for p in sorted(parity_data.rglob("*.png"))[:8]])

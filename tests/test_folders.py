@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.folders import parse_classes, scan_labelled
+from kedge.runtime.inputs.folders import parse_classes, scan_labelled
 
 
 def make_tree(root, layout: dict[str, list[str]]) -> None:

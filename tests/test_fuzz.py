@@ -33,7 +33,7 @@ from leanbundle import make_lean_bundle  # noqa: E402
 
 from imagegen import dicom, encode, pattern, png_chunk  # noqa: E402
 from kedge.runtime.errors import ImageError, safe_name  # noqa: E402
-from kedge.runtime.preprocess import preprocess  # noqa: E402
+from kedge.runtime.inputs.preprocess import preprocess  # noqa: E402
 
 SEED = int(os.environ.get("KEDGE_FUZZ_SEED", "1313"))
 MARKER = "KFZ7731"  # planted as PatientID and in PatientName: must appear in no output
@@ -383,7 +383,7 @@ def test_random_manifest_mutations_never_give_a_traceback(tmp_path, synthetic_da
 
 def test_deflated_dicom_is_inflated_in_bounded_steps(monkeypatch) -> None:
     """A deflated body past the limit is refused once the limit is passed, not inflated whole."""
-    from kedge.runtime import dicom as dicom_module
+    from kedge.runtime.inputs import dicom as dicom_module
 
     monkeypatch.setattr(dicom_module, "MAX_BYTES", 4 << 20)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
@@ -420,7 +420,7 @@ def bounded(code: str, seconds: float, max_mib: float | None = None, *args: str)
 def deflated_dicom(blob: bytes) -> bytes:
     """The smallest file kedge treats as Deflated Explicit VR: preamble, DICM, the
     transfer-syntax element, then `blob` as the body."""
-    from kedge.runtime.dicom import DEFLATED
+    from kedge.runtime.inputs.dicom import DEFLATED
 
     syntax = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(DEFLATED)) + DEFLATED
     meta = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(syntax)) + syntax
@@ -433,7 +433,7 @@ def test_deflated_dicom_with_a_pad_byte_after_the_stream_does_not_hang(tmp_path)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     path = tmp_path / "padded.dcm"
     path.write_bytes(deflated_dicom(packer.compress(bytes(3 << 20)) + packer.flush() + b"\x00"))
-    code = ("import sys\nfrom kedge.runtime.dicom import _check_deflated_size\n"
+    code = ("import sys\nfrom kedge.runtime.inputs.dicom import _check_deflated_size\n"
             "_check_deflated_size(open(sys.argv[1], 'rb').read(), 'padded.dcm')")
     bounded(code, 30, None, str(path))
 
@@ -489,8 +489,9 @@ def test_the_header_reader_does_not_walk_junk_byte_by_byte(tmp_path, head, size)
     within a CPU-second of work (byte by byte, this took 14 s and 21 s)."""
     path = tmp_path / "junk"
     path.write_bytes(head + (b"\xff" if head.startswith(b"\xff") else b"\x00") * (size - len(head)))
-    code = ("import sys, time\nfrom kedge.runtime.preprocess import preprocess\nfrom kedge.runtime.errors import "
-            "ImageError\nstart = time.process_time()\ntry:\n    preprocess(sys.argv[1])\nexcept ImageError as err:\n"
+    code = ("import sys, time\nfrom kedge.runtime.inputs.preprocess import preprocess\n"
+            "from kedge.runtime.errors import ImageError\nstart = time.process_time()\n"
+            "try:\n    preprocess(sys.argv[1])\nexcept ImageError as err:\n"
             "    print(err)\nprint('cpu-s', time.process_time() - start)")
     out = bounded(code, 60, None, str(path)).splitlines()
     assert float(out[1].split()[1]) < 2.0, out
@@ -510,7 +511,7 @@ def test_a_large_deflated_dicom_peaks_near_its_pixels(tmp_path) -> None:
     path = tmp_path / "big.dcm"
     path.write_bytes(dicom(stored, 16, syntax=DeflatedExplicitVRLittleEndian, patient=PATIENT))
     del stored
-    code = ("import sys\nimport pydicom\nfrom kedge.runtime.preprocess import preprocess\n"
+    code = ("import sys\nimport pydicom\nfrom kedge.runtime.inputs.preprocess import preprocess\n"
             f"print('base-kib', {status_kib('VmRSS')})\nprint(preprocess(sys.argv[1]).shape)")
     out = bounded(code, 60, None, str(path)).split()
     above_mib = (int(out[-1]) - int(out[1])) / 1024
@@ -536,7 +537,7 @@ def test_an_audit_trail_that_is_a_fifo_is_refused_not_waited_on(tmp_path, synthe
 def test_a_class_name_with_a_control_character_is_refused_for_training() -> None:
     """The bundle would refuse it when loaded: refuse it before training, not after."""
     from kedge.runtime.errors import KedgeError
-    from kedge.runtime.folders import parse_classes
+    from kedge.runtime.inputs.folders import parse_classes
 
     with pytest.raises(KedgeError, match="control character"):
         parse_classes("Normal,\x1b[31mOsteoporosis")
@@ -556,8 +557,9 @@ def test_an_image_whose_decode_would_pass_the_memory_limit_is_refused_first(tmp_
         data = dicom(np.ascontiguousarray(image), 16, patient=PATIENT)
     path = tmp_path / "big"
     path.write_bytes(data)
-    code = ("import sys\nfrom kedge.runtime import preprocess as p\nfrom kedge.runtime.errors import ImageError\n"
-            "import kedge.runtime.limits\nkedge.runtime.limits.MAX_DECODE_BYTES = 32 << 20\n"
+    code = ("import sys\nfrom kedge.runtime.inputs import preprocess as p\n"
+            "from kedge.runtime.errors import ImageError\n"
+            "import kedge.runtime.inputs.limits\nkedge.runtime.inputs.limits.MAX_DECODE_BYTES = 32 << 20\n"
             f"print('base-kib', {status_kib('VmRSS')})\n"
             "try:\n    p.preprocess(sys.argv[1])\nexcept ImageError as err:\n    print(err)\n")
     out = bounded(code, 60, None, str(path)).splitlines()
@@ -591,7 +593,8 @@ def test_a_png_chunk_longer_than_its_file_is_refused_before_opencv_allocates_it(
     png[at:at + 4] = struct.pack(">I", struct.unpack(">I", png[at:at + 4])[0] | 0x80000000)
     path = tmp_path / "long-idat.png"
     path.write_bytes(bytes(png))
-    code = ("import sys\nfrom kedge.runtime.preprocess import preprocess\nfrom kedge.runtime.errors import ImageError\n"
+    code = ("import sys\nfrom kedge.runtime.inputs.preprocess import preprocess\n"
+            "from kedge.runtime.errors import ImageError\n"
             f"print('base-kib', {status_kib('VmRSS')})\n"
             "try:\n    preprocess(sys.argv[1])\nexcept ImageError as err:\n    print(err)\n")
     out = bounded(code, 30, None, str(path)).splitlines()

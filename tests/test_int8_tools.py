@@ -51,7 +51,7 @@ def knees(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def bundle(knees, tmp_path) -> Path:
-    from kedge.runtime.preprocess import preprocess
+    from kedge.runtime.inputs.preprocess import preprocess
 
     means = sorted(float(preprocess(p).mean()) for p in knees.rglob("*.png"))
     folder = tmp_path / "offset"

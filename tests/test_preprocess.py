@@ -9,8 +9,8 @@ import pytest
 
 from imagegen import encode, pattern, png_header_only, with_sbit
 from kedge.runtime.errors import ImageError
-from kedge.runtime.imageheader import read_header
-from kedge.runtime.preprocess import INPUT_SHAPE, PREPROCESS_VERSION, preprocess
+from kedge.runtime.inputs.imageheader import read_header
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE, PREPROCESS_VERSION, preprocess
 
 
 def check_tensor(x: np.ndarray) -> None:

@@ -10,8 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kedge.runtime.folders import scan_labelled
-from kedge.runtime.preprocess import preprocess
+from kedge.runtime.inputs.folders import scan_labelled
+from kedge.runtime.inputs.preprocess import preprocess
 
 pytestmark = pytest.mark.realdata
 CLASSES = ["Normal", "Osteopenia", "Osteoporosis"]
@@ -121,9 +121,9 @@ def test_shipped_models_do_not_answer_from_the_source(real_data, model) -> None:
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.infer import Predictor
+    from kedge.runtime.inputs.sources import labelled_items, make_spec
     from kedge.runtime.shipped import MODELS_DIR
     from kedge.runtime.shortcut import TOP_SHARE_LIMIT, audit
-    from kedge.runtime.sources import labelled_items, make_spec
 
     bundle = load_bundle(MODELS_DIR / model)
     items = labelled_items(bundle, real_data, None, make_spec(real_data / "manifest.csv", None, "path", "collection"))

@@ -180,8 +180,8 @@ def test_infer_without_any_model(tmp_path, monkeypatch) -> None:
 
 
 def test_batching_and_decode_threads_do_not_change_results(lean, images) -> None:
-    from kedge.runtime.folders import expand_inputs
     from kedge.runtime.infer import Failure, Predictor
+    from kedge.runtime.inputs.folders import expand_inputs
 
     paths = expand_inputs([images])
     with Predictor(load_bundle(lean), "onnxruntime", precision="fp32") as predictor:
@@ -263,7 +263,7 @@ def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 
 def test_reduced_jpeg_decode_is_close_to_the_full_decode_and_keeps_orientation() -> None:
-    from kedge.runtime.preprocess import decode_grey, jpeg_reduction, preprocess
+    from kedge.runtime.inputs.preprocess import decode_grey, jpeg_reduction, preprocess
     from kedge.runtime.synthetic import knee_radiograph
 
     image = cv2.resize(knee_radiograph(0.5, np.random.default_rng(3), size=1024), (2000, 1800))
@@ -429,7 +429,7 @@ def test_audit_file_that_cannot_be_opened(lean, synthetic_data, tmp_path) -> Non
 
 def test_full_decode_flag_uses_the_exact_jpeg_decode(lean, tmp_path) -> None:
     from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
-    from kedge.runtime.preprocess import preprocess
+    from kedge.runtime.inputs.preprocess import preprocess
     from kedge.runtime.synthetic import knee_radiograph
 
     image = cv2.resize(knee_radiograph(0.4, np.random.default_rng(5), size=512), (2000, 1700))

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from kedge.cli import main
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.folders import LabelledImage, scan_labelled
-from kedge.runtime.sources import class_mix, make_spec, mix_warnings, with_sources
+from kedge.runtime.inputs.folders import LabelledImage, scan_labelled
+from kedge.runtime.inputs.sources import class_mix, make_spec, mix_warnings, with_sources
 
 CLASSES = ["Normal", "Osteoporosis"]
 

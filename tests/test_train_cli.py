@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from kedge.cli import main
 from kedge.runtime.bundle import load_bundle, sha256_file
-from kedge.runtime.preprocess import PREPROCESS_VERSION
+from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION
 
 pytestmark = pytest.mark.tensorflow
 
@@ -123,7 +123,7 @@ def test_mixed_precision_option(tf_keras, synthetic_data, tmp_path) -> None:
 def test_label_smoothing_and_class_weights(tf_keras, synthetic_data, tmp_path) -> None:
     from dataclasses import replace
 
-    from kedge.runtime.folders import scan_labelled
+    from kedge.runtime.inputs.folders import scan_labelled
     from kedge.train.loop import sample_weights
 
     classes = ["Normal", "Osteopenia", "Osteoporosis"]

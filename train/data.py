@@ -1,6 +1,6 @@
 """From a class-per-folder tree to seeded, stratified, duplicate-safe splits.
 
-Steps: scan the folder (kedge.runtime.folders), fingerprint every image through the
+Steps: scan the folder (kedge.runtime.inputs.folders), fingerprint every image through the
 runtime's preprocessing (unreadable files are excluded and reported, not fatal),
 group duplicates, drop groups whose labels conflict, keep one file per set of
 byte-identical copies, then split whole groups per (source, class) so that each split
@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from kedge.runtime.bundle import atomic_write_text
 from kedge.runtime.errors import ImageError, KedgeError
-from kedge.runtime.folders import LabelledImage, read_split_manifest, scan_labelled  # noqa: F401 (re-export)
-from kedge.runtime.sources import SourceSpec, class_mix, mix_warnings, with_sources
+from kedge.runtime.inputs.folders import LabelledImage, read_split_manifest, scan_labelled  # noqa: F401 (re-export)
+from kedge.runtime.inputs.sources import SourceSpec, class_mix, mix_warnings, with_sources
 from kedge.train.dedup import duplicate_groups, fingerprint
 
 SPLITS = ("train", "val", "test")

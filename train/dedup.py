@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from kedge.runtime.preprocess import decode_grey, read_bytes, to_model_input
+from kedge.runtime.inputs.preprocess import decode_grey, read_bytes, to_model_input
 
 PHASH_MAX_DISTANCE = 10  # of 64 bits: candidate near-duplicates
 # Confirmation: Pearson correlation of 32x32 thumbnails. Measured on ../shared/data:

@@ -11,7 +11,7 @@ from typing import Any
 from kedge.runtime.bundle import load_bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import predict_items, score
-from kedge.runtime.sources import SourceSpec, labelled_items
+from kedge.runtime.inputs.sources import SourceSpec, labelled_items
 from kedge.train.data import SPLITS
 from kedge.train.models import load_keras_model
 

@@ -25,8 +25,8 @@ from kedge.runtime.bundle import (
 )
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import format_report, predict_items, score
-from kedge.runtime.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
-from kedge.runtime.sources import SourceSpec, mix_warnings
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
+from kedge.runtime.inputs.sources import SourceSpec, mix_warnings
 from kedge.train import data as datamod
 from kedge.train import loop, plots
 from kedge.train.adversary import Adversary

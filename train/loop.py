@@ -23,9 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.folders import LabelledImage
+from kedge.runtime.inputs.folders import LabelledImage
+from kedge.runtime.inputs.preprocess import preprocess
 from kedge.runtime.metrics import metrics_by
-from kedge.runtime.preprocess import preprocess
 from kedge.runtime.shortcut import MIN_IMAGES, TOP_SHARE_LIMIT
 from kedge.train.augment import AugmentSettings, augment, image_rng
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.preprocess import INPUT_SHAPE
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE
 from kedge.train.tfkeras import keras
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.nativeio import native_stderr
+from kedge.runtime.inputs.nativeio import native_stderr
 
 INSTALL_HINT = "pip install 'kedge[train]'"
 

@@ -113,7 +113,7 @@ def _decode_all(family: str, seed: int, report: dict) -> None:
     import test_fuzz
 
     from kedge.runtime.errors import ImageError
-    from kedge.runtime.preprocess import preprocess
+    from kedge.runtime.inputs.preprocess import preprocess
 
     rng = np.random.default_rng(seed)
     source = {"images": _images, "dicom": _dicoms, "junk": _junk}[family]

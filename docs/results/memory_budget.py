@@ -80,7 +80,7 @@ def _junk(path: Path) -> None:
     import struct
     import zlib
 
-    from kedge.runtime.limits import MAX_FILE_BYTES
+    from kedge.runtime.inputs.limits import MAX_FILE_BYTES
 
     ihdr = struct.pack(">IIBBBBB", SIDE, SIDE, 8, 0, 0, 0, 0)
     chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))

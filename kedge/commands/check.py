@@ -209,8 +209,8 @@ def audit(bundle: Path, data: Path, split: str | None, split_manifest: Path | No
     from kedge.runtime.bundle import load_bundle
     from kedge.runtime.envelope_audit import format_section
     from kedge.runtime.explain import require_matplotlib
+    from kedge.runtime.inputs.sources import labelled_items
     from kedge.runtime.shortcut import audit_bundle, format_audit
-    from kedge.runtime.sources import labelled_items
 
     spec = source_spec(sources)
     if plot is not None:

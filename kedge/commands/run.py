@@ -89,8 +89,8 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
     from tqdm import tqdm
 
     from kedge.runtime.audit import AuditLog
-    from kedge.runtime.folders import expand_inputs
     from kedge.runtime.infer import classify, render
+    from kedge.runtime.inputs.folders import expand_inputs
 
     if as_json and as_csv:
         raise KedgeError("--json and --csv: choose one")
@@ -257,9 +257,9 @@ def preprocess(inputs: tuple[str, ...], out_dir: Path | None, as_json: bool) -> 
       kedge preprocess knee.png scans/ --out-dir /tmp/seen
     """
     from kedge.runtime.errors import ImageError
-    from kedge.runtime.folders import expand_inputs
-    from kedge.runtime.inputview import ViewWriter, tensor_summary
-    from kedge.runtime.preprocess import preprocess as run_preprocess
+    from kedge.runtime.inputs.folders import expand_inputs
+    from kedge.runtime.inputs.inputview import ViewWriter, tensor_summary
+    from kedge.runtime.inputs.preprocess import preprocess as run_preprocess
 
     views = None if out_dir is None else ViewWriter(out_dir)
     rows, failed = [], 0

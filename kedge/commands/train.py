@@ -121,7 +121,7 @@ def train(model: str, data: Path, out: Path, classes: str | None, fractions: str
     worst source does best on validation: so a model cannot score by learning the source.
     Trains on a CUDA GPU when TensorFlow sees one, else on the CPU (and says which).
     """
-    from kedge.runtime.folders import parse_classes
+    from kedge.runtime.inputs.folders import parse_classes
     from kedge.train.fit import TrainSettings
     from kedge.train.fit import train as run_training
     from kedge.train.models import get_architecture
@@ -202,7 +202,7 @@ def dataset(data: Path, classes: str, fractions: str, seed: int, write_split: Pa
     Example:
       kedge dataset ../shared/data --sources ../shared/data/manifest.csv --source-column collection
     """
-    from kedge.runtime.folders import parse_classes
+    from kedge.runtime.inputs.folders import parse_classes
     from kedge.train.data import dataset_report, format_dataset_report, prepare, write_split_manifest
 
     prepared = prepare(data, parse_classes(classes), parse_fractions(fractions), seed, progress=not as_json,
@@ -236,7 +236,7 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
       kedge synth --out runs/synthetic-knees
       kedge synth --out runs/big --per-class 200 --size 512 --classes Normal,Osteoporosis
     """
-    from kedge.runtime.folders import parse_classes
+    from kedge.runtime.inputs.folders import parse_classes
     from kedge.runtime.synthetic import write_dataset
 
     paths = write_dataset(out, parse_classes(classes), per_class, seed, size, overwrite)

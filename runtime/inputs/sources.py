@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kedge.runtime.bundle import Bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.folders import (
+from kedge.runtime.inputs.folders import (
     LabelledImage,
     file_format,
     read_split_sources,

@@ -26,7 +26,7 @@ class LabelledImage:
     path: Path
     label: int  # index into the class list
     class_name: str
-    source: str = "all"  # where the image came from (kedge.runtime.sources); "all" when unknown
+    source: str = "all"  # where the image came from (kedge.runtime.inputs.sources); "all" when unknown
 
     @property
     def format(self) -> str:

@@ -40,9 +40,9 @@ import cv2
 import numpy as np
 
 from kedge.runtime.errors import ImageError
-from kedge.runtime.imageheader import read_header
-from kedge.runtime.limits import MAX_FILE_BYTES, decode_memory_problem, size_problem
-from kedge.runtime.nativeio import native_stderr, one_line
+from kedge.runtime.inputs.imageheader import read_header
+from kedge.runtime.inputs.limits import MAX_FILE_BYTES, decode_memory_problem, size_problem
+from kedge.runtime.inputs.nativeio import native_stderr, one_line
 
 PREPROCESS_VERSION = "2"
 INPUT_SIZE = 224
@@ -115,7 +115,7 @@ def decode_grey(data: bytes, name: str | os.PathLike[str] = "<bytes>",
     if header is None:
         raise ImageError(name, "not an image kedge can read (expected PNG, JPEG, BMP, TIFF or DICOM)")
     if header.format == "dicom":
-        from kedge.runtime.dicom import decode_dicom
+        from kedge.runtime.inputs.dicom import decode_dicom
 
         return decode_dicom(data, name)
     if header.format not in DECODABLE:

@@ -10,7 +10,7 @@ import numpy as np
 
 from kedge.runtime.bundle import atomic_path
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.preprocess import PREPROCESS_VERSION
+from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION
 
 
 def tensor_summary(path: Path, x: np.ndarray) -> dict[str, Any]:

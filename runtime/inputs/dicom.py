@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.errors import ImageError
-from kedge.runtime.limits import MAX_PIXELS, decode_memory_problem, size_problem
+from kedge.runtime.inputs.limits import MAX_PIXELS, decode_memory_problem, size_problem
 
 FULL_SCALE = 65535
 DEFLATED = b"1.2.840.10008.1.2.1.99"
