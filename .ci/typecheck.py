@@ -2,7 +2,7 @@
 
 setup.cfg maps the repository's top-level folders into one package (runtime/ is
 kedge.runtime, train/ is kedge.train, ...). mypy has no such mapping: handed the
-folders, it names runtime/bundle.py `runtime.bundle`, and every `from kedge.runtime...`
+folders, it names runtime/bundle/manifest.py `runtime.bundle.manifest`, and every `from kedge.runtime...`
 import resolves to nothing (Any, under ignore_missing_imports), so no call across
 modules is checked. This builds a tree of symlinks shaped like the installed package,
 from setup.cfg's package_dir (the one list of folders, so a new folder is covered

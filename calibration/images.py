@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from kedge.runtime.bundle import sha256_file
+from kedge.runtime.bundle.manifest import sha256_file
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.inputs.folders import class_trees, expand_inputs, is_image_file
 from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION, preprocess

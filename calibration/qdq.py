@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kedge.calibration.ranges import ort_method
-from kedge.runtime.bundle import atomic_path
+from kedge.runtime.bundle.manifest import atomic_path
 from kedge.runtime.errors import KedgeError
 
 TARGETS = ("tensorrt", "cpu")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kedge.calibration.images import CalibrationSet
-from kedge.runtime.bundle import atomic_path, sha256_file
+from kedge.runtime.bundle.manifest import atomic_path, sha256_file
 from kedge.runtime.errors import KedgeError
 
 METHODS = ("minmax", "entropy", "percentile")

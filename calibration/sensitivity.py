@@ -104,7 +104,7 @@ def plot_table(rows: Sequence[TensorSqnr], path: str | os.PathLike[str], top: in
         import matplotlib.pyplot as plt
     except ImportError:
         raise KedgeError("--sensitivity-plot needs matplotlib (install kedge[train] or kedge[explain])") from None
-    from kedge.runtime.bundle import atomic_path
+    from kedge.runtime.bundle.manifest import atomic_path
 
     worst = list(rows[:top])[::-1]
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(worst) + 1.2))

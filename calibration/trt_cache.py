@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kedge.runtime.bundle import atomic_write_text
+from kedge.runtime.bundle.manifest import atomic_write_text
 from kedge.runtime.errors import KedgeError
 
 # TensorRT calibrator algorithm for each kedge method (TensorRT has no percentile calibrator;

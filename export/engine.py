@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kedge.runtime.bundle import atomic_path, sha256_file
-from kedge.runtime.engines import ENGINE_DIR, EngineInfo, write_sidecar
+from kedge.runtime.bundle.engines import ENGINE_DIR, EngineInfo, write_sidecar
+from kedge.runtime.bundle.forms import FORMS, engine_precisions, engine_source
+from kedge.runtime.bundle.manifest import atomic_path, sha256_file
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, engine_precisions, engine_source
 from kedge.runtime.inputs.preprocess import INPUT_SHAPE
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ INT8_SOURCES = ("qdq", "calibration-cache")
 
 def tensorrt_version() -> str | None:
     """The installed TensorRT's version, or None when there is no real TensorRT."""
-    from kedge.runtime.engines import tensorrt_module
+    from kedge.runtime.bundle.engines import tensorrt_module
 
     try:
         return str(tensorrt_module().__version__)

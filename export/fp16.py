@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from kedge.calibration.ranges import collect_ranges
-from kedge.runtime.bundle import atomic_path
+from kedge.runtime.bundle.manifest import atomic_path
 
 FP16_MAX = 65504.0
 OVERFLOW_MARGIN = 8.0  # block a node whose observed |output| exceeds FP16_MAX / 8 (headroom for unseen images)

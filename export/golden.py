@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.golden import DECIMALS, GOLDEN_VERSION, SIZE, GoldenImages, draw, pool_densities, select_spread
 
@@ -30,7 +30,7 @@ def make_golden(bundle: Bundle, count: int = DEFAULT_COUNT, seed: int = 0,
                 reference: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the golden set into the bundle's kedge.json; returns it."""
     from kedge.runtime.backends import pair
-    from kedge.runtime.forms import onnx_forms
+    from kedge.runtime.bundle.forms import onnx_forms
     from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION
     from kedge.runtime.parity import reference_pair
 

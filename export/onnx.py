@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.bundle import atomic_path
+from kedge.runtime.bundle.manifest import atomic_path
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.inputs.preprocess import INPUT_SHAPE, PREPROCESS_VERSION
 

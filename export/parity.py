@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 
 
 def parity_for_bundle(

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from kedge.export import needs
-from kedge.runtime.bundle import Bundle, portable_path, sha256_file
+from kedge.runtime.bundle.forms import FORMS, Form, onnx_forms
+from kedge.runtime.bundle.manifest import Bundle, portable_path, sha256_file
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, Form, onnx_forms
 
 ONNX_NAME = FORMS["onnx-fp32"].file  # file names come from the one table of forms
 INT8_QDQ_NAME = FORMS["onnx-int8-qdq"].file
@@ -444,8 +444,8 @@ def _check_trt(bundle: Bundle, report: ExportReport, log: Log) -> None:
 
 def _build_engines(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log) -> None:
     from kedge.export.engine import build_engine, build_plan, tensorrt_version
+    from kedge.runtime.bundle.engines import ENGINE_DIR
     from kedge.runtime.cuda import has_gpu
-    from kedge.runtime.engines import ENGINE_DIR
 
     version = tensorrt_version()
     if version is None or not has_gpu():

@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import Bundle, new_bundle, portable_path, staged_folder
+from kedge.runtime.bundle.forms import form as form_spec
+from kedge.runtime.bundle.manifest import Bundle, new_bundle, portable_path, staged_folder
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import form as form_spec
 
 # Small files that carry provenance (and let a device rebuild INT8 engines from a shipped FP32 ONNX),
 # and the input envelope (envelope.json) that `kedge infer` gates on.
@@ -96,7 +96,7 @@ def _data_folders(bundle: Bundle) -> list[str]:
 
 def portable(value: Any, *roots: str) -> Any:
     """A copy of a JSON value with every machine path in its strings made portable
-    (runtime.bundle.portable_path: relative to the longest root holding it, else its name),
+    (runtime.bundle.manifest.portable_path: relative to the longest root holding it, else its name),
     so no folder of the exporting machine reaches a shipped kedge.json."""
     if isinstance(value, dict):
         return {k: v if k in NOT_PATHS else portable(v, *roots) for k, v in value.items()}

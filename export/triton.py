@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import Bundle, atomic_path
+from kedge.runtime.bundle.forms import FORMS, engine_forms
+from kedge.runtime.bundle.forms import form as form_spec
+from kedge.runtime.bundle.manifest import Bundle, atomic_path
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, engine_forms
-from kedge.runtime.forms import form as form_spec
 
 INPUT, OUTPUT = "image", "probabilities"
 PREFERRED = ("onnx-fp32", "onnx-int8")  # the ONNX form served when none is named: the reference, else INT8
@@ -43,7 +43,7 @@ def config_text(name: str, platform: str, classes: list[str], max_batch: int, qu
 def write_repository(bundle: Bundle, repo: str | os.PathLike[str], form: str | None = None,
                      max_batch: int = 16, queue_delay_us: int = 2000) -> list[dict[str, Any]]:
     """Add the bundle's models to a Triton repository (created if needed); returns what was written."""
-    from kedge.runtime.engines import read_sidecar
+    from kedge.runtime.bundle.engines import read_sidecar
 
     name = form or next((f for f in PREFERRED if bundle.has(str(FORMS[f].artifact))), None)
     if name is None or form_spec(name).artifact is None or not bundle.has(str(form_spec(name).artifact)):

@@ -27,9 +27,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.forms import onnx_forms, tensorrt_bound
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import onnx_forms, tensorrt_bound
 
 TRT_VERSIONS = ("10.3", "11")
 DEFAULT_MAX_BATCH = 16  # `kedge export --engine`'s default profile is batch 1..16

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
 
 PASSED, FAILED, NOT_CHECKABLE = "passed", "failed", "not checkable here"
@@ -150,9 +150,9 @@ def _check_trt(bundle: Bundle, report: VerifyReport) -> None:
 def _build_engines(bundle: Bundle, report: VerifyReport, say: Log) -> None:
     """Build every engine this machine's TensorRT can build from the files the bundle has."""
     from kedge.export.engine import build_engine, build_plan
+    from kedge.runtime.bundle.engines import ENGINE_DIR
+    from kedge.runtime.bundle.forms import engine_precisions
     from kedge.runtime.cuda import has_gpu
-    from kedge.runtime.engines import ENGINE_DIR
-    from kedge.runtime.forms import engine_precisions
 
     version = report.machine["tensorrt"]
     if version is None or not has_gpu():
@@ -266,8 +266,8 @@ def _accuracy_against_record(bundle: Bundle, data: Path, split: str | None, repo
     against the accuracy the bundle's recorded parity gives for the same ONNX file on the same
     split, within parity's INT8 rule (1 point)."""
     from kedge.runtime.backends import runnable_pairs
-    from kedge.runtime.bundle import portable_path
-    from kedge.runtime.engines import source_form_of
+    from kedge.runtime.bundle.engines import source_form_of
+    from kedge.runtime.bundle.manifest import portable_path
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.parity import THRESHOLDS
 

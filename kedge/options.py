@@ -49,20 +49,20 @@ def _backend_names(references: bool) -> list[str]:
 
 
 def _precisions() -> tuple[str, ...]:
-    from kedge.runtime.forms import PRECISIONS
+    from kedge.runtime.bundle.forms import PRECISIONS
 
     return PRECISIONS
 
 
 class BundleType(click.ParamType):
     """A bundle folder, or the name of a model shipped with kedge (resnet50-gru, knee-cnn):
-    every command that takes a bundle resolves it here, once (runtime/shipped.py says how).
+    every command that takes a bundle resolves it here, once (runtime/bundle/shipped.py says how).
     An unknown one is a KedgeError, so the CLI prints one line and exits 1."""
 
     name = "bundle"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
-        from kedge.runtime.shipped import resolve_bundle
+        from kedge.runtime.bundle.shipped import resolve_bundle
 
         return resolve_bundle(value)
 
@@ -224,8 +224,8 @@ def emit_json(data: Any) -> None:
 
 def load_models(model: Path | None) -> list[Any]:
     """--model (or $KEDGE_MODEL) when given, else every model shipped with kedge."""
-    from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.shipped import shipped_bundles
+    from kedge.runtime.bundle.manifest import load_bundle
+    from kedge.runtime.bundle.shipped import shipped_bundles
 
     if model is not None:
         return [load_bundle(model)]

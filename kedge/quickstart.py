@@ -10,8 +10,8 @@ import csv
 import sys
 from pathlib import Path
 
-from kedge.runtime.bundle import load_bundle
-from kedge.runtime.forms import onnx_forms
+from kedge.runtime.bundle.forms import onnx_forms
+from kedge.runtime.bundle.manifest import load_bundle
 
 
 def summary(bundle_dir: Path, predictions: Path) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends import Pair, backend_class, names, runnable_pairs
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.inputs.preprocess import preprocess
 
@@ -186,7 +186,7 @@ def plot(rows: Sequence[BenchRow], path: Any, title: str) -> None:
         from kedge.runtime.errors import KedgeError
 
         raise KedgeError("--plot needs matplotlib (pip install matplotlib)") from None
-    from kedge.runtime.bundle import atomic_path
+    from kedge.runtime.bundle.manifest import atomic_path
 
     modes = [m for m in MODES if any(r.mode == m for r in rows)]
     forms = list(dict.fromkeys(_row_label(r) for r in rows))

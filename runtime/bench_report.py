@@ -8,7 +8,7 @@ from typing import Any
 
 from kedge.runtime import bench
 from kedge.runtime.backends import Pair
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.inputs.folders import expand_inputs
 from kedge.runtime.inputs.preprocess import preprocess, read_bytes
 

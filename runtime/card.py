@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.envelope import card_lines
 from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, group_table, not_validated
 
@@ -173,7 +173,7 @@ def _parity(bundle: Bundle) -> list[str]:
     parity = bundle.parity
     if not parity:
         return ["", "Parity: not run"]
-    from kedge.runtime.forms import FORMS
+    from kedge.runtime.bundle.forms import FORMS
 
     def carried(form: str) -> bool:
         spec = FORMS.get(form)

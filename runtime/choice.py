@@ -38,10 +38,10 @@ import numpy as np
 
 from kedge.runtime.backends import Pair, backend_class, names, runnable_pairs
 from kedge.runtime.backends.base import cache_root
-from kedge.runtime.bundle import Bundle, atomic_write_json
+from kedge.runtime.bundle.forms import FORMS, PRECISIONS, onnx_forms, options_that_make
+from kedge.runtime.bundle.manifest import Bundle, atomic_write_json
 from kedge.runtime.cpu import cpu_info
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, PRECISIONS, onnx_forms, options_that_make
 from kedge.runtime.parity import PASSED, UNCHECKED, status
 
 CHUNK = 8  # golden images per timed call: kedge infer's default batch size
@@ -282,7 +282,7 @@ def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: 
 
 
 def _golden_check(bundle: Bundle, pair: Pair, outputs: np.ndarray, batch: Any) -> Here:
-    from kedge.runtime.engines import source_form_of
+    from kedge.runtime.bundle.engines import source_form_of
     from kedge.runtime.golden import compare_form, stored_for
 
     golden = batch.golden

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kedge.runtime import envelope as env
-from kedge.runtime.bundle import Bundle, atomic_write_text, load_bundle
+from kedge.runtime.bundle.manifest import Bundle, atomic_write_text, load_bundle
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION, preprocess

@@ -78,7 +78,7 @@ def render(image: np.ndarray, heatmap: np.ndarray, title: str, path: str | os.Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kedge.runtime.bundle import atomic_path
+    from kedge.runtime.bundle.manifest import atomic_path
 
     grey = image[:, :, 0]
     limit = float(np.abs(heatmap).max()) or 1.0

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import Backend
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.choice import choose
 from kedge.runtime.envelope import GATE_FIELDS, Check, bundle_envelope
 from kedge.runtime.errors import ImageError, KedgeError, safe_name

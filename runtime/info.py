@@ -41,7 +41,7 @@ def pairs_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     checks: parity recorded at export, and the golden check on this machine (from the
     per-machine cache; it runs on first use or with `kedge verify`)."""
     from kedge.runtime.backends import runnable_pairs
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.choice import checked_here
     from kedge.runtime.parity import status
 
@@ -71,8 +71,8 @@ def gpu_info() -> dict[str, Any] | None:
 
 def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     """Each engine in a bundle with whether this machine can run it, and why not."""
-    from kedge.runtime.bundle import load_bundle
-    from kedge.runtime.engines import check_compatible, read_sidecar, tensorrt_module
+    from kedge.runtime.bundle.engines import check_compatible, read_sidecar, tensorrt_module
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.errors import KedgeError
 
     bundle = load_bundle(bundle_path)
@@ -105,7 +105,7 @@ def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
 def shipped_info() -> list[dict[str, str]]:
     """Each shipped model's name and folder inside the installed package: what a command
     taking a bundle accepts as a name (`kedge verify knee-cnn`)."""
-    from kedge.runtime.shipped import shipped_bundles
+    from kedge.runtime.bundle.shipped import shipped_bundles
 
     return [{"name": path.name, "location": str(path)} for path in shipped_bundles()]
 

@@ -38,10 +38,10 @@ import numpy as np
 
 from kedge.runtime.backends import Pair, backend_class, names, pair, runnable_pairs
 from kedge.runtime.backends.base import Backend
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.forms import FORMS, Form
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions, predict_items
-from kedge.runtime.forms import FORMS, Form
 from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.metrics import classification_report
 
@@ -234,7 +234,7 @@ def bundle_parity(
     """
     import datetime
 
-    from kedge.runtime.bundle import portable_path
+    from kedge.runtime.bundle.manifest import portable_path
 
     items = bundle.labelled(data, split)
     runnable = runnable_pairs(bundle, list(backends) if backends else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kedge.runtime.bundle import atomic_path
+from kedge.runtime.bundle.manifest import atomic_path
 
 
 def plot_audit(report: dict[str, Any], path: str | os.PathLike[str]) -> None:

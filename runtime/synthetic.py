@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kedge.runtime.bundle import staged_folder
+from kedge.runtime.bundle.manifest import staged_folder
 
 CLASS_DENSITY = {"normal": 0.95, "osteopenia": 0.6, "osteoporosis": 0.25}
 

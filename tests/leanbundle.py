@@ -83,7 +83,7 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, 
     from kedge.calibration.images import select_images
     from kedge.calibration.qdq import quantize
     from kedge.calibration.ranges import calibrate
-    from kedge.runtime.bundle import new_bundle
+    from kedge.runtime.bundle.manifest import new_bundle
 
     folder.mkdir(parents=True)
     tiny_onnx(folder / "model.onnx")
@@ -99,7 +99,7 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, 
                             "artifacts": artifacts})
     if parity:
         from kedge.export.golden import make_golden
-        from kedge.runtime.bundle import load_bundle
+        from kedge.runtime.bundle.manifest import load_bundle
         from kedge.runtime.parity import bundle_parity
 
         bundle_parity(load_bundle(folder), calibration_images, None, progress=False)

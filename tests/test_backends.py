@@ -19,7 +19,7 @@ import pytest
 from leanbundle import CLASSES, make_lean_bundle
 
 from kedge.runtime.backends.base import Backend, Session
-from kedge.runtime.bundle import load_bundle
+from kedge.runtime.bundle.manifest import load_bundle
 from kedge.runtime.errors import KedgeError
 
 
@@ -58,8 +58,8 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
     from kedge.runtime import backends
     from kedge.runtime.backends import backends_for, runnable_pairs
     from kedge.runtime.bench import bundle_pairs, run_bench, synthetic_jpeg
+    from kedge.runtime.bundle.forms import form
     from kedge.runtime.choice import choose
-    from kedge.runtime.forms import form
     from kedge.runtime.infer import Prediction, Predictor
     from kedge.runtime.inputs.folders import expand_inputs
     from kedge.runtime.parity import bundle_parity
@@ -173,7 +173,7 @@ def test_openvino_precision_is_explicit_threads_apply_and_the_cache_is_keyed(ver
     pytest.importorskip("openvino")
     from kedge.runtime.backends import pair
     from kedge.runtime.backends.openvino import OpenVINO, cache_folder, cpu_capabilities
-    from kedge.runtime.forms import form
+    from kedge.runtime.bundle.forms import form
 
     bundle = load_bundle(verified)
     fp32 = form("onnx-fp32")
@@ -215,7 +215,7 @@ def test_backends_claim_forms_by_name_or_by_the_tables_format() -> None:
     needs no backend edit), and the forms Keras and Triton bring themselves are claimed by
     no backend that reads files of the table."""
     from kedge.runtime.backends import backend_class, backends_for
-    from kedge.runtime.forms import FORMS
+    from kedge.runtime.bundle.forms import FORMS
 
     for spec in FORMS.values():
         assert backends_for(spec) == (["tensorrt"] if spec.format == "engine" else ["openvino", "onnxruntime"])
@@ -226,7 +226,7 @@ def test_backends_claim_forms_by_name_or_by_the_tables_format() -> None:
 def test_engine_plans_and_export_names_agree_with_the_table_of_forms() -> None:
     from kedge.export.engine import build_plan
     from kedge.export.pipeline import INT8_CPU_NAME, INT8_QDQ_NAME, ONNX_NAME
-    from kedge.runtime.forms import FORMS, form_of_artifact
+    from kedge.runtime.bundle.forms import FORMS, form_of_artifact
 
     names = [FORMS[n].file for n in ("onnx-fp32", "onnx-int8", "onnx-int8-qdq")]
     assert names == [ONNX_NAME, INT8_CPU_NAME, INT8_QDQ_NAME]
@@ -249,7 +249,7 @@ def test_export_gate_needs_each_form_to_pass_on_some_backend() -> None:
 def test_a_shipped_bundle_takes_back_the_model_keras_it_was_shipped_without(tmp_path) -> None:
     import hashlib
 
-    from kedge.runtime.bundle import Bundle
+    from kedge.runtime.bundle.manifest import Bundle
     from kedge.train.backend import keras_file
 
     original = b"the Keras model this bundle was shipped from"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kedge.runtime.bundle import (
+from kedge.runtime.bundle.manifest import (
     MANIFEST_NAME,
     atomic_path,
     atomic_write_json,
@@ -218,4 +218,4 @@ def test_kedge_json_has_one_writer() -> None:
                 calls = [n for s in statements for n in ast.walk(s) if isinstance(n, ast.Call)]
                 if any(_writes(c) for c in calls) and any(_names_manifest(s) for s in statements):
                     writers.add((path.relative_to(root).as_posix(), name))
-    assert writers == {("runtime/bundle.py", "Bundle.update")}
+    assert writers == {("runtime/bundle/manifest.py", "Bundle.update")}

@@ -236,7 +236,7 @@ def test_documented_jetson_command_runs_until_tensorrt_is_needed(tmp_path, synth
     from leanbundle import make_lean_bundle
 
     from kedge.cli import main
-    from kedge.runtime.bundle import load_bundle, new_bundle
+    from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
     bundle = make_lean_bundle(tmp_path / "b", synthetic_data, int8=False)
     made = CliRunner().invoke(main, ["export", str(bundle), "--int8", "--calib", str(synthetic_data),

@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, real_data_root
 from kedge.runtime import envelope as env
 from kedge.runtime import outsiders
-from kedge.runtime.bundle import load_bundle, new_bundle
+from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.inputs.preprocess import preprocess, read_bytes
 
@@ -193,7 +193,7 @@ def test_matplotlibs_photographs_are_refused(gated) -> None:
 # --- kedge envelope, the bundle and ship -----------------------------------------------------
 
 def test_kedge_envelope_stores_the_file_with_its_sha256(gated, plain) -> None:
-    from kedge.runtime.bundle import sha256_file
+    from kedge.runtime.bundle.manifest import sha256_file
 
     manifest = load_bundle(gated).manifest
     assert manifest["artifacts"]["envelope"] == "envelope.json"
@@ -380,7 +380,7 @@ def test_quickstart_summary_counts_withheld_rows(tmp_path, synthetic_data) -> No
 # --- the shipped models and the real radiographs ---------------------------------------------
 
 def shipped_with_envelope() -> list[Path]:
-    from kedge.runtime.shipped import shipped_bundles
+    from kedge.runtime.bundle.shipped import shipped_bundles
 
     found = [b for b in shipped_bundles() if "envelope" in load_bundle(b).manifest.get("artifacts", {})]
     if not found:

@@ -26,7 +26,7 @@ def lesion_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lesion_bundle(tmp_path_factory) -> Path:
-    from kedge.runtime.bundle import new_bundle
+    from kedge.runtime.bundle.manifest import new_bundle
 
     folder = tmp_path_factory.mktemp("lesion") / "lesion"
     folder.mkdir()
@@ -38,7 +38,7 @@ def lesion_bundle(tmp_path_factory) -> Path:
 
 def test_occlusion_peaks_on_the_lesion(lesion_bundle) -> None:
     from kedge.runtime.backends import pair
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.explain import occlusion
 
     with pair("onnxruntime", "onnx-fp32").open(load_bundle(lesion_bundle)) as backend:

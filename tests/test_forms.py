@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from leanbundle import make_lean_bundle
 
-from kedge.runtime.bundle import load_bundle
-from kedge.runtime.forms import FORMS, Form
+from kedge.runtime.bundle.forms import FORMS, Form
+from kedge.runtime.bundle.manifest import load_bundle
 
 
 def copy_form(source: Path, target: Path, images: np.ndarray) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def test_a_new_form_is_one_row_plus_its_converter(monkeypatch, small_data, tmp_p
 def test_the_table_gives_what_was_typed_elsewhere() -> None:
     """check-trt's files, the engine build plan and the export hint all come from FORMS."""
     from kedge.export.engine import build_plan
-    from kedge.runtime.forms import engine_precisions, options_that_make, tensorrt_bound
+    from kedge.runtime.bundle.forms import engine_precisions, options_that_make, tensorrt_bound
 
     assert [f.file for f in tensorrt_bound("10.3")] == ["model.onnx", "model.int8.qdq.onnx"]
     assert [f.file for f in tensorrt_bound("11")] == ["model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"]

@@ -340,7 +340,7 @@ def test_no_tampered_bundle_is_used(tmp_path, synthetic_data) -> None:
     from leanbundle import tiny_onnx  # a different model in the other bundle, listed with its own sha256
 
     tiny_onnx(other / "model.onnx", seed=1)
-    from kedge.runtime.bundle import load_bundle, new_bundle
+    from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
     new_bundle(other, {k: v for k, v in load_bundle(other).manifest.items() if k not in ("files", "schema")})
     image = tmp_path / "knee.png"
@@ -443,7 +443,8 @@ def test_an_oversized_manifest_is_refused_before_it_is_read(tmp_path) -> None:
     (tmp_path / "big").mkdir()
     with open(tmp_path / "big" / "kedge.json", "wb") as handle:
         handle.truncate(1 << 30)
-    code = ("import sys\nfrom kedge.runtime.bundle import load_bundle\nfrom kedge.runtime.errors import KedgeError\n"
+    code = ("import sys\nfrom kedge.runtime.bundle.manifest import load_bundle\n"
+            "from kedge.runtime.errors import KedgeError\n"
             "try:\n    load_bundle(sys.argv[1])\nexcept KedgeError as err:\n    print(err)\n")
     out = bounded(code, 20, 200, str(tmp_path / "big"))
     assert "manifest is over 8 MiB" in out

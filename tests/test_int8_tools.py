@@ -14,7 +14,7 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 
 from kedge.cli import main  # noqa: E402
-from kedge.runtime.bundle import load_bundle, new_bundle  # noqa: E402
+from kedge.runtime.bundle.manifest import load_bundle, new_bundle  # noqa: E402
 
 CLASSES = ["Normal", "Osteoporosis"]
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from leanbundle import make_lean_bundle
 
 from kedge.cli import main
-from kedge.runtime.bundle import load_bundle, new_bundle
+from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
 DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
@@ -107,7 +107,7 @@ def test_ship_makes_the_paths_of_an_older_bundle_portable(synthetic_data, tmp_pa
 
 @pytest.mark.parametrize("folder", ["resnet50-gru", "knee-cnn"])
 def test_the_shipped_models_name_no_machine_path(folder) -> None:
-    from kedge.runtime.shipped import MODELS_DIR
+    from kedge.runtime.bundle.shipped import MODELS_DIR
 
     if not (MODELS_DIR / folder / "kedge.json").is_file():
         pytest.skip(f"no shipped {folder}")

@@ -67,7 +67,7 @@ def test_train_and_evaluate_on_real_data(real_data, tf_keras, tmp_path) -> None:
     from click.testing import CliRunner
 
     from kedge.cli import main
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     out = tmp_path / "cnn"
     result = CliRunner().invoke(main, ["train", "knee-cnn", "--data", str(real_data / "knee-3class"), "--out",
@@ -103,7 +103,7 @@ def test_export_and_parity_on_real_data(real_data, tf_keras, tmp_path) -> None:
 
     # The reduced JPEG decode keeps every full-resolution radiograph's class, in FP32 and INT8.
     from kedge.runtime.backends import pair
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     bundle = load_bundle(out)
     fast = np.stack([preprocess(real_data / full) for full, _ in twins(real_data)])
@@ -118,11 +118,11 @@ def test_shipped_models_do_not_answer_from_the_source(real_data, model) -> None:
     """Issue 11's bar on the shipped models, over every real image with the manifest's
     collections as sources: no source gets one answer for 90 % of its images, collection A
     included (issue 19: its labels are no target, but one answer for all of it is the cue)."""
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
+    from kedge.runtime.bundle.shipped import MODELS_DIR
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.infer import Predictor
     from kedge.runtime.inputs.sources import labelled_items, make_spec
-    from kedge.runtime.shipped import MODELS_DIR
     from kedge.runtime.shortcut import TOP_SHARE_LIMIT, audit
 
     bundle = load_bundle(MODELS_DIR / model)

@@ -15,7 +15,7 @@ import pytest
 from leanbundle import CLASSES, make_lean_bundle
 
 from conftest import BLOCK_TF
-from kedge.runtime.bundle import load_bundle
+from kedge.runtime.bundle.manifest import load_bundle
 from kedge.runtime.envelope import GATE_FIELDS
 from kedge.runtime.errors import KedgeError
 
@@ -51,8 +51,8 @@ def kedge(*args: str, block_tf: bool = False) -> subprocess.CompletedProcess:
 # --- choosing a form ----------------------------------------------------------------------
 
 def test_auto_picks_the_fastest_pair_that_passed_parity_and_says_why(lean) -> None:
+    from kedge.runtime.bundle.engines import tensorrt_usable
     from kedge.runtime.choice import choose
-    from kedge.runtime.engines import tensorrt_usable
     from kedge.runtime.parity import PASSED, status
 
     if tensorrt_usable():
@@ -84,7 +84,7 @@ def test_onnxruntime_providers_are_explicit_and_cpu_without_a_gpu() -> None:
 # --- engine safety (the sidecar check runs before TensorRT is touched) ---------------------
 
 def engine_info(**changes):
-    from kedge.runtime.engines import EngineInfo
+    from kedge.runtime.bundle.engines import EngineInfo
 
     fields = dict(model="knee-cnn", precision="int8", tensorrt_version="10.3.0", gpu_name="Orin",
                   compute_capability="8.7", source_onnx="model.int8.qdq.onnx", source_onnx_sha256="ab" * 32,
@@ -94,7 +94,7 @@ def engine_info(**changes):
 
 
 def test_engine_mismatch_names_what_differs_and_the_rebuild_command(tmp_path) -> None:
-    from kedge.runtime.engines import check_compatible
+    from kedge.runtime.bundle.engines import check_compatible
 
     engine = tmp_path / "cnn" / "engines" / "knee-cnn.int8.trt10.3.sm87.engine"
     check_compatible(engine, engine_info(), "10.3.0", "8.7", "ab" * 32)  # same TensorRT, GPU, ONNX: fine
@@ -109,7 +109,7 @@ def test_engine_mismatch_names_what_differs_and_the_rebuild_command(tmp_path) ->
 
 
 def test_engine_without_sidecar_is_refused(tmp_path) -> None:
-    from kedge.runtime.engines import read_sidecar
+    from kedge.runtime.bundle.engines import read_sidecar
 
     engine = tmp_path / "b" / "engines" / "knee-cnn.fp16.trt10.3.sm87.engine"
     engine.parent.mkdir(parents=True)
@@ -169,7 +169,7 @@ def test_infer_errors_are_one_line(lean, tmp_path) -> None:
 def test_infer_without_any_model(tmp_path, monkeypatch) -> None:
     from click.testing import CliRunner
 
-    import kedge.runtime.shipped as shipped
+    import kedge.runtime.bundle.shipped as shipped
     from kedge.cli import main
 
     monkeypatch.setattr(shipped, "MODELS_DIR", tmp_path)  # a checkout without the shipped models
@@ -285,7 +285,7 @@ def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) 
 
     from kedge.export.parity import parity_for_bundle
     from kedge.export.ship import ship_bundle
-    from kedge.runtime.bundle import new_bundle, sha256_file
+    from kedge.runtime.bundle.manifest import new_bundle, sha256_file
 
     source = tmp_path / "source"
     shutil.copytree(lean, source)
@@ -339,7 +339,7 @@ def test_ship_carries_chosen_forms_and_the_card(lean, synthetic_data, tmp_path) 
 # --- the models shipped in runtime/models --------------------------------------------------
 
 def shipped_or_skip() -> list[Path]:
-    from kedge.runtime.shipped import shipped_bundles
+    from kedge.runtime.bundle.shipped import shipped_bundles
 
     bundles = shipped_bundles()
     if not bundles:
@@ -348,7 +348,7 @@ def shipped_or_skip() -> list[Path]:
 
 
 def test_shipped_models_are_intact_and_within_budget() -> None:
-    from kedge.runtime.bundle import sha256_file
+    from kedge.runtime.bundle.manifest import sha256_file
 
     bundles = shipped_or_skip()
     assert [b.name for b in bundles] == ["resnet50-gru", "knee-cnn"]

@@ -65,7 +65,7 @@ def fake_pytriton(monkeypatch):
 
 def test_serve_listens_on_loopback_unless_told_and_refuses_non_finite_tensors(fake_pytriton, tmp_path,
                                                                              synthetic_data) -> None:
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.errors import KedgeError
     from kedge.runtime.serve import serve
 

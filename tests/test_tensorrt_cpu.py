@@ -240,7 +240,7 @@ def test_an_input_shape_tensorrt_refuses_is_an_error() -> None:
 
 
 def _engine_info(**extra: object) -> Any:
-    from kedge.runtime.engines import EngineInfo
+    from kedge.runtime.bundle.engines import EngineInfo
 
     return EngineInfo(model="m", precision="fp16", tensorrt_version="10.3.0.26", gpu_name="Orin",
                       compute_capability="8.7", source_onnx="model.onnx", source_onnx_sha256="ab" * 32,
@@ -251,7 +251,7 @@ def _engine_info(**extra: object) -> Any:
 def test_engine_whose_bytes_changed_since_it_was_built_is_refused_before_deserializing() -> None:
     import hashlib
 
-    from kedge.runtime.engines import check_engine_bytes
+    from kedge.runtime.bundle.engines import check_engine_bytes
 
     built = b"\x00engine bytes" * 100
     info = _engine_info(engine_sha256=hashlib.sha256(built).hexdigest())
@@ -263,7 +263,7 @@ def test_engine_whose_bytes_changed_since_it_was_built_is_refused_before_deseria
 
 
 def test_engine_from_another_patch_release_is_refused() -> None:
-    from kedge.runtime.engines import check_compatible
+    from kedge.runtime.bundle.engines import check_compatible
 
     info = _engine_info()
     check_compatible("b/engines/x.engine", info, "10.3.0.26", "8.7")

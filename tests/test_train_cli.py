@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from kedge.cli import main
-from kedge.runtime.bundle import load_bundle, sha256_file
+from kedge.runtime.bundle.manifest import load_bundle, sha256_file
 from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION
 
 pytestmark = pytest.mark.tensorflow

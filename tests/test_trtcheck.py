@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from kedge.export.trtcheck import check_model  # noqa: E402
-from kedge.runtime.bundle import new_bundle  # noqa: E402
+from kedge.runtime.bundle.manifest import new_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ def _kedge(*args):
 def bundle(synthetic_data, tmp_path_factory) -> Path:
     """The lean bundle plus its symmetric TensorRT Q/DQ form, as export makes it."""
     from kedge.calibration.qdq import quantize
-    from kedge.runtime.bundle import load_bundle, new_bundle
+    from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
     folder = make_lean_bundle(tmp_path_factory.mktemp("verify") / "tiny", synthetic_data)
     ranges = next((folder / "calibration").glob("ranges.*.json"))
@@ -96,7 +96,7 @@ def test_verify_fails_when_a_form_no_longer_matches_its_golden_outputs(bundle, t
 def test_verify_without_a_golden_set_says_what_to_run(bundle, tmp_path) -> None:
     import shutil
 
-    from kedge.runtime.bundle import load_bundle, new_bundle
+    from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
     copy = tmp_path / "plain"
     shutil.copytree(bundle, copy)
@@ -112,7 +112,7 @@ def test_verify_data_without_fp32_reference_uses_the_recorded_parity(bundle, syn
     its ONNX file had in the bundle's recorded parity on the same folder and split."""
     import shutil
 
-    from kedge.runtime.bundle import load_bundle, new_bundle
+    from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
     copy = tmp_path / "shipped"
     shutil.copytree(bundle, copy)
@@ -135,7 +135,7 @@ def test_verify_data_without_fp32_reference_uses_the_recorded_parity(bundle, syn
 
 def _runnable(bundle: Path) -> set[str]:
     from kedge.runtime.backends import runnable_pairs
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     return {str(p) for p in runnable_pairs(load_bundle(bundle))}
 
@@ -175,7 +175,7 @@ def test_verify_runs_and_reports_every_registered_pair(bundle, tmp_path, monkeyp
 
     from kedge.export.verify import verify_bundle
     from kedge.runtime import backends
-    from kedge.runtime.bundle import load_bundle, new_bundle
+    from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
     monkeypatch.setattr(backends, "REGISTRY", dict(backends.REGISTRY))
     backends.register("good-toy", GoodToy)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from leanbundle import make_lean_bundle
 
-from kedge.runtime.bundle import load_bundle
+from kedge.runtime.bundle.manifest import load_bundle
 from kedge.runtime.errors import KedgeError
 
 SATURATION_ERROR = 0.11  # the smallest max |dp| of the 8-bit INT8 files on an AVX2-only EPYC

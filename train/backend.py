@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import Backend, Session
-from kedge.runtime.bundle import Bundle, sha256_file
+from kedge.runtime.bundle.forms import Form
+from kedge.runtime.bundle.manifest import Bundle, sha256_file
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import Form
 
 KERAS = Form("keras", "fp32", "model.keras", "keras", "the Keras original (tf_keras)", format="keras")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kedge.runtime.bundle import load_bundle
+from kedge.runtime.bundle.manifest import load_bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import predict_items, score
 from kedge.runtime.inputs.sources import SourceSpec, labelled_items

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 import kedge
-from kedge.runtime.bundle import (
+from kedge.runtime.bundle.manifest import (
     INTENDED_USE,
     atomic_write_text,
     check_output_folder,

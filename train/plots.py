@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kedge.runtime.bundle import atomic_path
+from kedge.runtime.bundle.manifest import atomic_path
 
 
 def _pyplot() -> Any:

@@ -95,7 +95,7 @@ def record_rebuild(model: str, shipped_dir: Path, ran: list[dict[str, str]]) -> 
     """Write the recipe into the shipped kedge.json as the commands that remake it from a
     checkout beside ../shared/data (the default folders, so no machine path is recorded),
     with the seeds and when each step ran here."""
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     canonical = commands(model, Path("../shared/data"), Path("runs") / model, Path("runtime/models") / model)
     record: dict[str, object] = {

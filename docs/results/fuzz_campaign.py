@@ -148,7 +148,7 @@ def _bundles(seed: int, report: dict, work: Path) -> None:
     from leanbundle import make_lean_bundle, tiny_onnx
 
     from imagegen import encode, pattern
-    from kedge.runtime.bundle import load_bundle, new_bundle
+    from kedge.runtime.bundle.manifest import load_bundle, new_bundle
 
     rng = np.random.default_rng(seed)
     data = work / "data"

@@ -72,7 +72,7 @@ def card(bundles: tuple[Path, ...], as_json: bool) -> None:
       kedge card knee-cnn        # one of them, by name
       kedge card runs/cnn
     """
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.card import card_json, render_card
 
     loaded = [load_bundle(b) for b in bundles] if bundles else load_models(None)
@@ -116,7 +116,7 @@ def check_trt(bundle: Path, versions: str, max_batch: int | None, as_json: bool)
       kedge check-trt runtime/models/resnet50-gru --trt 10.3
     """
     from kedge.export.trtcheck import TRT_VERSIONS, check_bundle
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     _finish(check_bundle(load_bundle(bundle), TRT_VERSIONS if versions == "all" else (versions,), max_batch),
             as_json)
@@ -153,7 +153,7 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
       kedge verify runtime/models/resnet50-gru --report verify.md
     """
     from kedge.export.verify import verify_bundle
-    from kedge.runtime.bundle import atomic_write_text, load_bundle
+    from kedge.runtime.bundle.manifest import atomic_write_text, load_bundle
 
     result = verify_bundle(load_bundle(bundle), data, split, build=not no_build, bench_iterations=bench_iterations,
                            log=log)
@@ -206,7 +206,7 @@ def audit(bundle: Path, data: Path, split: str | None, split_manifest: Path | No
           --source-column collection --plot audit.png
       kedge audit old-bundle --data ../shared/data --split test --split-manifest runs/cnn/split.csv
     """
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.envelope_audit import format_section
     from kedge.runtime.explain import require_matplotlib
     from kedge.runtime.inputs.sources import labelled_items

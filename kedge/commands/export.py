@@ -117,7 +117,7 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
     Exit status 1 if the parity gate fails: a form that no backend here reproduces.
     """
     from kedge.export.pipeline import ExportReport, ExportSettings, export_bundle
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     size = None if calib_size.strip().lower() == "all" else positive_int(calib_size, "--calib-size")
     if options["split"] is not None and options["data"] is None and options["calib"] is None:  # never ignored
@@ -178,7 +178,7 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
       kedge parity runtime/models/knee-cnn --data ../shared/data/knee-3class --split test
     """
     from kedge.export.parity import parity_for_bundle
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.parity import format_result, result_json
 
     result = parity_for_bundle(load_bundle(bundle), data, split, reference, csv_list(forms, "--forms"), batch_size,
@@ -212,7 +212,7 @@ def golden(bundle: Path, count: int, seed: int, reference: str | None, as_json: 
       kedge golden runtime/models/resnet50-gru
     """
     from kedge.export.golden import make_golden
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     stored = make_golden(load_bundle(bundle), count, seed, reference, log=log)
     if as_json:
@@ -300,7 +300,7 @@ def ship(bundle: Path, out: Path, forms: str, data_source: str | None, overwrite
       kedge ship runs/gru --out runtime/models/resnet50-gru --forms onnx-fp32,onnx-int8
     """
     from kedge.export.ship import ship_bundle
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
 
     names = csv_list(forms, "--forms") or []
     shipped = ship_bundle(load_bundle(bundle), out, names, overwrite, data_source)

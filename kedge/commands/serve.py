@@ -41,7 +41,7 @@ def serve(bundles: tuple[Path, ...], host: str, http_port: int, grpc_port: int, 
       kedge serve                                   # the shipped models, on 127.0.0.1:8000
       kedge serve runs/cnn --host 10.0.0.5 --http-port 9000
     """
-    from kedge.runtime.bundle import load_bundle
+    from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.serve import serve as run_server
 
     loaded = [load_bundle(b) for b in bundles] if bundles else load_models(None)

@@ -19,9 +19,9 @@ from importlib import import_module
 from typing import Any
 
 from kedge.runtime.backends.base import Backend
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.forms import FORMS, Form
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, Form
 
 ENTRY_POINTS = "kedge.backends"  # the entry-point group other packages declare backends under
 

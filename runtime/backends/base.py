@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from kedge.runtime.bundle.forms import FORMS, Form
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, Form
 
 if TYPE_CHECKING:
-    from kedge.runtime.bundle import Bundle
+    from kedge.runtime.bundle.manifest import Bundle
 
 
 class Session(abc.ABC):
@@ -152,7 +152,7 @@ class Backend(abc.ABC):
         """sha256 of the file this runs, for the audit trail (recorded in kedge.json, else hashed)."""
         if self.form.artifact is not None and self.bundle.has(self.form.artifact):
             return self.bundle.sha256(self.form.artifact)
-        from kedge.runtime.bundle import sha256_file
+        from kedge.runtime.bundle.manifest import sha256_file
 
         return sha256_file(self.locate())
 

@@ -122,7 +122,7 @@ def _import_checked(blob: Path, config: dict[str, Any]) -> Any:
 def _write_blob(blob: Path, compiled: Any) -> None:
     """Cache a compiled model: the blob, then its sha256 (both atomic). The cache only saves
     time, so a folder that cannot be written leaves the model compiled and uncached."""
-    from kedge.runtime.bundle import atomic_path, atomic_write_text
+    from kedge.runtime.bundle.manifest import atomic_path, atomic_write_text
 
     try:
         data = compiled.export_model().getvalue()
@@ -186,7 +186,7 @@ class OpenVINO(Backend):
         relative = path.relative_to(self.bundle.path).as_posix()
         sha = self.bundle.files.get(relative)
         if sha is None:
-            from kedge.runtime.bundle import sha256_file
+            from kedge.runtime.bundle.manifest import sha256_file
 
             sha = sha256_file(path)
         cache = cache_folder() if self.options.get("cache", True) else None

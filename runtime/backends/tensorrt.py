@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import Backend, Session
-from kedge.runtime.bundle import Bundle
-from kedge.runtime.engines import (
+from kedge.runtime.bundle.engines import (
     check_compatible,
     check_engine_bytes,
     engine_path,
@@ -27,8 +26,9 @@ from kedge.runtime.engines import (
     tensorrt_module,
     tensorrt_usable,
 )
+from kedge.runtime.bundle.forms import FORMS, Form
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import FORMS, Form
 
 
 class TensorRTSession(Session):
@@ -162,7 +162,7 @@ class TensorRTSession(Session):
 
 
 class TensorRT(Backend):
-    """The plug-in: this machine's engines of the bundle (see runtime/engines.py for discovery).
+    """The plug-in: this machine's engines of the bundle (see runtime/bundle/engines.py for discovery).
     Option: `cuda_graph`."""
 
     name, device, forms = "tensorrt", "cuda", ("engine",)  # every engine row of forms.FORMS

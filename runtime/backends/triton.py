@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import Backend, Session
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.forms import Form
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import Form
 
 SERVED = Form("triton", "served", "", None, "whatever form the Triton server runs", format="served")
 

@@ -42,7 +42,7 @@ def parse_classes(text: str) -> list[str]:
         raise KedgeError(f"--classes {text!r}: a class is named twice")
     if len(names) < 2:
         raise KedgeError(f"--classes {text!r}: need at least two classes")
-    if not all(n.isprintable() for n in names):  # a bundle refuses such names when loaded (runtime/schema.py)
+    if not all(n.isprintable() for n in names):  # a bundle refuses such names when loaded (runtime/bundle/schema.py)
         raise KedgeError(f"--classes {text!r}: a class name holds a control character")
     return names
 

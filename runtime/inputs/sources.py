@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kedge.runtime.bundle import Bundle
+from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.inputs.folders import (
     LabelledImage,

@@ -28,7 +28,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 class Form:
     name: str
     precision: str  # of the file: fp32, fp16 or int8
-    file: str  # the file name export writes (engines: a pattern, see runtime/engines.py)
+    file: str  # the file name export writes (engines: a pattern, see runtime/bundle/engines.py)
     artifact: str | None  # the manifest artifact key of an ONNX form; None for engines
     description: str
     built_from: tuple[str, ...] = ()  # the forms it is made (ONNX) or built (engines) from, preferred first

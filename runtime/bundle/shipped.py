@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kedge.runtime.bundle import MANIFEST_NAME
+from kedge.runtime.bundle.manifest import MANIFEST_NAME
 from kedge.runtime.errors import KedgeError
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"  # inside the installed package, wherever that is
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # inside the installed package, wherever that is
 ORDER = ("resnet50-gru", "knee-cnn")  # the binary osteoporosis answer first, then the 3-class result
 
 

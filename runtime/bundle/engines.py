@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime.bundle import Bundle, atomic_write_json
+from kedge.runtime.bundle.forms import engine_precisions, onnx_forms
+from kedge.runtime.bundle.manifest import Bundle, atomic_write_json
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.forms import engine_precisions, onnx_forms
 
 ENGINE_DIR = "engines"
 

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
-from kedge.runtime.errors import KedgeError
-from kedge.runtime.inputs.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
-from kedge.runtime.schema import (
+from kedge.runtime.bundle.schema import (
     MAX_MANIFEST_BYTES,
     PATH_TABLES,
     SCHEMA_VERSION,
@@ -33,6 +31,8 @@ from kedge.runtime.schema import (
     parse_manifest,
     validate,
 )
+from kedge.runtime.errors import KedgeError
+from kedge.runtime.inputs.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
 
 if TYPE_CHECKING:
     from kedge.runtime.inputs.folders import LabelledImage
