@@ -7,7 +7,7 @@
   accumulated up to that point). Low is bad.
 * `greedy_keep_float`: the nodes around the noisiest Q/DQ pairs (the tensor's writer and
   readers) are kept in float, one tensor at a time, worst first, until the Q/DQ form passes parity on the validation
-  images (against the reference, with the INT8 thresholds of runtime/parity.py).
+  images (against the reference, with the INT8 thresholds of runtime/checks/parity.py).
 * `choose_method`: each calibration method's Q/DQ form scored on the validation images;
   the passing one with the best agreement (then the smallest mean |dp|) wins.
 """
@@ -129,10 +129,10 @@ class Validation:
     classes: list[str]
 
     def score(self, onnx_path: str | os.PathLike[str]) -> Any:
-        """A Q/DQ file on the validation images: a runtime.parity.ParityRow with INT8 thresholds."""
+        """A Q/DQ file on the validation images: a runtime.checks.parity.ParityRow with INT8 thresholds."""
         from kedge.runtime.backends.onnxruntime import CPU, OnnxRuntimeSession
+        from kedge.runtime.checks.parity import compare
         from kedge.runtime.evaluate import predict_items
-        from kedge.runtime.parity import compare
 
         with OnnxRuntimeSession(onnx_path, [CPU], label="candidate") as backend:
             predictions = predict_items(backend, self.reference.items, 16, progress=False)

@@ -1,14 +1,14 @@
 """`kedge golden BUNDLE`: make the golden set that every machine checks its forms against.
 
-A pool of synthetic knees (kedge.runtime.synthetic, numpy + OpenCV, never a real
+A pool of synthetic knees (kedge.runtime.checks.synthetic, numpy + OpenCV, never a real
 image) goes through the parity reference (Keras where TensorFlow and model.keras are
 present, else the FP32 ONNX); the images kept span every class it answers and a range
-of margins (runtime.golden.select_spread). Every ONNX form of the bundle then runs on
+of margins (runtime.checks.golden.select_spread). Every ONNX form of the bundle then runs on
 them with ONNX Runtime, and kedge.json stores the seed, indices and densities, each
 image's pixel sha256, the probabilities, and the sha256 of the file each set of
 probabilities came from: a few kilobytes, no pixels. The runtime regenerates the
 images and holds each (backend, form, precision) pair to these outputs
-(runtime/golden.py, runtime/choice.py, `kedge verify`).
+(runtime/checks/golden.py, runtime/checks/choice.py, `kedge verify`).
 """
 from __future__ import annotations
 
@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.bundle.manifest import Bundle
+from kedge.runtime.checks.golden import (
+    DECIMALS,
+    GOLDEN_VERSION,
+    SIZE,
+    GoldenImages,
+    draw,
+    pool_densities,
+    select_spread,
+)
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.golden import DECIMALS, GOLDEN_VERSION, SIZE, GoldenImages, draw, pool_densities, select_spread
 
 DEFAULT_COUNT = 24
 POOL_FACTOR = 4  # candidates drawn per kept image
@@ -31,8 +39,8 @@ def make_golden(bundle: Bundle, count: int = DEFAULT_COUNT, seed: int = 0,
     """Write the golden set into the bundle's kedge.json; returns it."""
     from kedge.runtime.backends import pair
     from kedge.runtime.bundle.forms import onnx_forms
+    from kedge.runtime.checks.parity import reference_pair
     from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION
-    from kedge.runtime.parity import reference_pair
 
     if count < 1:
         raise KedgeError(f"--count {count}: need at least one golden image")
@@ -62,7 +70,7 @@ def make_golden(bundle: Bundle, count: int = DEFAULT_COUNT, seed: int = 0,
                 log(f"golden: {spec.name} on {len(keep)} images")
     answers = np.asarray(outputs[name]).argmax(1)
     golden = {
-        "version": GOLDEN_VERSION, "generator": "kedge.runtime.synthetic.knee_radiograph", "seed": seed,
+        "version": GOLDEN_VERSION, "generator": "kedge.runtime.checks.synthetic.knee_radiograph", "seed": seed,
         "size": SIZE, "indices": keep, "densities": images.densities, "pixel_sha256": images.pixel_sha256,
         "preprocessing": PREPROCESS_VERSION, "reference": name, "outputs": outputs, "files": files,
         "answers": {c: int((answers == k).sum()) for k, c in enumerate(bundle.classes)},

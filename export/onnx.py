@@ -108,8 +108,8 @@ def gate_images(paths: Sequence[str | os.PathLike[str]], count: int = 8, seed: i
     if paths:
         chosen = list(paths)[:count]
         return np.stack([preprocess(p) for p in chosen])
+    from kedge.runtime.checks.synthetic import knee_radiograph
     from kedge.runtime.inputs.preprocess import to_model_input
-    from kedge.runtime.synthetic import knee_radiograph
 
     rng = np.random.default_rng(seed)
     densities = np.linspace(0.2, 0.8, count)

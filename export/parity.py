@@ -1,6 +1,6 @@
 """Parity with the Keras original where TensorFlow is installed (the runtime's parity
 uses the FP32 ONNX as its reference when it is not): the reference is chosen by
-`kedge.runtime.parity.reference_pair`, among the registered backends."""
+`kedge.runtime.checks.parity.reference_pair`, among the registered backends."""
 from __future__ import annotations
 
 import os
@@ -23,7 +23,7 @@ def parity_for_bundle(
 ) -> dict[str, Any]:
     """Run parity, choosing the reference: `keras` or `onnx-fp32` (default: keras if TensorFlow is
     here and the bundle has its Keras model, else the FP32 ONNX)."""
-    from kedge.runtime.parity import bundle_parity, reference_pair
+    from kedge.runtime.checks.parity import bundle_parity, reference_pair
 
     chosen = reference_pair(bundle, reference)
     if log:

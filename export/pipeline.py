@@ -96,7 +96,7 @@ class ExportReport:
 
     def lines(self) -> list[str]:
         """The report as `kedge export` prints it: what was done, what was skipped and why, then parity."""
-        from kedge.runtime.parity import format_result
+        from kedge.runtime.checks.parity import format_result
 
         lines = [f"done     {line}" for line in self.done] + [f"skipped  {line}" for line in self.skipped]
         return lines + ([format_result(self.parity)] if self.parity is not None else [])
@@ -377,7 +377,7 @@ def _validation_name(s: ExportSettings) -> str:
 def _validation(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
     """The labelled images the INT8 tools score on (--data, --split) with the reference's predictions."""
     from kedge.calibration.sensitivity import validation_set
-    from kedge.runtime.parity import reference_pair
+    from kedge.runtime.checks.parity import reference_pair
 
     if s.data is None:
         raise KedgeError("--sensitivity, --keep-float auto and --calib-method auto score on labelled validation "

@@ -183,8 +183,8 @@ def _build_engines(bundle: Bundle, report: VerifyReport, say: Log) -> None:
 
 def _status(bundle: Bundle, pair: Any, passed: bool) -> str:
     """PASSED, FAILED, or KNOWN_FAILURE for a pair the bundle's recorded parity already FAILED."""
-    from kedge.runtime.parity import FAILED as RECORDED_FAILED
-    from kedge.runtime.parity import status
+    from kedge.runtime.checks.parity import FAILED as RECORDED_FAILED
+    from kedge.runtime.checks.parity import status
 
     if passed:
         return PASSED
@@ -195,8 +195,8 @@ def _golden(bundle: Bundle, report: VerifyReport, say: Log) -> None:
     """Every runnable pair on the golden set, through the same check (and per-machine cache)
     that `auto` uses, each shown with its parity recorded at export."""
     from kedge.runtime.backends import runnable_pairs
-    from kedge.runtime.choice import check_here
-    from kedge.runtime.parity import status
+    from kedge.runtime.checks.choice import check_here
+    from kedge.runtime.checks.parity import status
 
     if not bundle.golden:
         report.add("golden set", NOT_CHECKABLE, "the bundle has no golden set (run `kedge golden BUNDLE` where it "
@@ -233,7 +233,7 @@ def _parity(bundle: Bundle, data: Path | None, split: str | None, report: Verify
         report.add("parity", NOT_CHECKABLE, "no labelled folder given (pass --data DIR, optionally --split)")
         return
     from kedge.runtime.backends import pair as make_pair
-    from kedge.runtime.parity import ParityRow, bundle_parity, format_table
+    from kedge.runtime.checks.parity import ParityRow, bundle_parity, format_table
 
     if not bundle.has("onnx_fp32"):
         _accuracy_against_record(bundle, data, split, report, progress, say)
@@ -251,7 +251,7 @@ def _parity(bundle: Bundle, data: Path | None, split: str | None, report: Verify
 def _bench(bundle: Bundle, report: VerifyReport, iterations: int, say: Log) -> None:
     from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.bench import run_bench
-    from kedge.runtime.golden import draw, pool_densities
+    from kedge.runtime.checks.golden import draw, pool_densities
 
     images = draw(pool_densities(4), seed=1).pngs
     pairs = runnable_pairs(bundle)
@@ -268,8 +268,8 @@ def _accuracy_against_record(bundle: Bundle, data: Path, split: str | None, repo
     from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.bundle.engines import source_form_of
     from kedge.runtime.bundle.manifest import portable_path
+    from kedge.runtime.checks.parity import THRESHOLDS
     from kedge.runtime.evaluate import predict_items
-    from kedge.runtime.parity import THRESHOLDS
 
     recorded = bundle.parity
     same_split = recorded.get("split") == (split or "all") and bool(recorded.get("data")) and \
@@ -301,7 +301,7 @@ def _accuracy_against_record(bundle: Bundle, data: Path, split: str | None, repo
 def _recorded_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Recorded parity rows by backend/form/precision, and by form (the ONNX Runtime row
     first: the accuracy of the file itself, which an engine built from it is held to)."""
-    from kedge.runtime.parity import row_key
+    from kedge.runtime.checks.parity import row_key
 
     by_key = {row_key(r): r for r in rows}
     by_form: dict[str, dict[str, Any]] = {}

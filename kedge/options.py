@@ -285,7 +285,7 @@ def machine() -> str:
 def open_runner(bundle: Any, backend: str, precision: str | None, allow_unverified: bool) -> tuple[Any, str]:
     """The bundle on the chosen (backend, form, precision) (--backend keras: its Keras original,
     a registered backend like the others), as (context-managed runner, what it is)."""
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     runner = choose(bundle, backend, precision, allow_unverified).pair.open(bundle)
     return runner, runner.label

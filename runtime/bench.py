@@ -76,7 +76,7 @@ def summarize(ms: np.ndarray, batch_size: int) -> dict[str, float]:
 
 def standing(bundle: Bundle, pair: Pair) -> str:
     """A row's parity column: `reference`, `baseline`, or the pair's recorded parity status."""
-    from kedge.runtime.parity import status
+    from kedge.runtime.checks.parity import status
 
     if pair.precision == BASELINE:
         return "baseline"
@@ -215,7 +215,7 @@ def _row_label(row: BenchRow) -> str:
 
 def auto_key(bundle: Bundle, threads: int | None = None) -> str | None:
     """The key of the pair `kedge infer` picks for this bundle; None when no pair passed parity."""
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     try:
         return choose(bundle, threads=threads).pair.key

@@ -93,7 +93,7 @@ def _stack(samples: Sequence[Sample]) -> np.ndarray:
 
 def synthetic_knees(count: int, seed: int = 0) -> np.ndarray:
     """`count` synthetic knees of `kedge synth` (every class density in turn), as model inputs."""
-    from kedge.runtime.synthetic import CLASS_DENSITY, knee_radiograph
+    from kedge.runtime.checks.synthetic import CLASS_DENSITY, knee_radiograph
 
     rng = np.random.default_rng(seed)
     densities = list(CLASS_DENSITY.values())

@@ -42,8 +42,8 @@ def pairs_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     per-machine cache; it runs on first use or with `kedge verify`)."""
     from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.bundle.manifest import load_bundle
-    from kedge.runtime.choice import checked_here
-    from kedge.runtime.parity import status
+    from kedge.runtime.checks.choice import checked_here
+    from kedge.runtime.checks.parity import status
 
     bundle = load_bundle(bundle_path)
     pairs = runnable_pairs(bundle)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.bundle.manifest import Bundle
-from kedge.runtime.choice import choose
+from kedge.runtime.checks.choice import choose
 from kedge.runtime.errors import KedgeError
 
 

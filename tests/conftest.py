@@ -58,7 +58,7 @@ def tf_keras():
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three classes x 60 synthetic knees, 224 px (generated once per session)."""
-    from kedge.runtime.synthetic import write_dataset
+    from kedge.runtime.checks.synthetic import write_dataset
 
     root = tmp_path_factory.mktemp("synthetic") / "knees"
     write_dataset(root, per_class=60, seed=0)

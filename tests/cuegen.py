@@ -1,6 +1,6 @@
 """A synthetic data set with a planted source cue, for testing `kedge audit`.
 
-Two sources of synthetic knees (kedge.runtime.synthetic), Normal vs Osteoporosis:
+Two sources of synthetic knees (kedge.runtime.checks.synthetic), Normal vs Osteoporosis:
 - "lab": clean PNGs, mostly Normal, and the bone always shows the label;
 - "clinic": degraded JPEGs (downscaled, blurred, recompressed at low quality, brighter),
   mostly Osteoporosis, and in the *training* set the labels of the clinic's images
@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kedge.runtime.synthetic import class_density, knee_radiograph
+from kedge.runtime.checks.synthetic import class_density, knee_radiograph
 
 CLASSES = ("Normal", "Osteoporosis")
 

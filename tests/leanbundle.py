@@ -100,7 +100,7 @@ def make_lean_bundle(folder: Path, calibration_images: Path, int8: bool = True, 
     if parity:
         from kedge.export.golden import make_golden
         from kedge.runtime.bundle.manifest import load_bundle
-        from kedge.runtime.parity import bundle_parity
+        from kedge.runtime.checks.parity import bundle_parity
 
         bundle_parity(load_bundle(folder), calibration_images, None, progress=False)
         make_golden(load_bundle(folder), count=12)

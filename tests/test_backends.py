@@ -59,10 +59,10 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
     from kedge.runtime.backends import backends_for, runnable_pairs
     from kedge.runtime.bench import bundle_pairs, run_bench, synthetic_jpeg
     from kedge.runtime.bundle.forms import form
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
+    from kedge.runtime.checks.parity import bundle_parity
     from kedge.runtime.infer import Prediction, Predictor
     from kedge.runtime.inputs.folders import expand_inputs
-    from kedge.runtime.parity import bundle_parity
 
     monkeypatch.setattr(backends, "REGISTRY", dict(backends.REGISTRY))  # the registry as it was, afterwards
     backends.register("toy", ToyBackend)  # the one registration line
@@ -108,7 +108,7 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
 
 def _mark(bundle_dir: Path, failed: set[str]) -> None:
     """Rewrite the recorded parity so that exactly the pairs in `failed` (backend/form/precision) FAILED."""
-    from kedge.runtime.parity import record_parity, row_key
+    from kedge.runtime.checks.parity import record_parity, row_key
 
     bundle = load_bundle(bundle_dir)
     result = dict(bundle.manifest["parity"])
@@ -122,7 +122,7 @@ def _mark(bundle_dir: Path, failed: set[str]) -> None:
 
 def test_auto_never_uses_a_pair_whose_parity_failed(verified, small_data, tmp_path) -> None:
     from kedge.runtime.backends import runnable_pairs
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     bundle_dir = tmp_path / "tiny"
     shutil.copytree(verified, bundle_dir)
@@ -155,7 +155,7 @@ def test_auto_never_uses_a_pair_whose_parity_failed(verified, small_data, tmp_pa
 
 
 def test_auto_refuses_a_bundle_without_any_parity(tmp_path, small_data) -> None:
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     bundle = load_bundle(make_lean_bundle(tmp_path / "tiny", small_data, int8=False, parity=False))
     with pytest.raises(KedgeError, match=r"no \(backend, form\) pair passed parity.*was never parity-checked.*"
@@ -200,7 +200,7 @@ def test_openvino_precision_is_explicit_threads_apply_and_the_cache_is_keyed(ver
 
 
 def test_infer_says_which_pair_runs_and_why(verified, small_data) -> None:
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     run = _kedge("infer", str(next(small_data.rglob("*.png"))), "--model", str(verified))
     assert run.returncode == 0, run.stderr
@@ -238,7 +238,7 @@ def test_engine_plans_and_export_names_agree_with_the_table_of_forms() -> None:
 
 
 def test_export_gate_needs_each_form_to_pass_on_some_backend() -> None:
-    from kedge.runtime.parity import forms_passed
+    from kedge.runtime.checks.parity import forms_passed
 
     rows = [{"form": "onnx-fp32", "passed": True}, {"form": "onnx-int8", "passed": True},
             {"form": "onnx-int8", "passed": False}]  # OpenVINO's INT8 FAILED, ONNX Runtime's PASSED

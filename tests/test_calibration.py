@@ -10,11 +10,11 @@ import pytest
 
 from kedge.calibration.images import _quotas, select_images
 from kedge.calibration.trt_cache import cache_text, read_cache, trt_version_code, with_version
+from kedge.runtime.checks.parity import compare, format_table
+from kedge.runtime.checks.synthetic import write_dataset
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.evaluate import Predictions
 from kedge.runtime.inputs.folders import LabelledImage
-from kedge.runtime.parity import compare, format_table
-from kedge.runtime.synthetic import write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_parity_rows_pass_and_fail_on_the_documented_thresholds() -> None:
 
 
 def test_near_ties_are_not_counted_only_within_the_precisions_tolerance() -> None:
-    """The small-n rule (runtime/parity.py): at n=36 one flip is 2.8 points, so a flip on an
+    """The small-n rule (runtime/checks/parity.py): at n=36 one flip is 2.8 points, so a flip on an
     image the reference itself called within 2 x tolerance is reported but not counted."""
     labels = [0] * 18 + [1] * 18
     ref_p = [[0.9, 0.1] if y == 0 else [0.2, 0.8] for y in labels]

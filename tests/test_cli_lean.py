@@ -26,7 +26,7 @@ IMPORT_RUNTIME = ("import importlib, pkgutil, kedge.runtime\n"
 def test_runtime_never_imports_tensorflow() -> None:
     # TensorFlow made unimportable: every runtime module, the CLI and the synthetic generator still load and run.
     code = BLOCK_TF + IMPORT_RUNTIME + (
-        "import cv2, numpy as np, kedge.cli, kedge.runtime.synthetic\n"
+        "import cv2, numpy as np, kedge.cli, kedge.runtime.checks.synthetic\n"
         "from kedge.runtime.inputs.preprocess import preprocess\n"
         "print(preprocess(cv2.imencode('.png', np.zeros((9, 9), np.uint8))[1].tobytes()).shape)"
     )
@@ -349,7 +349,7 @@ def test_the_first_commands_in_kedge_help_work_on_a_lean_install(tmp_path) -> No
 
     from imagegen import encode
     from kedge.cli import main
-    from kedge.runtime.synthetic import knee_radiograph
+    from kedge.runtime.checks.synthetic import knee_radiograph
 
     (tmp_path / "scans").mkdir()  # knees (synthetic), so the shipped models' input envelopes let them through
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kedge.runtime.synthetic import class_density, knee_radiograph
+from kedge.runtime.checks.synthetic import class_density, knee_radiograph
 from kedge.train.data import prepare, read_split_manifest, write_split_manifest
 from kedge.train.dedup import duplicate_groups, fingerprint
 

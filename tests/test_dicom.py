@@ -23,7 +23,7 @@ TOLERANCE = 1e-3  # max |dx| between a DICOM's tensor and its PNG source's (wind
 
 def knee(bits: int, seed: int = 0) -> np.ndarray:
     """A grey knee-like pattern spanning most of a `bits`-bit range (uint16, or uint8 for 8 bits)."""
-    from kedge.runtime.synthetic import knee_radiograph
+    from kedge.runtime.checks.synthetic import knee_radiograph
 
     grey = knee_radiograph(0.5, np.random.default_rng(seed), size=320).astype(np.float64) / 255.0
     peak = (1 << bits) - 1

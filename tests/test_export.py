@@ -33,7 +33,7 @@ def trained(tf_keras, synthetic_data, tmp_path_factory) -> Path:
 def parity_data(tmp_path_factory) -> Path:
     """600 fresh synthetic knees for parity: on 180 images one flipped prediction is already
     0.56 points, too coarse to resolve the INT8 rule (accuracy within 1 point)."""
-    from kedge.runtime.synthetic import write_dataset
+    from kedge.runtime.checks.synthetic import write_dataset
 
     root = tmp_path_factory.mktemp("parity") / "knees"
     write_dataset(root, per_class=200, seed=7)

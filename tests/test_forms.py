@@ -31,7 +31,7 @@ def test_a_new_form_is_one_row_plus_its_converter(monkeypatch, small_data, tmp_p
     from kedge.export.pipeline import ExportSettings, export_bundle
     from kedge.runtime.backends import runnable_pairs
     from kedge.runtime.card import render_card
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     monkeypatch.setitem(FORMS, TOY.name, TOY)  # the one row
     folder = make_lean_bundle(tmp_path / "tiny", small_data, int8=False, parity=False)

@@ -42,7 +42,7 @@ def offset_model(path: Path, threshold: float) -> None:
 
 @pytest.fixture(scope="module")
 def knees(tmp_path_factory) -> Path:
-    from kedge.runtime.synthetic import write_dataset
+    from kedge.runtime.checks.synthetic import write_dataset
 
     root = tmp_path_factory.mktemp("int8tools") / "knees"
     write_dataset(root, per_class=30, classes=CLASSES, seed=5)

@@ -52,8 +52,8 @@ def kedge(*args: str, block_tf: bool = False) -> subprocess.CompletedProcess:
 
 def test_auto_picks_the_fastest_pair_that_passed_parity_and_says_why(lean) -> None:
     from kedge.runtime.bundle.engines import tensorrt_usable
-    from kedge.runtime.choice import choose
-    from kedge.runtime.parity import PASSED, status
+    from kedge.runtime.checks.choice import choose
+    from kedge.runtime.checks.parity import PASSED, status
 
     if tensorrt_usable():
         pytest.skip("this machine has TensorRT and a GPU; the CPU choice does not apply")
@@ -131,7 +131,7 @@ def test_infer_json_without_tensorflow_and_one_bad_file(lean, images) -> None:
     assert all(r["inside"] is None and r["withheld"] is False for r in rows)  # no envelope: no input check
     assert result.stderr.count("no input check is possible") == 1  # said once, not per image
     assert {r["model"] for r in rows} == {"tiny"}
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     auto = choose(load_bundle(lean)).pair  # the pair infer picks by itself, named in every row
     assert {r["form"] for r in rows} == {auto.form.name} and {r["backend"] for r in rows} == {auto.backend}
@@ -263,8 +263,8 @@ def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 
 def test_reduced_jpeg_decode_is_close_to_the_full_decode_and_keeps_orientation() -> None:
+    from kedge.runtime.checks.synthetic import knee_radiograph
     from kedge.runtime.inputs.preprocess import decode_grey, jpeg_reduction, preprocess
-    from kedge.runtime.synthetic import knee_radiograph
 
     image = cv2.resize(knee_radiograph(0.5, np.random.default_rng(3), size=1024), (2000, 1800))
     jpeg = with_exif_orientation(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), 6)
@@ -403,7 +403,7 @@ def test_audit_trail_survives_a_kill_and_appends(lean, synthetic_data, tmp_path)
     assert data.endswith(b"\n")  # whole lines only
     entries = [json.loads(line) for line in data.splitlines()]
     assert 5 <= len(entries) < 600  # killed part-way
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     auto = choose(load_bundle(lean)).pair  # what infer runs by itself
     runtime = {"onnxruntime": "ONNX Runtime ", "openvino": "OpenVINO "}[auto.backend]
@@ -429,8 +429,8 @@ def test_audit_file_that_cannot_be_opened(lean, synthetic_data, tmp_path) -> Non
 
 def test_full_decode_flag_uses_the_exact_jpeg_decode(lean, tmp_path) -> None:
     from kedge.runtime.backends.onnxruntime import OnnxRuntimeSession
+    from kedge.runtime.checks.synthetic import knee_radiograph
     from kedge.runtime.inputs.preprocess import preprocess
-    from kedge.runtime.synthetic import knee_radiograph
 
     image = cv2.resize(knee_radiograph(0.4, np.random.default_rng(5), size=512), (2000, 1700))
     path = tmp_path / "large.jpg"

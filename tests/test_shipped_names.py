@@ -67,7 +67,7 @@ def test_card_and_info_name_the_installed_location() -> None:
 
 
 def test_verify_and_audit_take_a_name(tmp_path) -> None:
-    from kedge.runtime.synthetic import write_dataset
+    from kedge.runtime.checks.synthetic import write_dataset
 
     folder = installed("knee-cnn")
     verify = CliRunner().invoke(main, ["verify", "knee-cnn", "--no-build", "--bench-iterations", "0", "--json"])

@@ -21,7 +21,7 @@ CLASSES = ["Normal", "Osteoporosis"]
 def tree(tmp_path: Path) -> Path:
     import cv2
 
-    from kedge.runtime.synthetic import class_density, knee_radiograph
+    from kedge.runtime.checks.synthetic import class_density, knee_radiograph
 
     rng = np.random.default_rng(0)
     root = tmp_path / "data"

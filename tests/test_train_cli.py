@@ -216,7 +216,7 @@ def test_unvalidated_source_options_are_checked_before_training(tmp_path) -> Non
     from click.testing import CliRunner
 
     from kedge.cli import main
-    from kedge.runtime.synthetic import write_dataset
+    from kedge.runtime.checks.synthetic import write_dataset
 
     data = tmp_path / "data"
     write_dataset(data, per_class=4, seed=0)

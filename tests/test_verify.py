@@ -38,7 +38,7 @@ def bundle(synthetic_data, tmp_path_factory) -> Path:
 
 
 def test_golden_is_deterministic_and_stores_no_pixels(bundle) -> None:
-    from kedge.runtime.golden import draw, pool_densities
+    from kedge.runtime.checks.golden import draw, pool_densities
 
     first, again = draw(pool_densities(6), 3), draw(pool_densities(6), 3)
     assert first.pngs == again.pngs and first.pixel_sha256 == again.pixel_sha256

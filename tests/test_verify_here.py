@@ -57,7 +57,7 @@ def shift(outputs: list[list[float]], amount: float) -> list[list[float]]:
 
 
 def test_golden_images_span_every_answer_and_a_range_of_margins() -> None:
-    from kedge.runtime.golden import select_spread
+    from kedge.runtime.checks.golden import select_spread
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, (96, 3)) + np.array([2.0, 0.0, -1.0])  # class 0 dominates the pool
@@ -73,7 +73,7 @@ def test_golden_images_span_every_answer_and_a_range_of_margins() -> None:
 
 
 def test_the_golden_set_regenerates_without_train_and_holds_distinct_outputs(checked) -> None:
-    from kedge.runtime.golden import regenerate
+    from kedge.runtime.checks.golden import regenerate
 
     golden = load_bundle(checked).manifest["golden"]
     images = regenerate(golden)
@@ -84,7 +84,7 @@ def test_the_golden_set_regenerates_without_train_and_holds_distinct_outputs(che
 
 
 def test_a_form_off_by_the_saturation_error_is_never_used_and_auto_falls_back(bundle_dir, small_data) -> None:
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     good = choose(load_bundle(bundle_dir))
     assert good.pair.precision == "int8" and good.verified and not good.fallback
@@ -114,7 +114,7 @@ def test_a_form_off_by_the_saturation_error_is_never_used_and_auto_falls_back(bu
 
 def test_a_small_kernel_difference_still_passes(bundle_dir) -> None:
     """The tolerance is not zero: another runtime's INT8 rounding (0.027 measured) must pass."""
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     bundle = load_bundle(bundle_dir)
     golden = dict(bundle.manifest["golden"])
@@ -124,7 +124,7 @@ def test_a_small_kernel_difference_still_passes(bundle_dir) -> None:
 
 
 def test_the_check_runs_once_per_machine(bundle_dir, monkeypatch) -> None:
-    from kedge.runtime import choice as choice_module
+    from kedge.runtime.checks import choice as choice_module
 
     calls = []
     measure = choice_module._measure
@@ -137,7 +137,7 @@ def test_the_check_runs_once_per_machine(bundle_dir, monkeypatch) -> None:
 
 def test_pairs_about_as_fast_are_picked_in_a_fixed_order_whatever_the_load() -> None:
     from kedge.runtime.backends import pair
-    from kedge.runtime.choice import Here, _fastest
+    from kedge.runtime.checks.choice import Here, _fastest
 
     a, b = pair("onnxruntime", "onnx-int8"), pair("openvino", "onnx-int8")
     for ms_a, ms_b in ((10.0, 9.7), (9.7, 10.0), (10.3, 9.9)):  # the same pair, loaded or not
@@ -149,8 +149,8 @@ def test_pairs_about_as_fast_are_picked_in_a_fixed_order_whatever_the_load() -> 
 
 def test_a_reexport_without_labelled_data_leaves_the_new_files_unchecked(bundle_dir, small_data, tmp_path) -> None:
     from kedge.runtime.backends import pair
-    from kedge.runtime.choice import choose
-    from kedge.runtime.parity import UNCHECKED, status
+    from kedge.runtime.checks.choice import choose
+    from kedge.runtime.checks.parity import UNCHECKED, status
 
     flat = tmp_path / "flat"  # no class folders: export has no labelled folder to run parity on
     flat.mkdir()
@@ -170,8 +170,8 @@ def test_a_reexport_without_labelled_data_leaves_the_new_files_unchecked(bundle_
 
 def test_a_reexport_killed_during_parity_leaves_the_new_files_unchecked(bundle_dir, synthetic_data) -> None:
     from kedge.runtime.backends import pair
-    from kedge.runtime.choice import choose
-    from kedge.runtime.parity import UNCHECKED, status
+    from kedge.runtime.checks.choice import choose
+    from kedge.runtime.checks.parity import UNCHECKED, status
 
     manifest = bundle_dir / "kedge.json"
     before = json.loads(manifest.read_text())["files"]["model.int8.cpu.onnx"]
@@ -211,7 +211,7 @@ def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bu
                                                                               tmp_path) -> None:
     """Shipped without its FP32 file, a bundle still has a reference on a lean install (its
     FP16-stored float form, widened to FP32 by ONNX Runtime) and a form to fall back to."""
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     assert kedge("export", bundle_dir, "--fp16", "--quiet", "--data", small_data).returncode == 0
     shipped = tmp_path / "shipped"
@@ -240,7 +240,7 @@ def test_a_shipped_bundle_keeps_a_float_form_that_parity_and_the_fallback_use(bu
 
 def test_golden_images_another_opencv_draws_differently_leave_the_pair_unchecked_and_say_so(bundle_dir) -> None:
     """Not a verdict on the form: the pair runs, but the choice is marked unverified and says why."""
-    from kedge.runtime.choice import choose
+    from kedge.runtime.checks.choice import choose
 
     bundle = load_bundle(bundle_dir)
     golden = {**bundle.manifest["golden"], "pixel_sha256": ["0" * 64] * len(bundle.manifest["golden"]["indices"])}

@@ -1,7 +1,7 @@
 """What the first use of the shipped models costs on this machine, and what later uses cost.
 
 The first `kedge infer` of a model on a machine runs its golden set on every candidate
-pair and times them (runtime/choice.py); later runs read the per-machine cache. This
+pair and times them (runtime/checks/choice.py); later runs read the per-machine cache. This
 runs `kedge infer IMAGE` (both shipped models) three times in a row with a fresh,
 empty cache, side by side with a run on a warm cache, and prints wall and CPU seconds.
 CPU seconds are what the budget is about on a loaded machine: wall time includes
@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         image = args.image
         if image is None:
-            from kedge.runtime.synthetic import write_dataset
+            from kedge.runtime.checks.synthetic import write_dataset
 
             image = write_dataset(Path(tmp) / "knees", per_class=1)[0]
         baseline = run(image, Path(tmp) / "warm")  # fills a cache for the warm runs

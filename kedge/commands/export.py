@@ -179,7 +179,7 @@ def parity(bundle: Path, data: Path, split: str | None, reference: str | None, f
     """
     from kedge.export.parity import parity_for_bundle
     from kedge.runtime.bundle.manifest import load_bundle
-    from kedge.runtime.parity import format_result, result_json
+    from kedge.runtime.checks.parity import format_result, result_json
 
     result = parity_for_bundle(load_bundle(bundle), data, split, reference, csv_list(forms, "--forms"), batch_size,
                                progress=not quiet, log=None if as_json else log,

@@ -236,8 +236,8 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
       kedge synth --out runs/synthetic-knees
       kedge synth --out runs/big --per-class 200 --size 512 --classes Normal,Osteoporosis
     """
+    from kedge.runtime.checks.synthetic import write_dataset
     from kedge.runtime.inputs.folders import parse_classes
-    from kedge.runtime.synthetic import write_dataset
 
     paths = write_dataset(out, parse_classes(classes), per_class, seed, size, overwrite)
     log(f"wrote {len(paths)} synthetic images to {out}")

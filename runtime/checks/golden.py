@@ -30,7 +30,7 @@ DECIMALS = 6
 # Max |dp| allowed between a pair's output here and what was stored for the same ONNX
 # file at export (ONNX Runtime there): kernels differ between CPUs and runtimes, not the
 # file. bf16 (OpenVINO running the FP32 file in bfloat16) gets parity's bf16 tolerance,
-# int8 parity's int8 tolerance (runtime.parity.THRESHOLDS): another runtime's INT8 kernels
+# int8 parity's int8 tolerance (runtime.checks.parity.THRESHOLDS): another runtime's INT8 kernels
 # round differently (OpenVINO against ONNX Runtime on the shipped GRU's Q/DQ file: 0.027),
 # while a saturating kernel (8-bit weights on a CPU without VNNI) moves them by 0.11-0.19.
 SAME_FILE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1e-2, "int8": 5e-2}
@@ -63,7 +63,7 @@ def _encode(pixels: np.ndarray) -> tuple[bytes, str]:
 def draw(densities: Sequence[float], seed: int, size: int = SIZE, indices: Sequence[int] | None = None) -> GoldenImages:
     """Golden radiographs: image k from the generator seeded [seed, indices[k]] (version 2),
     so any subset of a pool can be drawn again alone."""
-    from kedge.runtime.synthetic import knee_radiograph
+    from kedge.runtime.checks.synthetic import knee_radiograph
 
     indices = list(range(len(densities))) if indices is None else list(indices)
     encoded = [_encode(knee_radiograph(float(d), np.random.default_rng([seed, int(i)]), size))
@@ -73,7 +73,7 @@ def draw(densities: Sequence[float], seed: int, size: int = SIZE, indices: Seque
 
 def _draw_sequential(densities: Sequence[float], seed: int, size: int) -> GoldenImages:
     """Version 1 sets (shipped before December 2026): one generator drawn in sequence."""
-    from kedge.runtime.synthetic import knee_radiograph
+    from kedge.runtime.checks.synthetic import knee_radiograph
 
     rng = np.random.default_rng(seed)
     encoded = [_encode(knee_radiograph(float(d), rng, size)) for d in densities]

@@ -1,8 +1,8 @@
 """Which (backend, form, precision) a bundle runs on: `--backend`, `--precision` and `auto`.
 
 A pair is used only when two checks passed: parity against the Keras original, recorded
-at export for the exact file (runtime/parity.py), and the bundle's golden set on THIS
-machine (runtime/golden.py). The second exists because the same file answers
+at export for the exact file (runtime/checks/parity.py), and the bundle's golden set on THIS
+machine (runtime/checks/golden.py). The second exists because the same file answers
 differently on another CPU: 8-bit INT8 weights saturate on x86 CPUs without VNNI, and
 parity recorded on the export machine cannot see that. The first time a bundle runs
 on a machine, the candidate pairs run the golden set side by side, in interleaved
@@ -40,9 +40,9 @@ from kedge.runtime.backends import Pair, backend_class, names, runnable_pairs
 from kedge.runtime.backends.base import cache_root
 from kedge.runtime.bundle.forms import FORMS, PRECISIONS, onnx_forms, options_that_make
 from kedge.runtime.bundle.manifest import Bundle, atomic_write_json
+from kedge.runtime.checks.parity import PASSED, UNCHECKED, status
 from kedge.runtime.cpu import cpu_info
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.parity import PASSED, UNCHECKED, status
 
 CHUNK = 8  # golden images per timed call: kedge infer's default batch size
 TIE = 0.05  # pairs within 5 % of the fastest are equally fast (timing noise): the fixed order decides
@@ -249,7 +249,7 @@ def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: 
     hits every pair alike. Without a golden set, synthetic chunks are timed instead."""
     from tqdm import tqdm
 
-    from kedge.runtime.golden import GoldenBatch
+    from kedge.runtime.checks.golden import GoldenBatch
 
     golden = bundle.golden
     batch = GoldenBatch(golden) if golden else None
@@ -283,7 +283,7 @@ def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: 
 
 def _golden_check(bundle: Bundle, pair: Pair, outputs: np.ndarray, batch: Any) -> Here:
     from kedge.runtime.bundle.engines import source_form_of
-    from kedge.runtime.golden import compare_form, stored_for
+    from kedge.runtime.checks.golden import compare_form, stored_for
 
     golden = batch.golden
     source = source_form_of(bundle, pair)
