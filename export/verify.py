@@ -221,7 +221,7 @@ def _golden(bundle: Bundle, report: VerifyReport, say: Log) -> None:
 
 def _envelope(bundle: Bundle, report: VerifyReport) -> None:
     """The input gate runs beside every form (docs/envelope.md): one check, not one per pair."""
-    from kedge.runtime.envelope_report import device_check
+    from kedge.runtime.envelope.report import device_check
 
     passed, detail = device_check(bundle)
     report.add("input envelope", NOT_CHECKABLE if passed is None else PASSED if passed else FAILED, detail)

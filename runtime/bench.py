@@ -143,7 +143,7 @@ def time_preprocess(images: Sequence[bytes], warmup: int = 2, iterations: int = 
 def time_gate(bundle: Bundle, images: Sequence[bytes], warmup: int = 2, iterations: int = 10) -> dict[str, Any] | None:
     """The input gate per image (its features and distance, on the preprocessed image), or
     None for a bundle without an envelope. It runs beside every form, so one row says it."""
-    from kedge.runtime.envelope import bundle_envelope
+    from kedge.runtime.envelope.gate import bundle_envelope
 
     envelope = bundle_envelope(bundle)
     if envelope is None:

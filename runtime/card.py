@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from kedge.runtime.bundle.manifest import Bundle
-from kedge.runtime.envelope import card_lines
+from kedge.runtime.envelope.gate import card_lines
 from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, group_table, not_validated
 
 
@@ -89,7 +89,7 @@ def _lead(bundle: Bundle) -> list[str]:
     """What a reader needs first: where the model was validated (per source, with the 95 %
     Wilson interval), which sources it was not validated on and why, and what the input
     envelope refuses. The detail follows in the sections below."""
-    from kedge.runtime.envelope import wilson_lower
+    from kedge.runtime.envelope.gate import wilson_lower
 
     groups = (bundle.section("metrics").get("test") or {}).get("by_source") or {}
     envelope = bundle.section("envelope")

@@ -22,7 +22,7 @@ import numpy as np
 from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.checks.choice import choose
-from kedge.runtime.envelope import GATE_FIELDS, Check, bundle_envelope
+from kedge.runtime.envelope.gate import GATE_FIELDS, Check, bundle_envelope
 from kedge.runtime.errors import ImageError, KedgeError, safe_name
 from kedge.runtime.inputs.preprocess import INPUT_SHAPE, preprocess, read_bytes
 

@@ -121,8 +121,8 @@ def audit_bundle(bundle: Any, items: Sequence[Any], open_runner: Callable[[], tu
     """`kedge audit`: the bundle's answers on the labelled items (`open_runner` opens the
     chosen backend: (runner, what it is)), audited per source and per format, with the
     envelope's section when the bundle has one (its checks recorded beside the answers)."""
-    from kedge.runtime.envelope import bundle_envelope
-    from kedge.runtime.envelope_audit import GateRecorder, envelope_section, image_splits
+    from kedge.runtime.envelope.audit import GateRecorder, envelope_section, image_splits
+    from kedge.runtime.envelope.gate import bundle_envelope
     from kedge.runtime.errors import KedgeError
     from kedge.runtime.evaluate import predict_items
     from kedge.runtime.inputs.sources import UNKNOWN

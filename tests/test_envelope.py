@@ -3,7 +3,7 @@ gating `kedge infer` (withheld answers, exit status 3), reported by `kedge audit
 timed by `kedge bench`, carried by `kedge ship`.
 
 The envelope here is fitted on synthetic knees made by the tests; the images it must
-refuse are made on the spot (runtime/outsiders.py): photographs that matplotlib
+refuse are made on the spot (runtime/envelope/outsiders.py): photographs that matplotlib
 ships (skipped without it), OpenCV-drawn scenes, a plot, rendered text, noise, and
 the gross input errors (inverted, rotated 90 degrees, quarter-size corner crop) built
 from held-out knees. Real radiographs are checked in the realdata tests at the end.
@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, real_data_root
-from kedge.runtime import envelope as env
-from kedge.runtime import outsiders
 from kedge.runtime.bundle.manifest import load_bundle, new_bundle
+from kedge.runtime.envelope import gate as env
+from kedge.runtime.envelope import outsiders
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.inputs.preprocess import preprocess, read_bytes
 

@@ -16,7 +16,7 @@ from leanbundle import CLASSES, make_lean_bundle
 
 from conftest import BLOCK_TF
 from kedge.runtime.bundle.manifest import load_bundle
-from kedge.runtime.envelope import GATE_FIELDS
+from kedge.runtime.envelope.gate import GATE_FIELDS
 from kedge.runtime.errors import KedgeError
 
 REPORT_TF = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("

@@ -207,7 +207,7 @@ def audit(bundle: Path, data: Path, split: str | None, split_manifest: Path | No
       kedge audit old-bundle --data ../shared/data --split test --split-manifest runs/cnn/split.csv
     """
     from kedge.runtime.bundle.manifest import load_bundle
-    from kedge.runtime.envelope_audit import format_section
+    from kedge.runtime.envelope.audit import format_section
     from kedge.runtime.explain import require_matplotlib
     from kedge.runtime.inputs.sources import labelled_items
     from kedge.runtime.shortcut import audit_bundle, format_audit

@@ -262,8 +262,8 @@ def envelope(bundle: Path, data: Path, validated: str | None, components: int, k
       kedge envelope runs/cnn --data ../shared/data --sources ../shared/data/manifest.csv \\
           --source-column collection --report --dry-run --json
     """
-    from kedge.runtime.envelope_fit import fit_and_store
-    from kedge.runtime.envelope_report import format_summary
+    from kedge.runtime.envelope.fit import fit_and_store
+    from kedge.runtime.envelope.report import format_summary
 
     chosen = csv_list(validated, "--validated")
     fitted, samples, summary = fit_and_store(bundle, data, source_spec(sources), chosen, components, keep,
@@ -271,7 +271,7 @@ def envelope(bundle: Path, data: Path, validated: str | None, components: int, k
                                              log=None if as_json else log)
     result: dict[str, Any] = {**summary}
     if report:
-        from kedge.runtime.envelope_report import stress_report
+        from kedge.runtime.envelope.report import stress_report
 
         result["report"] = stress_report(fitted, samples, synthetic, progress=not quiet and not as_json)
         result["machine"] = machine()

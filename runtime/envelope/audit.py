@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.envelope import Check, Envelope
+from kedge.runtime.envelope.gate import Check, Envelope
 from kedge.runtime.metrics import group_metrics
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from kedge.runtime import envelope as env
 from kedge.runtime.bundle.manifest import Bundle, atomic_write_text, load_bundle
+from kedge.runtime.envelope import gate as env
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION, preprocess

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from kedge.runtime import envelope as env
-from kedge.runtime import outsiders
-from kedge.runtime.envelope_fit import Sample
+from kedge.runtime.envelope import gate as env
+from kedge.runtime.envelope import outsiders
+from kedge.runtime.envelope.fit import Sample
 from kedge.runtime.inputs.preprocess import preprocess, read_bytes
 
 GROSS = (("inverted", "inverted polarity", 0.95), ("rotated-90", "rotated 90 degrees", 0.80),
