@@ -125,14 +125,14 @@ class Validation:
     """Validation images with the reference's predictions, computed once and reused for every candidate."""
 
     items: list[Any]
-    reference: Any  # runtime.evaluate.Predictions
+    reference: Any  # runtime.reports.evaluate.Predictions
     classes: list[str]
 
     def score(self, onnx_path: str | os.PathLike[str]) -> Any:
         """A Q/DQ file on the validation images: a runtime.checks.parity.ParityRow with INT8 thresholds."""
         from kedge.runtime.backends.onnxruntime import CPU, OnnxRuntimeSession
         from kedge.runtime.checks.parity import compare
-        from kedge.runtime.evaluate import predict_items
+        from kedge.runtime.reports.evaluate import predict_items
 
         with OnnxRuntimeSession(onnx_path, [CPU], label="candidate") as backend:
             predictions = predict_items(backend, self.reference.items, 16, progress=False)
@@ -146,7 +146,7 @@ class Validation:
 
 
 def validation_set(items: Sequence[Any], classes: Sequence[str], open_reference: Callable[[], Any]) -> Validation:
-    from kedge.runtime.evaluate import predict_items
+    from kedge.runtime.reports.evaluate import predict_items
 
     if not items:
         raise KedgeError("the INT8 tools need labelled validation images (--data DIR, --split val)")

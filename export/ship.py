@@ -113,7 +113,7 @@ def _portable_token(token: str, roots: tuple[str, ...]) -> str:
 
 
 def _limitations(bundle: Bundle) -> list[str]:
-    from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, not_validated
+    from kedge.runtime.reports.evaluate import NOT_VALIDATED_MARGIN, not_validated
 
     items = list(LIMITATIONS)
     test = bundle.section("metrics").get("test", {})

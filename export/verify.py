@@ -250,8 +250,8 @@ def _parity(bundle: Bundle, data: Path | None, split: str | None, report: Verify
 
 def _bench(bundle: Bundle, report: VerifyReport, iterations: int, say: Log) -> None:
     from kedge.runtime.backends import runnable_pairs
-    from kedge.runtime.bench import run_bench
     from kedge.runtime.checks.golden import draw, pool_densities
+    from kedge.runtime.reports.bench import run_bench
 
     images = draw(pool_densities(4), seed=1).pngs
     pairs = runnable_pairs(bundle)
@@ -269,7 +269,7 @@ def _accuracy_against_record(bundle: Bundle, data: Path, split: str | None, repo
     from kedge.runtime.bundle.engines import source_form_of
     from kedge.runtime.bundle.manifest import portable_path
     from kedge.runtime.checks.parity import THRESHOLDS
-    from kedge.runtime.evaluate import predict_items
+    from kedge.runtime.reports.evaluate import predict_items
 
     recorded = bundle.parity
     same_split = recorded.get("split") == (split or "all") and bool(recorded.get("data")) and \

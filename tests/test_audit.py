@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cuegen import AUDIT_COUNTS, CLASSES, TRAIN_COUNTS, write_cue_set
 
 from kedge.cli import main
-from kedge.runtime.shortcut import cross_validated_accuracy, cue_test, flags
+from kedge.runtime.reports.shortcut import cross_validated_accuracy, cue_test, flags
 
 EPOCHS = 15
 

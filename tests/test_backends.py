@@ -57,12 +57,12 @@ def test_a_new_backend_is_one_class_and_one_registration_line(tmp_path, small_da
     from kedge.cli import main
     from kedge.runtime import backends
     from kedge.runtime.backends import backends_for, runnable_pairs
-    from kedge.runtime.bench import bundle_pairs, run_bench, synthetic_jpeg
     from kedge.runtime.bundle.forms import form
     from kedge.runtime.checks.choice import choose
     from kedge.runtime.checks.parity import bundle_parity
     from kedge.runtime.infer import Prediction, Predictor
     from kedge.runtime.inputs.folders import expand_inputs
+    from kedge.runtime.reports.bench import bundle_pairs, run_bench, synthetic_jpeg
 
     monkeypatch.setattr(backends, "REGISTRY", dict(backends.REGISTRY))  # the registry as it was, afterwards
     backends.register("toy", ToyBackend)  # the one registration line

@@ -13,8 +13,8 @@ from kedge.calibration.trt_cache import cache_text, read_cache, trt_version_code
 from kedge.runtime.checks.parity import compare, format_table
 from kedge.runtime.checks.synthetic import write_dataset
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.evaluate import Predictions
 from kedge.runtime.inputs.folders import LabelledImage
+from kedge.runtime.reports.evaluate import Predictions
 
 
 @pytest.fixture(scope="module")

@@ -327,7 +327,7 @@ def test_audit_reports_the_share_inside_per_source(plain, synthetic_data, tmp_pa
 
 
 def test_audit_and_bench_of_a_bundle_without_envelope(plain, synthetic_data) -> None:
-    from kedge.runtime.bench import time_gate
+    from kedge.runtime.reports.bench import time_gate
 
     text = kedge("audit", plain, "--data", synthetic_data, "--split", "test", "--quiet")
     assert "input envelope: tiny has none, so no input check is possible" in text.stdout

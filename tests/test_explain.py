@@ -39,7 +39,7 @@ def lesion_bundle(tmp_path_factory) -> Path:
 def test_occlusion_peaks_on_the_lesion(lesion_bundle) -> None:
     from kedge.runtime.backends import pair
     from kedge.runtime.bundle.manifest import load_bundle
-    from kedge.runtime.explain import occlusion
+    from kedge.runtime.reports.explain import occlusion
 
     with pair("onnxruntime", "onnx-fp32").open(load_bundle(lesion_bundle)) as backend:
         result = occlusion(backend, lesion_image(), patch=24, stride=8)
@@ -70,7 +70,7 @@ def test_explain_cli_writes_a_png(lesion_bundle, tmp_path) -> None:
 def test_grad_cam_and_occlusion_agree_on_the_lesion(tf_keras) -> None:
     """The same known-evidence model in Keras: Grad-CAM and occlusion (run on Keras) both
     find the lesion, and their maps agree."""
-    from kedge.runtime.explain import occlusion
+    from kedge.runtime.reports.explain import occlusion
     from kedge.train.backend import KerasSession
     from kedge.train.gradcam import grad_cam
 

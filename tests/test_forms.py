@@ -30,8 +30,8 @@ TOY = Form("onnx-toy", "fp16", "model.toy.onnx", "onnx_toy", "toy form: the FP32
 def test_a_new_form_is_one_row_plus_its_converter(monkeypatch, small_data, tmp_path) -> None:
     from kedge.export.pipeline import ExportSettings, export_bundle
     from kedge.runtime.backends import runnable_pairs
-    from kedge.runtime.card import render_card
     from kedge.runtime.checks.choice import choose
+    from kedge.runtime.reports.card import render_card
 
     monkeypatch.setitem(FORMS, TOY.name, TOY)  # the one row
     folder = make_lean_bundle(tmp_path / "tiny", small_data, int8=False, parity=False)

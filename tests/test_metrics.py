@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from kedge.runtime.metrics import classification_report, confusion_matrix, wilson_interval
+from kedge.runtime.reports.metrics import classification_report, confusion_matrix, wilson_interval
 
 
 def test_wilson_interval_known_values() -> None:

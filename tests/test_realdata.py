@@ -120,10 +120,10 @@ def test_shipped_models_do_not_answer_from_the_source(real_data, model) -> None:
     included (issue 19: its labels are no target, but one answer for all of it is the cue)."""
     from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.bundle.shipped import MODELS_DIR
-    from kedge.runtime.evaluate import predict_items
     from kedge.runtime.infer import Predictor
     from kedge.runtime.inputs.sources import labelled_items, make_spec
-    from kedge.runtime.shortcut import TOP_SHARE_LIMIT, audit
+    from kedge.runtime.reports.evaluate import predict_items
+    from kedge.runtime.reports.shortcut import TOP_SHARE_LIMIT, audit
 
     bundle = load_bundle(MODELS_DIR / model)
     items = labelled_items(bundle, real_data, None, make_spec(real_data / "manifest.csv", None, "path", "collection"))

@@ -171,7 +171,7 @@ def test_same_seed_same_weights(tf_keras, synthetic_data, tmp_path) -> None:
 def test_an_epoch_that_gives_one_answer_to_a_source_is_not_kept() -> None:
     """Worst-source selection once kept collapsed epochs: all-one-answer scores exactly
     chance in every source, which beats a good epoch that is noisy in one small source."""
-    from kedge.runtime.metrics import metrics_by
+    from kedge.runtime.reports.metrics import metrics_by
     from kedge.train.loop import collapsed_sources, epoch_score
 
     classes = ["Normal", "Osteopenia", "Osteoporosis"]

@@ -10,8 +10,8 @@ from typing import Any
 
 from kedge.runtime.bundle.manifest import load_bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.evaluate import predict_items, score
 from kedge.runtime.inputs.sources import SourceSpec, labelled_items
+from kedge.runtime.reports.evaluate import predict_items, score
 from kedge.train.data import SPLITS
 from kedge.train.models import load_keras_model
 

@@ -24,9 +24,9 @@ from kedge.runtime.bundle.manifest import (
     staged_folder,
 )
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.evaluate import format_report, predict_items, score
 from kedge.runtime.inputs.preprocess import INPUT_SHAPE, INTERPOLATION, PREPROCESS_VERSION
 from kedge.runtime.inputs.sources import SourceSpec, mix_warnings
+from kedge.runtime.reports.evaluate import format_report, predict_items, score
 from kedge.train import data as datamod
 from kedge.train import loop, plots
 from kedge.train.adversary import Adversary

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.inputs.preprocess import preprocess
-from kedge.runtime.metrics import metrics_by
-from kedge.runtime.shortcut import MIN_IMAGES, TOP_SHARE_LIMIT
+from kedge.runtime.reports.metrics import metrics_by
+from kedge.runtime.reports.shortcut import MIN_IMAGES, TOP_SHARE_LIMIT
 from kedge.train.augment import AugmentSettings, augment, image_rng
 
 if TYPE_CHECKING:

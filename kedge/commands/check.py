@@ -73,7 +73,7 @@ def card(bundles: tuple[Path, ...], as_json: bool) -> None:
       kedge card runs/cnn
     """
     from kedge.runtime.bundle.manifest import load_bundle
-    from kedge.runtime.card import card_json, render_card
+    from kedge.runtime.reports.card import card_json, render_card
 
     loaded = [load_bundle(b) for b in bundles] if bundles else load_models(None)
     if as_json:
@@ -208,9 +208,9 @@ def audit(bundle: Path, data: Path, split: str | None, split_manifest: Path | No
     """
     from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.envelope.audit import format_section
-    from kedge.runtime.explain import require_matplotlib
     from kedge.runtime.inputs.sources import labelled_items
-    from kedge.runtime.shortcut import audit_bundle, format_audit
+    from kedge.runtime.reports.explain import require_matplotlib
+    from kedge.runtime.reports.shortcut import audit_bundle, format_audit
 
     spec = source_spec(sources)
     if plot is not None:
@@ -220,7 +220,7 @@ def audit(bundle: Path, data: Path, split: str | None, split_manifest: Path | No
     report = audit_bundle(loaded, items, lambda: open_runner(loaded, backend, precision, allow_unverified), data,
                           split, split_manifest, batch_size, progress=not quiet and not as_json)
     if plot is not None:
-        from kedge.runtime.shortcut_plot import plot_audit
+        from kedge.runtime.reports.shortcut_plot import plot_audit
 
         plot_audit(report, plot)
     if as_json:

@@ -88,9 +88,9 @@ def infer(inputs: tuple[str, ...], model: Path | None, backend: str, precision: 
 
     from tqdm import tqdm
 
-    from kedge.runtime.audit import AuditLog
     from kedge.runtime.infer import classify, render
     from kedge.runtime.inputs.folders import expand_inputs
+    from kedge.runtime.reports.audit_trail import AuditLog
 
     if as_json and as_csv:
         raise KedgeError("--json and --csv: choose one")
@@ -168,8 +168,8 @@ def bench(model: Path | None, backends: str | None, precisions: str | None, form
       kedge bench --model runs/cnn --backend onnxruntime,openvino --precision fp32,int8 --batch-sizes 1,8
       kedge bench --model runs/cnn --images scans/ --plot bench.png --json
     """
-    from kedge.runtime.bench import MODES, bundle_pairs, time_preprocess
-    from kedge.runtime.bench_report import bench_images, bench_models, format_report, report_json
+    from kedge.runtime.reports.bench import MODES, bundle_pairs, time_preprocess
+    from kedge.runtime.reports.bench_report import bench_images, bench_models, format_report, report_json
 
     mode_list = csv_list(modes, "--modes", MODES) or list(MODES)
     sizes = positive_ints(batch_sizes, "--batch-sizes")
@@ -218,7 +218,7 @@ def explain(image: Path, model: Path | None, out: Path | None, backend: str, pre
       kedge explain knee.png                          # both shipped models
       kedge explain knee.png --model runs/cnn --out knee-cnn.png --patch 24 --stride 8
     """
-    from kedge.runtime.explain import Explanation, explain_image, occlusion, require_matplotlib
+    from kedge.runtime.reports.explain import Explanation, explain_image, occlusion, require_matplotlib
 
     require_matplotlib()
     if method == "gradcam":

@@ -167,7 +167,7 @@ def evaluate(bundle: Path, data: Path, split: str | None, batch_size: int, quiet
       kedge evaluate runs/cnn --data ../shared/data --split test \\
           --sources ../shared/data/manifest.csv --source-column collection --json
     """
-    from kedge.runtime.evaluate import format_report
+    from kedge.runtime.reports.evaluate import format_report
     from kedge.train.evaluate import evaluate_bundle
 
     report = evaluate_bundle(bundle, data, split, batch_size, progress=not quiet, sources=source_spec(sources))

@@ -41,9 +41,9 @@ from kedge.runtime.backends.base import Backend
 from kedge.runtime.bundle.forms import FORMS, Form
 from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.evaluate import Predictions, predict_items
 from kedge.runtime.inputs.folders import LabelledImage
-from kedge.runtime.metrics import classification_report
+from kedge.runtime.reports.evaluate import Predictions, predict_items
+from kedge.runtime.reports.metrics import classification_report
 
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"min_agreement": 1.0, "max_abs_diff": 1e-4, "tolerance": 1e-4},

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.envelope.gate import Check, Envelope
-from kedge.runtime.metrics import group_metrics
+from kedge.runtime.reports.metrics import group_metrics
 
 
 class GateRecorder:

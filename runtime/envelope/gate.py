@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from kedge.runtime.errors import KedgeError
-from kedge.runtime.metrics import wilson_interval
+from kedge.runtime.reports.metrics import wilson_interval
 
 ENVELOPE_KIND = "kedge-envelope"
 ENVELOPE_VERSION = 1

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.metrics import wilson_interval
+from kedge.runtime.reports.metrics import wilson_interval
 
 TOP_SHARE_LIMIT = 0.90
 MIN_IMAGES = 5
@@ -104,7 +104,7 @@ def flags(by_source: dict[str, dict[str, Any]], cue: dict[str, Any] | None) -> l
 
 def audit(predictions: Any, classes: Sequence[str]) -> dict[str, Any]:
     """Score predictions per source and per format, run the cue test, and list flags."""
-    from kedge.runtime.evaluate import score
+    from kedge.runtime.reports.evaluate import score
 
     report = score(predictions, classes)
     labels = np.array([i.label for i in predictions.items], np.int64)
@@ -124,8 +124,8 @@ def audit_bundle(bundle: Any, items: Sequence[Any], open_runner: Callable[[], tu
     from kedge.runtime.envelope.audit import GateRecorder, envelope_section, image_splits
     from kedge.runtime.envelope.gate import bundle_envelope
     from kedge.runtime.errors import KedgeError
-    from kedge.runtime.evaluate import predict_items
     from kedge.runtime.inputs.sources import UNKNOWN
+    from kedge.runtime.reports.evaluate import predict_items
 
     if items and all(item.source == UNKNOWN for item in items):  # nothing to audit: say so, never "passed"
         raise KedgeError(f"{data}: no source is known for these images, so no source check is possible: give "
@@ -144,7 +144,7 @@ def audit_bundle(bundle: Any, items: Sequence[Any], open_runner: Callable[[], tu
 
 
 def format_audit(report: dict[str, Any]) -> str:
-    from kedge.runtime.evaluate import group_table
+    from kedge.runtime.reports.evaluate import group_table
 
     classes = list(report["per_class"])
     balanced = report.get("balanced_accuracy", float("nan"))

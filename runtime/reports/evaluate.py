@@ -19,7 +19,7 @@ from kedge.runtime.errors import ImageError
 from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.inputs.preprocess import preprocess
 from kedge.runtime.inputs.sources import UNKNOWN
-from kedge.runtime.metrics import classification_report, group_metrics, metrics_by, worst_group
+from kedge.runtime.reports.metrics import classification_report, group_metrics, metrics_by, worst_group
 
 NOT_VALIDATED_MARGIN = 0.10  # a source below chance + this is "not validated for images like it"
 
@@ -59,7 +59,7 @@ def predict_items(
 
 
 def score(predictions: Predictions, classes: Sequence[str]) -> dict[str, Any]:
-    """Classification report, plus the per-group metrics (runtime.metrics.group_metrics)
+    """Classification report, plus the per-group metrics (runtime.reports.metrics.group_metrics)
     overall, per source and per file format: a model is judged per source, never on
     overall accuracy alone."""
     y_true = np.array([i.label for i in predictions.items], dtype=np.int64)

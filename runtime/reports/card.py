@@ -13,7 +13,7 @@ from typing import Any
 
 from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.envelope.gate import card_lines
-from kedge.runtime.evaluate import NOT_VALIDATED_MARGIN, group_table, not_validated
+from kedge.runtime.reports.evaluate import NOT_VALIDATED_MARGIN, group_table, not_validated
 
 
 def _pct(x: float | None) -> str:

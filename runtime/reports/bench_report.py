@@ -1,16 +1,16 @@
 """`kedge bench`'s report: each model's timed pairs, the input gate and decoding, as text
-or JSON. The timing itself is runtime/bench.py's."""
+or JSON. The timing itself is runtime/reports/bench.py's."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kedge.runtime import bench
 from kedge.runtime.backends import Pair
 from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.inputs.folders import expand_inputs
 from kedge.runtime.inputs.preprocess import preprocess, read_bytes
+from kedge.runtime.reports import bench
 
 
 def bench_images(inputs: Sequence[str]) -> list[bytes]:

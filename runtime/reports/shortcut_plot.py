@@ -13,7 +13,7 @@ def plot_audit(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kedge.runtime.shortcut import TOP_SHARE_LIMIT
+    from kedge.runtime.reports.shortcut import TOP_SHARE_LIMIT
 
     groups = report["by_source"] or {"all": report}
     names = list(groups)
