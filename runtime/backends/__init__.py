@@ -8,7 +8,7 @@ one module with a `Backend` subclass (see base.py) and add one line here, or cal
 `kedge.backends` entry point: kedge.train registers the Keras original that way, so
 the runtime never imports the training side.
 
-Everything that runs a model goes through here: `auto` and --backend (choice.py),
+Everything that runs a model goes through here: `auto` and --backend (checks/choice.py),
 parity, the golden check, bench, explain, serve and `kedge info` all take their pairs
 from `runnable_pairs` or `pair` and open them with `Pair.open`.
 """
