@@ -153,7 +153,7 @@ def _bundles(seed: int, report: dict, work: Path) -> None:
     rng = np.random.default_rng(seed)
     data = work / "data"
     if not data.exists():
-        from kedge.train.synthetic import write_dataset
+        from kedge.runtime.checks.synthetic import write_dataset
 
         write_dataset(data, per_class=4, seed=0)
     root = work / f"seed-{seed}"
