@@ -26,7 +26,6 @@ from kedge.runtime.bundle.manifest import atomic_path, sha256_file
 from kedge.runtime.errors import KedgeError
 
 METHODS = ("minmax", "entropy", "percentile")
-DEFAULT_METHOD = "percentile"
 PERCENTILE = 99.999
 BATCH_SIZE = 8
 BATCHES_PER_PASS = 4  # bounded memory: the calibrators hold every intermediate output of a pass

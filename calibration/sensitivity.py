@@ -25,7 +25,6 @@ import numpy as np
 from kedge.runtime.errors import KedgeError
 
 Log = Callable[[str], None]
-DEFAULT_IMAGES = 8  # every intermediate tensor of two models is held: ResNet50 needs ~0.3 GB per image
 MAX_STEPS = 12
 
 

@@ -149,7 +149,3 @@ def _training_data(bundle: Bundle, data_source: str | None) -> dict[str, Any]:
         "split": "seeded, stratified by (source, class), 70/15/15 of duplicate groups (split.csv, with each "
                  "file's source)",
     }
-
-
-def shipped_size(folder: str | os.PathLike[str]) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
