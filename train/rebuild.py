@@ -2,8 +2,9 @@
 
 A shipped model is only as trustworthy as the way back to it. The recipe of each
 shipped model lives here, in one table, and this module runs it as the `kedge`
-commands a person would type: train, export (FP16 float form and both 7-bit INT8
-forms, parity gate on the test split, golden set), fit the input envelope, ship.
+commands a person would type: train, export (FP16 float form and, where the recipe
+asks, both 7-bit INT8 forms; parity gate on the test split, golden set), fit the input
+envelope, ship.
 Every command, with its seeds, is recorded in the shipped kedge.json under
 `rebuild`, so the card says exactly how to make the model again. Training is
 deterministic (train/loop.py), so a rerun on one machine gives the same Keras weights.
@@ -31,8 +32,9 @@ class Recipe:
 
     train: tuple[str, ...]
     validated: str  # the sources the envelope describes (docs/envelope.md)
-    forms: str  # what ships: the float fallback and both INT8 forms
+    forms: str  # what ships: the float fallback and, where they pass parity, both INT8 forms
     data_source: str
+    int8: bool = True  # export the INT8 forms (False: none passes parity, so the export gate would fail)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -44,10 +46,15 @@ RECIPES: dict[str, Recipe] = {
         train=(*SOURCES, "--lr", "3e-4", "--epochs", "24", "--patience", "8", "--seed", "1",
                "--select", "worst-source", "--unvalidated-source", "A", "--no-train-unvalidated"),
         validated="B,C", forms="onnx-fp16,onnx-int8,onnx-int8-qdq", data_source=A_IS_NO_TARGET),
+    # From random weights (ImageNet's cannot be downloaded here). Three variants were trained
+    # (docs/results/2026-12-resnet50-gru-retrain.md); this one, A trained on, Adam 3e-4 and the
+    # worst of B and C choosing the epoch, had the best worst validated source (0.670).
+    # Its INT8 forms fail parity (93-96 % agreement with Keras, max |dp| 0.15-0.17, with every
+    # calibration method and 30 nodes kept in float), so it ships its float form only.
     "resnet50-gru": Recipe(
-        train=(*SOURCES, "--lr", "1e-3", "--epochs", "30", "--patience", "0", "--seed", "0",
-               "--unvalidated-source", "A"),
-        validated="B,C", forms="onnx-fp16,onnx-int8,onnx-int8-qdq", data_source=A_IS_NO_TARGET),
+        train=(*SOURCES, "--lr", "3e-4", "--epochs", "24", "--patience", "10", "--seed", "0",
+               "--select", "worst-source", "--unvalidated-source", "A"),
+        validated="B,C", forms="onnx-fp16", data_source=A_IS_NO_TARGET, int8=False),
 }
 
 
@@ -60,8 +67,8 @@ def commands(model: str, data: Path, work: Path, out: Path, train_extra: tuple[s
     train = [a.format(data=d) for a in recipe.train]
     return [
         ["train", model, "--data", d, *train, *train_extra, "--out", str(work), "--overwrite"],
-        ["export", str(work), "--fp16", "--int8", "--calib", d, "--calib-split", "train", "--data", d,
-         "--split", "test"],
+        ["export", str(work), "--fp16", *(("--int8", "--calib", d, "--calib-split", "train") if recipe.int8 else ()),
+         "--data", d, "--split", "test"],
         ["envelope", str(work), "--data", d, "--validated", recipe.validated, "--report"],
         ["ship", str(work), "--out", str(out), "--forms", recipe.forms, "--data-source", recipe.data_source,
          "--overwrite"],
