@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -390,6 +391,21 @@ def test_every_shipped_model_answers_through_a_pair_checked_on_this_machine(tmp_
             assert choice.pair.precision == "int8" or (choice.fallback and "FALLBACK" in choice.reason), choice.reason
         else:
             assert choice.pair.form.name == "onnx-fp16" and not choice.fallback, choice.reason
+
+
+def test_each_shipped_model_records_the_rebuild_its_recipe_runs() -> None:
+    """`kedge rebuild NAME` must remake what ships: the commands in the shipped kedge.json are
+    the recipe's, and export calibrates INT8 exactly when INT8 forms ship."""
+    from kedge.train.rebuild import commands
+
+    for folder in shipped_or_skip():
+        bundle = load_bundle(folder)
+        recorded = bundle.section("rebuild")["commands"]
+        canonical = commands(folder.name, Path("../shared/data"), Path("runs") / folder.name,
+                             Path("runtime/models") / folder.name)
+        assert recorded == ["kedge " + shlex.join(step) for step in canonical], folder.name
+        ships_int8 = any(name.startswith("onnx-int8") for name in bundle.section("shipped")["forms"])
+        assert ("--int8" in canonical[1]) == ships_int8, folder.name
 
 
 def test_infer_without_model_runs_both_shipped_models(synthetic_data) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kedge.runtime.bundle.forms import form
 from kedge.runtime.errors import KedgeError
 
 A_IS_NO_TARGET = ("public Kaggle knee osteoporosis collections A, B, C (../shared/data); A's labels are "
@@ -34,7 +35,11 @@ class Recipe:
     validated: str  # the sources the envelope describes (docs/envelope.md)
     forms: str  # what ships: the float fallback and, where they pass parity, both INT8 forms
     data_source: str
-    int8: bool = True  # export the INT8 forms (False: none passes parity, so the export gate would fail)
+
+    @property
+    def int8(self) -> bool:
+        """Export calibrates INT8 forms only when some ship: one that fails parity stops the export gate."""
+        return any(form(name).precision == "int8" for name in self.forms.split(","))
 
 
 RECIPES: dict[str, Recipe] = {
@@ -54,7 +59,7 @@ RECIPES: dict[str, Recipe] = {
     "resnet50-gru": Recipe(
         train=(*SOURCES, "--lr", "3e-4", "--epochs", "24", "--patience", "10", "--seed", "0",
                "--select", "worst-source", "--unvalidated-source", "A"),
-        validated="B,C", forms="onnx-fp16", data_source=A_IS_NO_TARGET, int8=False),
+        validated="B,C", forms="onnx-fp16", data_source=A_IS_NO_TARGET),
 }
 
 
