@@ -43,9 +43,10 @@ class LazyChoice(click.Choice[str]):
 def _backend_names(references: bool) -> list[str]:
     """auto and the registered backends a user names: the checked ones, and with `references`
     the parity references too (keras). A server (triton) is reached by its own option."""
-    from kedge.runtime.backends import backend_class, names
+    from kedge.runtime.backends import REFERENCES, backend_class, names
 
-    return ["auto", *(n for n in names() if backend_class(n).checked or references and backend_class(n).reference)]
+    return ["auto", *(n for n in names() if (references if n in REFERENCES else  # a reference is not imported
+                                               backend_class(n).checked or references and backend_class(n).reference))]
 
 
 def _precisions() -> tuple[str, ...]:

@@ -103,3 +103,17 @@ def test_the_detector_finds_a_circle_hidden_in_a_function(tmp_path) -> None:
 def test_no_import_circles_in_kedge() -> None:
     found = circles(import_graph(modules(ROOT, PACKAGES)))
     assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_runtime_names_no_training_export_or_tensorflow_module_in_any_import() -> None:
+    """The runtime ships to the device alone: none of its modules imports kedge.train,
+    kedge.export or TensorFlow, at the top or inside a function (the import test in
+    test_cli_lean sees only what loads at import time)."""
+    banned = ("kedge.train", "kedge.export", "tensorflow", "tf_keras", "tf2onnx")
+    found = []
+    for name, path in modules(ROOT, {"runtime": "kedge.runtime"}).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{name}: {m}" for m in imported if m == "keras" or m.startswith(banned)]
+    assert not found, found

@@ -1,8 +1,8 @@
 """The Keras original as a backend: parity's reference wherever TensorFlow is installed.
 
-It is registered from here, the training side, through the `kedge.backends` entry point
-(setup.cfg), so the runtime lists and opens it like any backend without ever importing
-kedge.train. It is a reference, not a checked pair: parity compares the exported forms
+It is registered from here, the training side, through the `kedge.references` entry
+point (setup.cfg), so the runtime lists and opens it like any backend, importing
+kedge.train only when it is named. It is a reference, not a checked pair: parity compares the exported forms
 against it, and `auto` never picks it; `--backend keras` (explain, audit, bench) runs it
 by name.
 """

@@ -5,8 +5,10 @@ Registry name -> the `Backend` plug-in class that runs forms. Entries are
 OpenVINO and ONNX Runtime are each imported only when used). To add a backend, write
 one module with a `Backend` subclass (see base.py) and add one line here, or call
 `register()` (a test does this with a toy backend). Packages add theirs through the
-`kedge.backends` entry point: kedge.train registers the Keras original that way, so
-the runtime never imports the training side.
+`kedge.backends` entry point, and parity references that `auto` never picks through
+`kedge.references`: kedge.train registers the Keras original that way. A reference is
+imported only when named (`--backend keras`, parity), so choosing, inferring and
+`--help` never load the training side.
 
 Everything that runs a model goes through here: `auto` and --backend (checks/choice.py),
 parity, the golden check, bench, explain, serve and `kedge info` all take their pairs
@@ -24,14 +26,15 @@ from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
 
 ENTRY_POINTS = "kedge.backends"  # the entry-point group other packages declare backends under
+REFERENCE_ENTRY_POINTS = "kedge.references"  # ... and parity references, which `auto` never runs
 
 
-def _declared() -> dict[str, str]:
-    """The backends installed packages declare under the `kedge.backends` entry point, as
-    "module:Class" paths (nothing is imported until one is used)."""
+def _declared(group: str) -> dict[str, str]:
+    """The backends installed packages declare under an entry-point group, as "module:Class"
+    paths (nothing is imported until one is used)."""
     from importlib.metadata import entry_points
 
-    return {entry.name: entry.value for entry in entry_points(group=ENTRY_POINTS)}
+    return {entry.name: entry.value for entry in entry_points(group=group)}
 
 
 REGISTRY: dict[str, str | type[Backend]] = {
@@ -40,7 +43,9 @@ REGISTRY: dict[str, str | type[Backend]] = {
     "onnxruntime": "kedge.runtime.backends.onnxruntime:OnnxRuntime",
     "triton": "kedge.runtime.backends.triton:Triton",
 }
-REGISTRY.update({name: path for name, path in _declared().items() if name not in REGISTRY})
+REFERENCES = frozenset(name for name in _declared(REFERENCE_ENTRY_POINTS) if name not in REGISTRY)
+REGISTRY.update({name: path for group in (ENTRY_POINTS, REFERENCE_ENTRY_POINTS)
+                 for name, path in _declared(group).items() if name not in REGISTRY})
 
 
 def register(name: str, backend: str | type[Backend]) -> None:
@@ -113,7 +118,7 @@ def runnable_pairs(bundle: Bundle, backends: list[str] | None = None) -> list[Pa
     in registry order. Without `backends`, only the checked ones (parity and the golden check
     judge them): a reference or a server runs only when named."""
     pairs: list[Pair] = []
-    for name in backends or names():
+    for name in backends or [n for n in names() if n not in REFERENCES]:  # never imported unless named
         cls = backend_class(name)
         if cls.problem() is not None or (backends is None and not cls.checked):
             continue
