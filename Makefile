@@ -9,7 +9,7 @@ MODEL ?= knee-cnn
 OUT ?= runs/$(MODEL)
 KEDGE = $(VENV)/bin/kedge
 
-.PHONY: setup serve-env quickstart test test-fast lint typecheck clean
+.PHONY: setup serve-env quickstart models test test-fast lint typecheck clean
 
 setup: $(VENV)/.installed
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.bundle.manifest import atomic_path
-from kedge.runtime.errors import KedgeError
+from kedge.runtime.errors import KedgeError, first_line
 from kedge.runtime.inputs.preprocess import INPUT_SHAPE, PREPROCESS_VERSION
 
 DEFAULT_OPSET = 17
@@ -51,7 +51,7 @@ def keras_to_onnx(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:  # a converter bug, not a user error, but say it in one line
-        raise KedgeError(f"the ONNX model failed the ONNX checker: {str(err).splitlines()[0]}") from None
+        raise KedgeError(f"the ONNX model failed the ONNX checker: {first_line(err)}") from None
     if path is not None:
         with atomic_path(path) as tmp:
             tmp.write_bytes(proto.SerializeToString())

@@ -29,7 +29,7 @@ from typing import Any
 
 from kedge.runtime.bundle.forms import onnx_forms, tensorrt_bound
 from kedge.runtime.bundle.manifest import Bundle
-from kedge.runtime.errors import KedgeError
+from kedge.runtime.errors import KedgeError, first_line
 
 TRT_VERSIONS = ("10.3", "11")
 DEFAULT_MAX_BATCH = 16  # `kedge export --engine`'s default profile is batch 1..16
@@ -145,7 +145,7 @@ def check_model(path: str | os.PathLike[str], trt: str, max_batch: int = 16, lab
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 (any parse failure is one line)
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         raise KedgeError(f"{path}: not a readable ONNX model ({first})") from None
     g = _Graph(model)
     file = label or Path(path).name

@@ -32,3 +32,8 @@ class ImageError(KedgeError):
         self.source = safe_name(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line for a one-line error (its type's name when it has no message)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -7,7 +7,7 @@ Runtime on the CPU), so served answers are the same as `kedge infer`'s. Inputs a
 preprocessed tensors: clients run kedge's one preprocessing function.
 
 Triton's Python-backend stub must match the interpreter's patch version exactly: run
-this from a virtual environment made with the system Python (README, Triton).
+this from a virtual environment made with the system Python (docs/triton.md).
 
 Triton listens on `host` only (127.0.0.1 by default, never every interface unless
 told): put a TLS-terminating proxy in front to expose it (docs/hardening.md). A
@@ -37,7 +37,7 @@ def serve(bundles: Sequence[Bundle], http_port: int = 8000, grpc_port: int = 800
         from pytriton.triton import Triton, TritonConfig
     except ImportError:
         raise KedgeError("kedge serve needs PyTriton: in a virtual environment made with the system Python, "
-                         "pip install 'kedge[cpu,serve]' (see README, Triton)") from None
+                         "pip install 'kedge[cpu,serve]' (see docs/triton.md)") from None
     opened = []
     _stop_on_signals(log)  # before Triton starts: a signal while models load must still stop it cleanly
     try:

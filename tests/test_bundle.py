@@ -138,7 +138,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "runtime" / "models" / "knee-cnn
 
 
 def test_golden_on_a_shipped_bundle_with_model_keras_beside_it_keeps_its_file_list(tmp_path) -> None:
-    """The README has users put model.keras back beside a shipped bundle (the Keras
+    """docs/export-and-parity.md has users put model.keras back beside a shipped bundle (the Keras
     reference); `kedge golden` there rewrites kedge.json, which must not list it."""
     from click.testing import CliRunner
 

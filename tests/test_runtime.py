@@ -354,7 +354,7 @@ def test_shipped_models_are_intact_and_within_budget() -> None:
     bundles = shipped_or_skip()
     assert [b.name for b in bundles] == ["resnet50-gru", "knee-cnn"]
     total = sum(p.stat().st_size for b in bundles for p in b.rglob("*") if p.is_file())
-    assert total <= 200_000_000, total  # issue 18: the whole package at most 200 MB
+    assert total <= 150_000_000, total
     for folder in bundles:
         manifest = load_bundle(folder).manifest
         on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"kedge.json"}

@@ -252,8 +252,8 @@ def synth(out: Path, per_class: int, classes: str, size: int, seed: int, overwri
 @click.option("--skip-training", is_flag=True, help="Continue from the trained bundle in --work (export onwards).")
 def rebuild(model: str, data: Path, work: Path | None, out: Path | None, skip_training: bool) -> None:
     """Rebuild a shipped MODEL from the real radiographs, exactly as it was made: train
-    (deterministic), export the FP16 float form and both 7-bit INT8 forms with the parity
-    gate on the test split and the golden set, fit the input envelope, ship. Each step is
+    (deterministic), export the FP16 float form and, where the recipe ships them, both 7-bit INT8 forms, with
+    the parity gate on the test split and the golden set, fit the input envelope, ship. Each step is
     the kedge command printed before it runs; all of them, with their seeds, go into the
     shipped kedge.json (`rebuild`). Takes hours on a 2-core CPU; stops at the first step
     that fails, keeping --work.

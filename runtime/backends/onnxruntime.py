@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import EVERY_ONNX_FORM, Backend, Session
-from kedge.runtime.errors import KedgeError
+from kedge.runtime.errors import KedgeError, first_line
 
 CPU = "CPUExecutionProvider"
 OPTIMIZATION_LEVELS = {
@@ -72,7 +72,7 @@ class OnnxRuntimeSession(Session):
         try:
             self._session = ort.InferenceSession(model, options, providers=providers)
         except Exception as err:  # ORT raises its own exception types for corrupt or unsupported models
-            raise KedgeError(f"{path}: ONNX Runtime could not load it ({str(err).splitlines()[0]})") from None
+            raise KedgeError(f"{path}: ONNX Runtime could not load it ({first_line(err)})") from None
         self._input = self._session.get_inputs()[0].name
         self.providers = self._session.get_providers()
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kedge.runtime.backends.base import EVERY_ONNX_FORM, Backend, Session, cache_root
-from kedge.runtime.errors import KedgeError
+from kedge.runtime.errors import KedgeError, first_line
 
 # Our precision names -> OpenVINO's inference-precision hint (None: OpenVINO's own default).
 HINTS = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16", "default": None}
@@ -72,7 +72,7 @@ class OpenVINOSession(Session):
             try:
                 self._compiled = _core().compile_model(str(path), "CPU", config)
             except RuntimeError as err:  # OpenVINO raises RuntimeError with a long multi-line message
-                raise KedgeError(f"{path}: OpenVINO could not load it ({_first_line(err)})") from None
+                raise KedgeError(f"{path}: OpenVINO could not load it ({first_line(err)})") from None
             if blob is not None:
                 _write_blob(blob, self._compiled)
         self._request = self._compiled.create_infer_request()
@@ -88,10 +88,6 @@ class OpenVINOSession(Session):
 
 def blob_name(source_sha256: str, precision: str, threads: int | None) -> str:
     return f"{source_sha256[:32]}.{precision}.threads{threads or 0}.blob"
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _sidecar(blob: Path) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from kedge.runtime.backends.base import Backend, Session
 from kedge.runtime.bundle.forms import Form
 from kedge.runtime.bundle.manifest import Bundle
-from kedge.runtime.errors import KedgeError
+from kedge.runtime.errors import KedgeError, first_line
 
 SERVED = Form("triton", "served", "", None, "whatever form the Triton server runs", format="served")
 
@@ -41,14 +41,14 @@ class TritonSession(Session):
                                                            network_timeout=timeout_s)
             ready = self._client.is_model_ready(model)
         except Exception as err:  # connection refused, DNS, timeouts: tritonclient raises several types
-            raise KedgeError(f"{url}: Triton server not reachable ({str(err).splitlines()[0]})") from None
+            raise KedgeError(f"{url}: Triton server not reachable ({first_line(err)})") from None
         if not ready:
             raise KedgeError(f"{url}: Triton serves no ready model named {model!r}")
         try:
             config = self._client.get_model_config(model)
             self.max_batch = max(1, int(config.get("max_batch_size", 1)))
         except Exception as err:
-            raise KedgeError(f"{url}: cannot read model {model!r}'s config ({str(err).splitlines()[0]})") from None
+            raise KedgeError(f"{url}: cannot read model {model!r}'s config ({first_line(err)})") from None
         self._model = model
         self.form = "triton"
         self.name = f"triton {url} {model}"
@@ -64,7 +64,7 @@ class TritonSession(Session):
         try:
             result = self._client.infer(self._model, [tensor])
         except Exception as err:
-            raise KedgeError(f"{self.name}: inference failed ({str(err).splitlines()[0]})") from None
+            raise KedgeError(f"{self.name}: inference failed ({first_line(err)})") from None
         answer = np.asarray(result.as_numpy("probabilities"), np.float32)
         if answer.ndim != 2 or len(answer) != len(batch):
             raise KedgeError(f"{self.name}: the server answered shape {answer.shape} for {len(batch)} images")

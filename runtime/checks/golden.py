@@ -31,7 +31,7 @@ DECIMALS = 6
 # file at export (ONNX Runtime there): kernels differ between CPUs and runtimes, not the
 # file. bf16 (OpenVINO running the FP32 file in bfloat16) gets parity's bf16 tolerance,
 # int8 parity's int8 tolerance (runtime.checks.parity.THRESHOLDS): another runtime's INT8 kernels
-# round differently (OpenVINO against ONNX Runtime on the shipped GRU's Q/DQ file: 0.027),
+# round differently (OpenVINO against ONNX Runtime on the December 2026 GRU's Q/DQ file: 0.027),
 # while a saturating kernel (8-bit weights on a CPU without VNNI) moves them by 0.11-0.19.
 SAME_FILE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1e-2, "int8": 5e-2}
 # An engine against ONNX Runtime on the file it was built from: TensorRT picks other

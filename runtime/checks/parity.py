@@ -23,7 +23,7 @@ excuse at all. Without this, one coin-flip image among 36 (2.8 points) fails a 9
 rule however good the form is.
 
 The reference is the Keras original where TensorFlow is installed, else the FP32
-ONNX (run by ONNX Runtime), so parity runs on a lean install too. Pairs are loaded
+ONNX, else the FP16 float form (run by ONNX Runtime), so parity runs on a lean install too. Pairs are loaded
 one at a time (the Jetson has little memory); each reads the images through the one
 preprocessing function. The rows are recorded in kedge.json, and `auto` only ever
 picks a pair whose row PASSED (`status`).
@@ -229,7 +229,7 @@ def bundle_parity(
     folder, recorded in its kedge.json (rows of pairs not run this time are kept when
     the reference, data and split are the same).
 
-    `reference` defaults to the FP32 ONNX on ONNX Runtime (the lean reference); the CLI
+    `reference` defaults to the FP32 ONNX on ONNX Runtime, else the FP16 float form (the lean reference); the CLI
     passes `reference_pair`'s: the Keras original where TensorFlow and model.keras are present.
     """
     import datetime
