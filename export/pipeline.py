@@ -55,7 +55,8 @@ class ExportSettings:
     sensitivity: bool = False  # per-tensor SQNR table of the TensorRT Q/DQ form on --data/--split images
     sensitivity_plot: Path | None = None
     sensitivity_images: int = 8
-    keep_float: tuple[str, ...] | str = ()  # node names kept out of the TensorRT Q/DQ form, or "auto"
+    keep_float: tuple[str, ...] | str = ()  # nodes (names or patterns) kept out of the TensorRT Q/DQ form, or "auto"
+    keep_float_cpu: tuple[str, ...] = ()  # nodes (names or patterns) kept out of the uint8 CPU form
     keep_float_max_dp: float | None = None  # auto also needs max |dp| <= this on the validation images
     seed: int = 0
     engine: bool = False
@@ -304,7 +305,7 @@ def _converter(spec: Form) -> Callable[..., dict[str, Any]]:
 
 
 def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: Log, images: Any) -> None:
-    from kedge.calibration.qdq import quantize
+    from kedge.calibration.qdq import expand_nodes, quantize
     from kedge.calibration.ranges import calibrate
     from kedge.calibration.trt_cache import DEFAULT_TRT_VERSION, write_trt_cache
 
@@ -335,9 +336,10 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
         if stale_cache != trt_cache:
             stale_cache.unlink()
     keep = _keep_float(bundle, s, source, ranges, method, validation, log)
+    cpu_nodes = expand_nodes(source, s.keep_float_cpu)
     described = {"tensorrt": quantize(source, ranges, method, "tensorrt", bundle.path / INT8_QDQ_NAME,
                                       keep["nodes"]),
-                 "cpu": quantize(source, ranges, method, "cpu", bundle.path / INT8_CPU_NAME)}
+                 "cpu": quantize(source, ranges, method, "cpu", bundle.path / INT8_CPU_NAME, cpu_nodes)}
     source_sha = sha256_file(source)
     calibration = {
         "method": method, "key": key.digest, "reused": reused, "model_sha256": key.model_sha256,
@@ -350,6 +352,8 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
         calibration["method_choice"] = {"chosen_on": _validation_name(s), "scores": method_scores}
     if keep["nodes"] or keep.get("sensitivity"):
         calibration["tensorrt_keep_float"] = keep
+    if s.keep_float_cpu:
+        calibration["cpu_keep_float"] = {"mode": "manual", "patterns": list(s.keep_float_cpu), "nodes": cpu_nodes}
     record = {"source_onnx_sha256": source_sha, "calibration_key": key.digest, "at": _now()}
     _save(bundle, {"onnx_int8_qdq": INT8_QDQ_NAME, "onnx_int8_cpu": INT8_CPU_NAME,
                    "calibration_ranges": ranges.relative_to(bundle.path).as_posix(),
@@ -358,7 +362,8 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
            "calibration_ranges": record, "trt_calibration_cache": record},
           calibration=calibration)
     kept = f", {len(keep['nodes'])} nodes kept in float" if keep["nodes"] else ""
-    report.done.append(f"onnx-int8: {INT8_QDQ_NAME} (TensorRT{kept}) and {INT8_CPU_NAME} (CPU), {method} "
+    kept_cpu = f", {len(cpu_nodes)} nodes kept in float" if cpu_nodes else ""
+    report.done.append(f"onnx-int8: {INT8_QDQ_NAME} (TensorRT{kept}) and {INT8_CPU_NAME} (CPU{kept_cpu}), {method} "
                        f"calibration on {len(images.paths)} images ({'cached' if reused else 'new'}), "
                        f"TensorRT 10 cache {trt_cache.name}")
     log(f"onnx-int8: wrote {INT8_QDQ_NAME}, {INT8_CPU_NAME} and {trt_cache.relative_to(bundle.path)}")
@@ -392,10 +397,13 @@ def _keep_float(bundle: Bundle, s: ExportSettings, source: Path, ranges: Path, m
                 log: Log) -> dict[str, Any]:
     """The nodes kept out of the TensorRT Q/DQ form: --keep-float's list, or found greedily
     (auto); with --sensitivity, the SQNR table of the form first."""
-    from kedge.calibration.qdq import quantize
+    from kedge.calibration.qdq import expand_nodes, quantize
 
-    manual = [] if s.keep_float == "auto" else list(s.keep_float)
+    patterns = [] if s.keep_float == "auto" else list(s.keep_float)
+    manual = expand_nodes(source, patterns)
     keep: dict[str, Any] = {"mode": "manual", "nodes": manual}
+    if patterns != manual:
+        keep["patterns"] = patterns
     if not (s.sensitivity or s.keep_float == "auto"):
         return keep
     import tempfile

@@ -36,12 +36,12 @@ from kedge.options import (
 from kedge.runtime.errors import KedgeError
 
 
+def _node_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    return () if value is None else tuple(n.strip() for n in value.split(",") if n.strip())
+
+
 def _keep_float(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | str:
-    if value is None:
-        return ()
-    if value.strip().lower() == "auto":
-        return "auto"
-    return tuple(n.strip() for n in value.split(",") if n.strip())
+    return "auto" if value is not None and value.strip().lower() == "auto" else _node_list(ctx, param, value)
 
 
 def int8_tool_options(f: Any) -> Any:
@@ -53,8 +53,12 @@ def int8_tool_options(f: Any) -> Any:
         click.option("--sensitivity-images", default=8, show_default=True, type=click.IntRange(1, 256),
                      help="Validation images for the SQNR table (memory grows with each)."),
         click.option("--keep-float", callback=_keep_float, metavar="NODE,...|auto",
-                     help="Keep these nodes out of the TensorRT Q/DQ form; auto: keep the nodes around the "
-                     "noisiest tensors in float, worst first, until parity passes on --data/--split."),
+                     help="Keep these nodes out of the TensorRT Q/DQ form: node names, or patterns matched "
+                     "against node and output names (quote them: '*/conv1_*,*/conv2_*'); auto: keep the nodes "
+                     "around the noisiest tensors in float, worst first, until parity passes on --data/--split."),
+        click.option("--keep-float-cpu", callback=_node_list, metavar="NODE,...",
+                     help="Keep these nodes (names or patterns, as --keep-float) out of the uint8 CPU form: "
+                     "a model that amplifies early noise passes parity with its first stages in float."),
         click.option("--keep-float-max-dp", type=click.FloatRange(0, 1), help="With --keep-float auto: also "
                      "keep going until no validation probability moves more than this (e.g. 0.03; a small "
                      "validation split passes parity with a borderline image one step from a flip)."),

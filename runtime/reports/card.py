@@ -213,7 +213,7 @@ def _files(bundle: Bundle) -> list[str]:
 # --- INT8 tools (issue 14: kedge export --calib-method auto, --keep-float) -------------------------
 
 def int8_tools_section(calibration: dict[str, Any]) -> list[str]:
-    """How the calibration method was chosen and which nodes the TensorRT Q/DQ form keeps in float."""
+    """How the calibration method was chosen and which nodes each INT8 form keeps in float."""
     lines = []
     choice = calibration.get("method_choice")
     if choice:
@@ -222,15 +222,23 @@ def int8_tools_section(calibration: dict[str, Any]) -> list[str]:
         lines.append(f"  method chosen  on {choice['chosen_on']}: agreement {scores}")
     keep = calibration.get("tensorrt_keep_float")
     if keep:
-        nodes = ", ".join(keep["nodes"]) or "none"
         how = "named by hand" if keep["mode"] != "auto" else (
             f"found greedily; validation parity {'passed' if keep['passed'] else 'still failed'} "
             f"after {len(keep['steps']) - 1} steps")
-        lines.append(f"  TensorRT Q/DQ  kept in float ({how}): {nodes}")
+        lines.append(f"  TensorRT Q/DQ  kept in float ({how}): {_kept(keep)}")
         worst = keep.get("sensitivity", {}).get("worst", [])[:3]
         if worst:
             lines.append("  worst SQNR     " + "; ".join(f"{w['tensor']} {w['qdq_sqnr']:.1f} dB" for w in worst))
+    if calibration.get("cpu_keep_float"):
+        lines.append(f"  CPU uint8      kept in float (named by hand): {_kept(calibration['cpu_keep_float'])}")
     return lines
+
+
+def _kept(keep: dict[str, Any]) -> str:
+    """The patterns as given (with how many nodes they matched), else the node names."""
+    if keep.get("patterns"):
+        return f"{', '.join(keep['patterns'])} ({len(keep['nodes'])} nodes)"
+    return ", ".join(keep["nodes"]) or "none"
 
 
 def card_json(bundle: Bundle) -> dict[str, Any]:
