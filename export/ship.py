@@ -73,7 +73,10 @@ def ship_bundle(bundle: Bundle, dest: str | os.PathLike[str], forms: list[str],
         manifest["shipped"] = {"forms": forms, "left_out": left_out,
                                "bytes": sum((stage / rel).stat().st_size for rel in shipped.values())}
         manifest["card"] = {"limitations": _limitations(bundle), "training_data": _training_data(bundle, data_source)}
-        shipped_manifest = new_bundle(stage, portable(manifest, *_data_folders(bundle))).manifest
+        portable_manifest = portable(manifest, *_data_folders(bundle))
+        if data_source:  # the person's own words, kept as written: a "(../shared/data)" in them is no machine path
+            portable_manifest["card"]["training_data"]["source"] = data_source
+        shipped_manifest = new_bundle(stage, portable_manifest).manifest
     return Bundle(Path(dest), shipped_manifest)
 
 
@@ -81,8 +84,10 @@ def ship_bundle(bundle: Bundle, dest: str | os.PathLike[str], forms: list[str],
 # from a working folder (../shared/data), where it begins a word, up to a space, quote or bracket.
 MACHINE_PATH = re.compile(r"(?<![\w.~/:\\-])(?:[A-Za-z]:[\\/]|~/|\.\.?/|/)(?=[\w.~-])[^\s'\"(),;]*")
 # Keys whose values are never a folder of the exporting machine: the bundle's own relative
-# files, graph node and tensor names, and source rules (a regex may hold a slash).
-NOT_PATHS = frozenset({"files", "artifacts", "nodes", "kept_in_float", "started_with", "worst", "rule"})
+# files, graph node and tensor names and patterns of them, source rules (a regex may hold a
+# slash), and the rebuild commands (recorded with the default relative folders on purpose).
+NOT_PATHS = frozenset({"files", "artifacts", "nodes", "patterns", "kept_in_float", "started_with", "worst", "rule",
+                       "commands"})
 
 
 def _data_folders(bundle: Bundle) -> list[str]:

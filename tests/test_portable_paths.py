@@ -81,7 +81,8 @@ def test_ship_makes_the_paths_of_an_older_bundle_portable(synthetic_data, tmp_pa
     manifest["training"] = {"data": OLD, "sources": {"file": f"{OLD}/manifest.csv", "rule": None},
                             "dataset": {"root": OLD, "counts": {"test": {"Normal": 3}}}}
     manifest["calibration"] = {"folder": f"{OLD}/knee-3class", "method_choice": {"chosen_on": f"{OLD} (val split)"},
-                               "tensorrt_keep_float": {"nodes": ["model/conv2d/Conv2D"]}}
+                               "tensorrt_keep_float": {"nodes": ["model/conv2d/Conv2D"]},
+                               "cpu_keep_float": {"patterns": ["*/conv1_*"], "nodes": ["model/conv1_a"]}}
     manifest["parity"]["data"] = OLD
     manifest["parity"]["unreadable"] = [{"path": f"{OLD}/knee-3class/Normal/bad.png", "problem": "truncated"}]
     manifest["metrics"] = {"test": {"failures": [{"path": "C:\\Users\\me\\data\\x.png", "problem": "unreadable"}]}}
@@ -89,7 +90,9 @@ def test_ship_makes_the_paths_of_an_older_bundle_portable(synthetic_data, tmp_pa
     assert len(machine_paths(load_bundle(source).manifest)) >= 8  # the test's input really holds them
 
     shipped = tmp_path / "shipped"
-    result = CliRunner().invoke(main, ["ship", str(source), "--out", str(shipped), "--forms", "onnx-int8"])
+    said = "collections A, B, C (../shared/data), as described there"  # the person's words, not a path
+    result = CliRunner().invoke(main, ["ship", str(source), "--out", str(shipped), "--forms", "onnx-int8",
+                                       "--data-source", said])
     assert result.exit_code == 0, result.output
     out = load_bundle(shipped).manifest
     assert machine_paths(out) == []
@@ -102,6 +105,8 @@ def test_ship_makes_the_paths_of_an_older_bundle_portable(synthetic_data, tmp_pa
     assert out["model"]["options"]["weights"] == "resnet50_notop.h5"
     assert out["card"]["training_data"]["folder"] == "data"
     assert out["calibration"]["tensorrt_keep_float"]["nodes"] == ["model/conv2d/Conv2D"]  # names, not paths
+    assert out["calibration"]["cpu_keep_float"]["patterns"] == ["*/conv1_*"]  # node patterns, not paths
+    assert out["card"]["training_data"]["source"] == said
     assert out["files"] and all(not machine_paths({"k": k}) for k in out["files"])
 
 
