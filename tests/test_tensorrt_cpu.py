@@ -262,6 +262,25 @@ def test_engine_whose_bytes_changed_since_it_was_built_is_refused_before_deseria
     check_engine_bytes("b/engines/x.engine", built[:-7], _engine_info())  # an older sidecar: nothing to check
 
 
+def test_an_engine_rebuilt_in_place_is_a_new_identity(monkeypatch, tmp_path) -> None:
+    """The per-machine golden check is cached by each pair's identity: an engine rebuilt under
+    the same name from the same ONNX must not inherit the old engine's verdict. Only the GPU
+    locator is replaced (it needs a device); identity reads the real sidecar."""
+    from kedge.runtime.backends.tensorrt import TensorRT
+    from kedge.runtime.bundle.engines import write_sidecar
+    from kedge.runtime.bundle.forms import FORMS
+
+    engine = tmp_path / "engines" / "m.fp16.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"built once")
+    monkeypatch.setattr("kedge.runtime.backends.tensorrt.engine_path", lambda bundle, precision: engine)
+    backend = TensorRT(SimpleNamespace(path=tmp_path), FORMS["onnx-fp16"], "fp16")  # type: ignore[arg-type]
+    write_sidecar(engine, _engine_info(engine_sha256="11" * 32))
+    first = backend.identity()
+    write_sidecar(engine, _engine_info(engine_sha256="22" * 32))  # rebuilt in place: same name, same ONNX
+    assert backend.identity() != first and "ab" * 32 in first and "11" * 32 in first
+
+
 def test_engine_from_another_patch_release_is_refused() -> None:
     from kedge.runtime.bundle.engines import check_compatible
 

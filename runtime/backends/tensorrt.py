@@ -206,9 +206,13 @@ class TensorRT(Backend):
         return path
 
     def identity(self) -> str:
-        """An engine's file name and the sha256 of the ONNX it was built from."""
+        """An engine's file name, the sha256 of the ONNX it was built from, and the engine's own
+        sha256 its sidecar recorded at build: an engine rebuilt in place is new bytes (TensorRT
+        builds are not deterministic), so its golden check runs again; loading checks the bytes
+        against that sha256 (check_engine_bytes), so this needs no hashing here."""
         path = self.locate()
-        return f"{path.name}:{read_sidecar(path).source_onnx_sha256}"
+        info = read_sidecar(path)
+        return f"{path.name}:{info.source_onnx_sha256}:{info.engine_sha256 or 'engine sha256 not recorded'}"
 
     def open(self) -> Session:
         path = self.locate()
