@@ -161,3 +161,5 @@ def test_keep_float_cpu_by_pattern_makes_the_cpu_form_pass(monkeypatch, bundle, 
     assert line in card.output, card.output
     bad = export(monkeypatch, bundle, "--int8", "--calib", knees, "--keep-float-cpu", "conv9_*", "--quiet")
     assert bad.exit_code == 1 and "no node conv9_*" in bad.output
+    ignored = export(monkeypatch, bundle, "--fp16", "--keep-float-cpu", "fc", "--quiet")
+    assert ignored.exit_code != 0 and "--keep-float-cpu only shapes the INT8 forms: add --int8" in ignored.output
