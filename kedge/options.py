@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
+from kedge.runtime.bundle.schema import SPLITS
 from kedge.runtime.errors import KedgeError
 
 Decorator = Callable[[Any], Any]
-SPLITS = ("train", "val", "test")  # the names of a bundle's splits (train/data.py draws them)
 
 
 class LazyChoice(click.Choice[str]):

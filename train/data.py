@@ -22,12 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from kedge.runtime.bundle.manifest import atomic_write_text
+from kedge.runtime.bundle.schema import SPLITS
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.inputs.folders import LabelledImage, read_split_manifest, scan_labelled  # noqa: F401 (re-export)
 from kedge.runtime.inputs.sources import SourceSpec, class_mix, mix_warnings, with_sources
 from kedge.train.dedup import duplicate_groups, fingerprint
 
-SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "class", "source", "split", "group", "sha256", "note")
 
 

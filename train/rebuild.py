@@ -70,7 +70,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def commands(model: str, data: Path, work: Path, out: Path, train_extra: tuple[str, ...] = ()) -> list[list[str]]:
+def commands(model: str, data: Path, work: Path, out: Path) -> list[list[str]]:
     """The kedge commands of a rebuild, in order (without the leading `kedge`)."""
     recipe = RECIPES.get(model)
     if recipe is None:
@@ -78,7 +78,7 @@ def commands(model: str, data: Path, work: Path, out: Path, train_extra: tuple[s
     d = str(data)
     train = [a.format(data=d) for a in recipe.train]
     return [
-        ["train", model, "--data", d, *train, *train_extra, "--out", str(work), "--overwrite"],
+        ["train", model, "--data", d, *train, "--out", str(work), "--overwrite"],
         ["export", str(work), "--fp16", *(("--int8", "--calib", d, "--calib-split", "train") if recipe.int8 else ()),
          *recipe.export, "--data", d, "--split", "test"],
         ["envelope", str(work), "--data", d, "--validated", recipe.validated, "--report"],
@@ -88,11 +88,11 @@ def commands(model: str, data: Path, work: Path, out: Path, train_extra: tuple[s
 
 
 def rebuild(model: str, data: Path, work: Path, out: Path, log: Callable[[str], None],
-            train_extra: tuple[str, ...] = (), skip_training: bool = False) -> dict[str, object]:
+            skip_training: bool = False) -> dict[str, object]:
     """Run the recipe; stop at the first step that fails (its own message says why)."""
     if not (data / "manifest.csv").is_file():
         raise KedgeError(f"{data}: no manifest.csv (the rebuild reads sources from ../shared/data/manifest.csv)")
-    recipe = commands(model, data, work, out, train_extra)
+    recipe = commands(model, data, work, out)
     steps = recipe
     if skip_training:
         if not (work / "kedge.json").is_file():

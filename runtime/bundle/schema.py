@@ -16,6 +16,8 @@ from typing import Any
 
 from kedge.runtime.errors import KedgeError
 
+SPLITS = ("train", "val", "test")  # the splits of a bundle's split.csv (train/data.py draws them)
+
 SCHEMA_VERSION = 1
 PREPROCESS_VERSIONS = ("1", "2")  # every preprocessing contract this runtime implements
 MAX_MANIFEST_BYTES = 8 << 20

@@ -18,13 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from kedge.runtime.bundle.manifest import Bundle, atomic_write_text, load_bundle
+from kedge.runtime.bundle.schema import SPLITS
 from kedge.runtime.envelope import gate as env
 from kedge.runtime.errors import ImageError, KedgeError
 from kedge.runtime.inputs.folders import LabelledImage
 from kedge.runtime.inputs.preprocess import PREPROCESS_VERSION, preprocess
 from kedge.runtime.inputs.sources import SourceSpec, labelled_items
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
