@@ -24,11 +24,12 @@ def _version(module: str) -> str | None:
 
 
 def backends_info() -> dict[str, dict[str, Any] | None]:
-    """Each registered backend's own report (`Backend.info`), by registry name."""
-    from kedge.runtime.backends import backend_class, names
+    """Each registered backend's own report (`Backend.info`), by registry name. Parity
+    references (Keras, in kedge.train) are not imported: the TensorFlow line reports them."""
+    from kedge.runtime.backends import REFERENCES, backend_class, names
 
     found: dict[str, dict[str, Any] | None] = {}
-    for name in names():
+    for name in (n for n in names() if n not in REFERENCES):
         try:
             found[name] = backend_class(name).info()
         except Exception as err:  # a plug-in that does not load must not stop the report that diagnoses it
@@ -71,15 +72,13 @@ def gpu_info() -> dict[str, Any] | None:
 
 def engines_info(bundle_path: str | Path) -> list[dict[str, Any]]:
     """Each engine in a bundle with whether this machine can run it, and why not."""
-    from kedge.runtime.bundle.engines import check_compatible, read_sidecar, tensorrt_module
+    from kedge.runtime.backends import backend_class
+    from kedge.runtime.bundle.engines import check_compatible, read_sidecar
     from kedge.runtime.bundle.manifest import load_bundle
     from kedge.runtime.errors import KedgeError
 
     bundle = load_bundle(bundle_path)
-    try:
-        trt_version = tensorrt_module().__version__
-    except (KedgeError, OSError):  # OSError: tensorrt installed but its libraries do not load
-        trt_version = None
+    trt_version = (backend_class("tensorrt").info() or {}).get("version")
     gpu = gpu_info()
     rows = []
     for name, rel in sorted(bundle.engines.items()):

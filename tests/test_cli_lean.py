@@ -45,6 +45,9 @@ def test_runtime_loads_neither_train_export_nor_tensorflow() -> None:
         "from kedge.runtime.bundle.shipped import shipped_bundles\n"
         "from kedge.runtime.bundle.manifest import load_bundle\n"
         "[runnable_pairs(load_bundle(b)) for b in shipped_bundles()]\n"
+        "from kedge.runtime.info import collect\n"  # kedge info reports every backend but the references
+        "from kedge.runtime.reports.bench import bundle_pairs\n"  # kedge bench times Keras only when named
+        "collect(); [bundle_pairs(load_bundle(b), backends=['onnxruntime']) for b in shipped_bundles()]\n"
         "banned = ('kedge.train', 'kedge.export', 'tensorflow', 'tf_keras', 'keras')\n"
         "print('modules:', len([m for m in sys.modules if m.startswith('kedge.runtime.')]))\n"
         "print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in banned or m.startswith(banned)))"

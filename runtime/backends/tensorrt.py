@@ -214,6 +214,12 @@ class TensorRT(Backend):
         info = read_sidecar(path)
         return f"{path.name}:{info.source_onnx_sha256}:{info.engine_sha256 or 'engine sha256 not recorded'}"
 
+    def file_sha256(self) -> str | None:
+        """The engine's sha256 its sidecar recorded at build (loading checked the bytes against
+        it), so the audit trail does not read a large engine a second time."""
+        path = self.locate()
+        return read_sidecar(path).engine_sha256 or super().file_sha256()
+
     def open(self) -> Session:
         path = self.locate()
         return TensorRTSession(path, source_sha256(self.bundle, read_sidecar(path).source_onnx),

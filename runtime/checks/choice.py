@@ -91,7 +91,7 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
         cls = backend_class(backend)
         problem = cls.problem()
         if problem is not None:
-            raise KedgeError(f"--backend {backend}: {problem}")
+            raise KedgeError(f"{f'--backend {backend}' if cls.checked or cls.reference else backend}: {problem}")
         if not cls.checked:
             return _as_named(bundle, backend, threads, options)
     candidates = [p for p in runnable_pairs(bundle, None if backend == "auto" else [backend])
@@ -188,13 +188,13 @@ def _nothing_to_run(bundle: Bundle, backend: str, precision: str | None) -> str:
 
 def machine_key(bundle: Bundle, pairs: Sequence[Pair], threads: int | None) -> dict[str, Any]:
     """What a per-machine result depends on: the CPU and its INT8 features, the backends'
-    versions, the threads and the bundle's golden set."""
+    versions, the threads, how speed is timed and the bundle's golden set."""
     cpu = cpu_info()
     golden = bundle.golden
     return {"cpu": cpu["model"], "cores": cpu["cores"],
             "flags": sorted(k for k, v in cpu["int8_features"].items() if v),
             "backends": {b: backend_class(b).version() for b in sorted({p.backend for p in pairs})},
-            "threads": threads,
+            "threads": threads, "timing": {"chunk": CHUNK, "settle_seconds": SETTLE_SECONDS},
             "golden": hashlib.sha256(json.dumps(golden, sort_keys=True).encode()).hexdigest() if golden else None}
 
 
@@ -273,7 +273,8 @@ def _measure(bundle: Bundle, pairs: Sequence[Pair], threads: int | None, timed: 
         for chunk in tqdm(chunks, desc=f"{bundle.name}: golden check and timing", unit="chunk", leave=False,
                           disable=None):
             for key, session in sessions.items():
-                time.sleep(SETTLE_SECONDS)
+                if timed:
+                    time.sleep(SETTLE_SECONDS)
                 start = time.perf_counter()
                 outputs[key].append(np.asarray(session.infer(chunk)))
                 seconds[key].append((time.perf_counter() - start) / len(chunk))

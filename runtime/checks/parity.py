@@ -298,6 +298,12 @@ def forms_passed(rows: Sequence[dict[str, Any]]) -> bool:
     return all(by_form.values())
 
 
+def _digest(identity: object) -> str:
+    """The sha256 part of a pair's identity, shortened (an engine's identity begins with its
+    file name and ends with the engine's own sha256)."""
+    return str(identity).rsplit(":", 1)[-1][:12]
+
+
 def row_key(row: dict[str, Any]) -> str:
     """backend/form/precision of a recorded row. Rows written before backends were plug-ins
     name a display string as their backend; then, ONNX forms ran only on ONNX Runtime and
@@ -324,7 +330,7 @@ def status(bundle: Bundle, pair: Pair) -> tuple[str, str]:
             judged, now = row.get("file_sha256"), pair.identity(bundle)
             if judged != now and (row.get("passed") or judged is not None):  # a FAILED row stays failed
                 why = ("its parity row names no file sha256 (made before rows were bound to files)" if judged is None
-                       else f"its file changed since its parity row (sha256 {str(judged)[:12]}, now {now[:12]})")
+                       else f"its file changed since its parity row (sha256 {_digest(judged)}, now {_digest(now)})")
                 return UNCHECKED, f"{why}; run `kedge parity {bundle.path} --data DIR --split test`"
             where = f"vs {parity.get('reference')} on {parity.get('split')} split, n={row.get('n')}"
             if row.get("passed"):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kedge.runtime.backends import Pair, backend_class, names, runnable_pairs
+from kedge.runtime.backends import REFERENCES, Pair, backend_class, names, runnable_pairs
 from kedge.runtime.bundle.manifest import Bundle
 from kedge.runtime.errors import KedgeError
 from kedge.runtime.inputs.preprocess import preprocess
@@ -230,7 +230,8 @@ def bundle_pairs(bundle: Bundle, backends: Sequence[str] | None = None, precisio
     pair this machine can run from the bundle's forms, and each backend's baseline on each
     ONNX file it runs, filtered by backend, precision and form names (a backend this machine
     cannot use times nothing; `kedge info` says why)."""
-    usable = [n for n in names() if backend_class(n).problem() is None]
+    named = [n for n in names() if n not in REFERENCES or (backends is not None and n in backends)]  # Keras: if named
+    usable = [n for n in named if backend_class(n).problem() is None]
     pairs = [Pair(n, spec, p) for n in usable if backend_class(n).reference
              for spec in backend_class(n).forms_in(bundle) for p in backend_class(n).precisions(spec)]
     pairs += runnable_pairs(bundle)
