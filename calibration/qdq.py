@@ -38,8 +38,8 @@ def quantize(
     keep_float: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the Q/DQ model for `target` (tensorrt or cpu) from cached ranges, atomically.
-    `keep_float`: more nodes to leave unquantized, as names or patterns (`expand_nodes`;
-    kedge export --keep-float, --keep-float-cpu). Returns a description for the manifest."""
+    `keep_float`: more node names to leave unquantized (kedge export resolves --keep-float and
+    --keep-float-cpu patterns with `expand_nodes` first). Returns a description for the manifest."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if target not in TARGETS:
@@ -47,7 +47,7 @@ def quantize(
     tensorrt = target == "tensorrt"
     activations = QuantType.QInt8 if tensorrt else QuantType.QUInt8
     excluded = (first_convolution(onnx_path) if tensorrt else []) + output_nodes(onnx_path)
-    excluded += [n for n in expand_nodes(onnx_path, keep_float) if n not in excluded]
+    excluded += [n for n in keep_float if n not in excluded]
     extra = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
              # TensorRT takes float bias and folds it itself; the CPU kernels want int32 bias
              "QuantizeBias": not tensorrt}
@@ -90,14 +90,17 @@ def first_convolution(onnx_path: str | os.PathLike[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv"][:1]
 
 
-def expand_nodes(onnx_path: str | os.PathLike[str], patterns: Sequence[str]) -> list[str]:
+def expand_nodes(onnx_path: str | os.PathLike[str], patterns: Sequence[str], option: str = "--keep-float") -> list[str]:
     """The nodes that --keep-float entries name, in graph order. An entry is a node's name or
     a shell-style pattern matched against each node's name and the names of its outputs:
     tf2onnx renames fused nodes (the ResNet50's first Conv+BatchNorm becomes `Conv__496`),
     but their outputs keep the Keras layer's name, so `*/conv1_*` stays valid across
-    re-exports where a generated name would not. An entry that matches nothing is an error."""
+    re-exports where a generated name would not. An entry that matches nothing is an error
+    naming `option`."""
     import fnmatch
 
+    if not patterns:
+        return []
     import onnx
 
     graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
@@ -106,7 +109,7 @@ def expand_nodes(onnx_path: str | os.PathLike[str], patterns: Sequence[str]) -> 
         hits = [n.name for n in graph.node if n.name == pattern or any(
             fnmatch.fnmatchcase(name, pattern) for name in (n.name, *n.output))]
         if not hits:
-            raise KedgeError(f"--keep-float: no node {pattern} in {os.fspath(onnx_path)} (node or output names "
+            raise KedgeError(f"{option}: no node {pattern} in {os.fspath(onnx_path)} (node or output names "
                              "as `kedge export --sensitivity` prints them, or a pattern such as '*/conv1_*')")
         chosen += [h for h in hits if h not in chosen]
     return chosen

@@ -130,6 +130,16 @@ def export_bundle(s: ExportSettings, log: Log) -> ExportReport:
     steps = [f.made_by for f in converted if f.made_by in needs.STEP_NEEDS] + (["--int8"] if calibrate else [])
     for step in dict.fromkeys(steps):
         needs.require(step)
+    shaping = [name for name, given in (("--keep-float", s.keep_float), ("--keep-float-cpu", s.keep_float_cpu),
+                                        ("--sensitivity", s.sensitivity), ("--sensitivity-plot", s.sensitivity_plot),
+                                        ("--keep-float-max-dp", s.keep_float_max_dp is not None)) if given]
+    if shaping and not calibrate:
+        raise KedgeError(f"{', '.join(shaping)} only shape{'s' if len(shaping) == 1 else ''} the INT8 forms made "
+                         "from calibration: add --int8 --calib DIR")
+    if s.sensitivity_plot is not None and not (s.sensitivity or s.keep_float == "auto"):
+        raise KedgeError("--sensitivity-plot draws the SQNR table: add --sensitivity (or --keep-float auto)")
+    if s.keep_float_max_dp is not None and s.keep_float != "auto":
+        raise KedgeError("--keep-float-max-dp is a goal of --keep-float auto: add it, or drop the goal")
     images = _select_calibration(bundle, s, log) if calibrate else None
     if s.int8 and not calibrate:
         report.skipped.append("onnx-int8: no --calib; the engine is built from the bundle's INT8 Q/DQ ONNX")
@@ -310,6 +320,9 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
     from kedge.calibration.trt_cache import DEFAULT_TRT_VERSION, write_trt_cache
 
     source = bundle.file("onnx_fp32")
+    # the nodes each form keeps in float, resolved before any calibration: a mistyped pattern fails at once
+    trt_nodes = [] if s.keep_float == "auto" else expand_nodes(source, s.keep_float, "--keep-float")
+    cpu_nodes = expand_nodes(source, s.keep_float_cpu, "--keep-float-cpu")
     cache_dir = bundle.path / CALIBRATION_DIR
     validation = _validation(bundle, s, log) if _needs_validation(s) else None
     method, method_scores = s.calib_method, None
@@ -335,8 +348,7 @@ def _export_int8(bundle: Bundle, s: ExportSettings, report: ExportReport, log: L
     for stale_cache in cache_dir.glob("trt10.*.cache"):
         if stale_cache != trt_cache:
             stale_cache.unlink()
-    keep = _keep_float(bundle, s, source, ranges, method, validation, log)
-    cpu_nodes = expand_nodes(source, s.keep_float_cpu)
+    keep = _keep_float(bundle, s, source, ranges, method, validation, trt_nodes, log)
     described = {"tensorrt": quantize(source, ranges, method, "tensorrt", bundle.path / INT8_QDQ_NAME,
                                       keep["nodes"]),
                  "cpu": quantize(source, ranges, method, "cpu", bundle.path / INT8_CPU_NAME, cpu_nodes)}
@@ -394,16 +406,14 @@ def _validation(bundle: Bundle, s: ExportSettings, log: Log) -> Any:
 
 
 def _keep_float(bundle: Bundle, s: ExportSettings, source: Path, ranges: Path, method: str, validation: Any,
-                log: Log) -> dict[str, Any]:
-    """The nodes kept out of the TensorRT Q/DQ form: --keep-float's list, or found greedily
-    (auto); with --sensitivity, the SQNR table of the form first."""
-    from kedge.calibration.qdq import expand_nodes, quantize
+                manual: list[str], log: Log) -> dict[str, Any]:
+    """The nodes kept out of the TensorRT Q/DQ form: --keep-float's (`manual`, resolved), or
+    found greedily (auto); with --sensitivity, the SQNR table of the form first."""
+    from kedge.calibration.qdq import quantize
 
-    patterns = [] if s.keep_float == "auto" else list(s.keep_float)
-    manual = expand_nodes(source, patterns)
     keep: dict[str, Any] = {"mode": "manual", "nodes": manual}
-    if patterns != manual:
-        keep["patterns"] = patterns
+    if s.keep_float != "auto" and list(s.keep_float) != manual:
+        keep["patterns"] = list(s.keep_float)
     if not (s.sensitivity or s.keep_float == "auto"):
         return keep
     import tempfile

@@ -85,9 +85,9 @@ def ship_bundle(bundle: Bundle, dest: str | os.PathLike[str], forms: list[str],
 MACHINE_PATH = re.compile(r"(?<![\w.~/:\\-])(?:[A-Za-z]:[\\/]|~/|\.\.?/|/)(?=[\w.~-])[^\s'\"(),;]*")
 # Keys whose values are never a folder of the exporting machine: the bundle's own relative
 # files, graph node and tensor names and patterns of them, source rules (a regex may hold a
-# slash), and the rebuild commands (recorded with the default relative folders on purpose).
+# slash), and the rebuild record (its recipe and commands name the default relative folders on purpose).
 NOT_PATHS = frozenset({"files", "artifacts", "nodes", "patterns", "kept_in_float", "started_with", "worst", "rule",
-                       "commands"})
+                       "rebuild"})
 
 
 def _data_folders(bundle: Bundle) -> list[str]:

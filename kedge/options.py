@@ -9,6 +9,7 @@ turn option text into values with one-line errors.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,16 @@ def log(message: str) -> None:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def finish(result: Any, as_json: bool) -> None:
+    """Print an export, check-trt or verify result (lines or JSON); exit 1 when it did not pass."""
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo("\n".join(result.lines()))
+    if not result.passed:
+        sys.exit(1)
 
 
 def load_models(model: Path | None) -> list[Any]:

@@ -160,6 +160,10 @@ def test_keep_float_cpu_by_pattern_makes_the_cpu_form_pass(monkeypatch, bundle, 
     line = "CPU uint8      kept in float (named by hand): gr?y, pool, flat*, logit* (4 nodes)"
     assert line in card.output, card.output
     bad = export(monkeypatch, bundle, "--int8", "--calib", knees, "--keep-float-cpu", "conv9_*", "--quiet")
-    assert bad.exit_code == 1 and "no node conv9_*" in bad.output
+    assert bad.exit_code == 1 and "--keep-float-cpu: no node conv9_*" in bad.output
     ignored = export(monkeypatch, bundle, "--fp16", "--keep-float-cpu", "fc", "--quiet")
-    assert ignored.exit_code != 0 and "--keep-float-cpu only shapes the INT8 forms: add --int8" in ignored.output
+    assert ignored.exit_code != 0, ignored.output
+    assert "--keep-float-cpu only shapes the INT8 forms made from calibration" in ignored.output
+    for lone in (("--sensitivity-plot", "x.png"), ("--keep-float-max-dp", "0.03")):
+        refused = export(monkeypatch, bundle, "--int8", "--calib", knees, *lone, "--quiet")
+        assert refused.exit_code != 0 and f"{lone[0]} " in refused.output, refused.output

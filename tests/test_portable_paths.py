@@ -84,6 +84,8 @@ def test_ship_makes_the_paths_of_an_older_bundle_portable(synthetic_data, tmp_pa
                                "tensorrt_keep_float": {"nodes": ["model/conv2d/Conv2D"]},
                                "cpu_keep_float": {"patterns": ["*/conv1_*"], "nodes": ["model/conv1_a"]}}
     manifest["parity"]["data"] = OLD
+    rebuild = {"recipe": "kedge rebuild m --data ../shared/data", "commands": ["kedge train m --data ../shared/data"]}
+    manifest["rebuild"] = rebuild  # a shipped bundle shipped again: its record names the default folders on purpose
     manifest["parity"]["unreadable"] = [{"path": f"{OLD}/knee-3class/Normal/bad.png", "problem": "truncated"}]
     manifest["metrics"] = {"test": {"failures": [{"path": "C:\\Users\\me\\data\\x.png", "problem": "unreadable"}]}}
     new_bundle(source, manifest)
@@ -107,6 +109,7 @@ def test_ship_makes_the_paths_of_an_older_bundle_portable(synthetic_data, tmp_pa
     assert out["calibration"]["tensorrt_keep_float"]["nodes"] == ["model/conv2d/Conv2D"]  # names, not paths
     assert out["calibration"]["cpu_keep_float"]["patterns"] == ["*/conv1_*"]  # node patterns, not paths
     assert out["card"]["training_data"]["source"] == said
+    assert out["rebuild"] == rebuild
     assert out["files"] and all(not machine_paths({"k": k}) for k in out["files"])
 
 

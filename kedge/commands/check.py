@@ -16,6 +16,7 @@ from kedge.options import (
     batch_size_option,
     data_option,
     emit_json,
+    finish,
     json_option,
     load_models,
     log,
@@ -82,16 +83,6 @@ def card(bundles: tuple[Path, ...], as_json: bool) -> None:
     click.echo("\n\n".join(render_card(b) for b in loaded))
 
 
-def _finish(result: Any, as_json: bool) -> None:
-    """Print a check-trt or verify result (lines or JSON); exit 1 when it did not pass."""
-    if as_json:
-        emit_json(result.to_json())
-    else:
-        click.echo("\n".join(result.lines()))
-    if not result.passed:
-        sys.exit(1)
-
-
 @click.command(name="check-trt")
 @click.argument("bundle", type=BUNDLE)
 @click.option("--trt", "versions", type=click.Choice(["10.3", "11", "all"]), default="all", show_default=True,
@@ -118,7 +109,7 @@ def check_trt(bundle: Path, versions: str, max_batch: int | None, as_json: bool)
     from kedge.export.trtcheck import TRT_VERSIONS, check_bundle
     from kedge.runtime.bundle.manifest import load_bundle
 
-    _finish(check_bundle(load_bundle(bundle), TRT_VERSIONS if versions == "all" else (versions,), max_batch),
+    finish(check_bundle(load_bundle(bundle), TRT_VERSIONS if versions == "all" else (versions,), max_batch),
             as_json)
 
 
@@ -159,7 +150,7 @@ def verify(bundle: Path, data: Path | None, split: str | None, report_path: Path
                            log=log)
     if report_path is not None:
         atomic_write_text(report_path, result.markdown())
-    _finish(result, as_json)
+    finish(result, as_json)
 
 
 @click.command()

@@ -16,6 +16,7 @@ from kedge.options import (
     csv_list,
     data_option,
     emit_json,
+    finish,
     forms_option,
     json_option,
     log,
@@ -128,10 +129,6 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
         raise KedgeError(f"--split {options['split']} needs --data DIR (the labelled images parity is checked on)")
     if options["calib_split"] is not None and options["calib"] is None:
         raise KedgeError(f"--calib-split {options['calib_split']} needs --calib DIR")
-    shaping = [f"--{k.replace('_', '-')}" for k in ("keep_float", "keep_float_cpu", "sensitivity") if options[k]]
-    if shaping and not options["int8"]:  # they shape the INT8 forms: never ignored
-        raise KedgeError(f"{', '.join(shaping)} only shape{'s' if len(shaping) == 1 else ''} the INT8 forms: "
-                         "add --int8 (with --calib DIR)")
     only_triton = triton_repo is not None and not any(options[k] for k in ("fp16", "int8", "engine", "data"))
     loaded = load_bundle(bundle)
     if only_triton:
@@ -143,13 +140,7 @@ def export_command(bundle: Path, calib_size: str, workspace_mib: int | None, tri
         from kedge.export.triton import write_repository
 
         report.add_triton(write_repository(loaded, triton_repo, max_batch=options["max_batch"]))
-    if as_json:
-        emit_json(report.to_json())
-    else:
-        for line in report.lines():
-            click.echo(line)
-    if not report.passed:
-        sys.exit(1)
+    finish(report, as_json)
 
 
 @click.command()
